@@ -90,6 +90,119 @@ def _add_score(sub: argparse._SubParsersAction) -> None:
     )
 
 
+def _add_generate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "generate",
+        help="sample traces (teacher or student answers) for every task; resumable",
+        description="Ask a model to answer every task --samples times and append one trace per answer to --out\n"
+        "(JSONL: task_id, model, sample, raw, tool_calls, finish_reason, latency_s, tokens).\n\n"
+        "Resumable: rerun the same command after a crash or Ctrl-C; it skips every (task_id, model, sample)\n"
+        "already in --out, drops a half-written last line, and finishes the rest. Requests that still fail\n"
+        "after their retries are not written: the summary counts them by kind, and the exit status is 1 until\n"
+        "a rerun completes them.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="""examples:
+  # any OpenAI-compatible server (vLLM, SGLang, TGI, llama.cpp, transformers serve, hosted APIs)
+  distill generate --tasks tasks.jsonl --backend openai --base-url http://127.0.0.1:8000/v1 \\
+      --model Qwen/Qwen2.5-72B-Instruct --samples 8 --concurrency 64 --out traces.jsonl
+  # a local transformers model
+  distill generate --tasks tasks.jsonl --backend hf --model Qwen/Qwen2.5-0.5B-Instruct --samples 1 \\
+      --temperature 0 --out student_traces.jsonl
+  # vLLM's offline engine (pip install 'distill[vllm]')
+  distill generate --tasks tasks.jsonl --backend vllm --model Qwen/Qwen2.5-72B-Instruct \\
+      --vllm-engine-args '{"tensor_parallel_size": 4}' --samples 8 --out traces.jsonl""",
+    )
+    p.add_argument("--tasks", required=True, help="tasks .jsonl file")
+    p.add_argument("--out", required=True, help="traces .jsonl file; appended to, created if missing")
+    p.add_argument(
+        "--backend",
+        choices=["openai", "hf", "vllm"],
+        default="openai",
+        help="openai: an OpenAI-compatible server at --base-url; hf: a local transformers model; vllm: vLLM's "
+        "offline engine (default: %(default)s)",
+    )
+    p.add_argument(
+        "--model",
+        required=True,
+        help="model name sent to the server (openai) or Hub id / local folder (hf, vllm); written on every trace "
+        "and part of the resume key",
+    )
+    p.add_argument("--samples", type=int, default=1, help="answers per task (default: %(default)s)")
+    p.add_argument("--limit", type=int, default=None, help="only the first N tasks of --tasks (a quick trial)")
+    s = p.add_argument_group("sampling")
+    s.add_argument(
+        "--temperature", type=float, default=0.7, help="sampling temperature; 0 is greedy (default: %(default)s)"
+    )
+    s.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling probability mass (default: %(default)s)")
+    s.add_argument(
+        "--max-new-tokens", type=int, default=512, help="most tokens generated per answer (default: %(default)s)"
+    )
+    s.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="base seed; each (task, sample) gets its own seed derived from it, so samples differ and a rerun "
+        "reproduces where the backend honours seeds (default: unseeded)",
+    )
+    s.add_argument(
+        "--prompt-style",
+        choices=["hermes", "python"],
+        default="hermes",
+        help="answer format asked for when tools go into the prompt (--tools-in-prompt, or a base model without a "
+        "chat template): Hermes <tool_call>{json}</tool_call> blocks or a Python list of calls (default: %(default)s)",
+    )
+    o = p.add_argument_group("openai backend")
+    o.add_argument("--base-url", default=None, help="server URL including /v1, e.g. http://127.0.0.1:8000/v1")
+    o.add_argument(
+        "--api-key-env",
+        default="OPENAI_API_KEY",
+        help="environment variable holding the API key; the key is never printed (default: %(default)s; unset "
+        "is fine for local servers)",
+    )
+    o.add_argument(
+        "--tools-in-prompt",
+        action="store_true",
+        help="render the tools into the system message instead of sending the `tools` field, for servers that "
+        "reject or ignore it",
+    )
+    o.add_argument("--concurrency", type=int, default=16, help="requests in flight at once (default: %(default)s)")
+    o.add_argument(
+        "--timeout", type=float, default=120.0, help="seconds allowed per request attempt (default: %(default)s)"
+    )
+    o.add_argument(
+        "--max-retries",
+        type=int,
+        default=5,
+        help="retries per request on 408/409/429/5xx, timeouts and dropped connections, with exponential backoff "
+        "(0.5 s doubling to 8 s, jittered) or the server's Retry-After (default: %(default)s)",
+    )
+    h = p.add_argument_group("hf and vllm backends")
+    h.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="hf: prompts per generate() call (default 8); vllm: tasks per engine call, i.e. how often traces "
+        "reach the file (default 256)",
+    )
+    h.add_argument("--chat-template", default=None, help="Jinja chat template file replacing the model's own")
+    h.add_argument("--device", default="auto", help="hf: cuda, cuda:1, mps, cpu or auto (default: %(default)s)")
+    h.add_argument(
+        "--dtype",
+        default="auto",
+        help="hf: weight dtype, auto (as stored), bfloat16, float16 or float32 (default: %(default)s)",
+    )
+    h.add_argument(
+        "--trust-remote-code", action="store_true", help="allow model code from the Hub (hf, vllm); off by default"
+    )
+    h.add_argument(
+        "--vllm-engine-args",
+        default=None,
+        help='vllm: JSON object of vllm.LLM keyword arguments, e.g. \'{"tensor_parallel_size": 4, '
+        '"max_model_len": 8192}\'',
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (the summary is still printed)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="distill",
@@ -103,6 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_import(sub)
     _add_score(sub)
+    _add_generate(sub)
     return parser
 
 
@@ -115,6 +229,10 @@ def run(args: argparse.Namespace) -> int:
         from data_gen.xlam import import_xlam_cli
 
         return import_xlam_cli(args)
+    if args.command == "generate":
+        from data_gen.generate import generate_cli
+
+        return generate_cli(args)
     if args.command == "score":
         from eval.report import score_cli
 

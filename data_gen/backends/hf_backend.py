@@ -1,0 +1,132 @@
+"""Teacher (or student) traces from a local transformers model: batched, left-padded `generate`.
+
+    backend = HFBackend("Qwen/Qwen2.5-7B-Instruct", sampling=Sampling(temperature=0.7, seed=0), batch_size=16)
+    async for result in backend.generate(requests): ...
+
+The prompt is the model's chat template rendered with the task's `tools` (`--chat-template` replaces it); a
+base model without a template gets the few-shot completion prompt of data_gen.prompting. Left padding, so
+every row of a batch ends at its prompt's last token and generation continues from there.
+
+Per-row seeds do not exist in one batched `generate` (the batch shares one RNG), so with a seed each batch is
+seeded from its first request's seed: an uninterrupted run reproduces exactly, a resumed one batches the
+remaining requests differently. `latency_s` is the batch's wall time, shared by its rows.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Iterable
+from itertools import islice
+
+from data_gen.backends.base import Request, Result, Sampling
+from data_gen.prompting import STOP, cut_at_stop, load_chat_template, render_prompt
+
+
+def pick_device(device: str = "auto") -> str:
+    """'auto' -> cuda, else mps, else cpu; anything else is passed through ('cuda:1', 'cpu', ...)."""
+    import torch
+
+    if device != "auto":
+        return device
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+class HFBackend:
+    name = "hf"
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        sampling: Sampling,
+        batch_size: int = 8,
+        device: str = "auto",
+        dtype: str = "auto",
+        chat_template: str | None = None,
+        prompt_style: str = "hermes",
+        trust_remote_code: bool = False,
+    ):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.model = model
+        self.sampling = sampling
+        self.batch_size = max(1, batch_size)
+        self.prompt_style = prompt_style
+        self.device = pick_device(device)
+        self.tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=trust_remote_code)
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        load_chat_template(self.tokenizer, chat_template)
+        torch_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
+        self.lm = AutoModelForCausalLM.from_pretrained(model, dtype=torch_dtype, trust_remote_code=trust_remote_code)
+        self.lm.to(self.device).eval()
+        eos = self.lm.generation_config.eos_token_id
+        eos = [eos] if isinstance(eos, int) else list(eos or [])
+        if self.tokenizer.eos_token_id is not None:
+            eos.append(self.tokenizer.eos_token_id)
+        self.eos_ids = set(eos)
+
+    async def generate(self, requests: Iterable[Request]) -> AsyncIterator[Result]:
+        # generate() blocks the event loop; nothing else runs on it, and Ctrl-C still lands between batches.
+        todo = iter(requests)
+        while batch := list(islice(todo, self.batch_size)):
+            for result in self.generate_batch(batch):
+                yield result
+
+    def generate_batch(self, batch: list[Request]) -> list[Result]:
+        import torch
+
+        rendered = [render_prompt(self.tokenizer, r.messages, r.tools, self.prompt_style) for r in batch]
+        completion = rendered[0][1]
+        enc = self.tokenizer(
+            [text for text, _ in rendered], return_tensors="pt", padding=True, add_special_tokens=completion
+        ).to(self.device)
+        s = self.sampling
+        kwargs = dict(max_new_tokens=s.max_new_tokens, pad_token_id=self.tokenizer.pad_token_id)
+        if s.temperature > 0:
+            kwargs.update(do_sample=True, temperature=s.temperature, top_p=s.top_p)
+        else:
+            kwargs.update(do_sample=False)
+        if completion:
+            kwargs.update(stop_strings=[STOP], tokenizer=self.tokenizer)
+        if batch[0].seed is not None:
+            torch.manual_seed(batch[0].seed)
+        start = time.perf_counter()
+        with torch.inference_mode():
+            out = self.lm.generate(**enc, **kwargs)
+        latency = round(time.perf_counter() - start, 4)
+        prompt_len = enc["input_ids"].shape[1]
+        prompt_tokens = enc["attention_mask"].sum(dim=1).tolist()
+        results = []
+        for i, req in enumerate(batch):
+            ids = out[i, prompt_len:].tolist()
+            finish = "length"
+            for j, tok in enumerate(ids):
+                if tok in self.eos_ids:
+                    ids, finish = ids[:j], "stop"
+                    n_completion = j + 1  # the end-of-turn token was generated too
+                    break
+            else:
+                n_completion = len(ids)
+            # Special tokens stay: some models mark calls with them (<|python_tag|>, [TOOL_CALLS]).
+            text = self.tokenizer.decode(ids, skip_special_tokens=False)
+            if completion:
+                text, stopped = cut_at_stop(text)
+                finish = "stop" if stopped else finish
+            results.append(
+                Result(
+                    req,
+                    raw=text,
+                    finish_reason=finish,
+                    latency_s=latency,
+                    prompt_tokens=int(prompt_tokens[i]),
+                    completion_tokens=n_completion,
+                )
+            )
+        return results

@@ -1,0 +1,342 @@
+"""Sample teacher (or student) traces for every task, resumably: `distill generate` and its Python API.
+
+    distill generate --tasks tasks.jsonl --backend openai --base-url http://127.0.0.1:8000/v1 \
+        --model Qwen/Qwen2.5-72B-Instruct --samples 8 --temperature 0.7 --out traces.jsonl
+
+    from data_gen.generate import generate
+    from data_gen.backends.openai_backend import OpenAIBackend
+    backend = OpenAIBackend("Qwen/Qwen2.5-72B-Instruct", base_url="http://127.0.0.1:8000/v1", sampling=Sampling())
+    summary = generate("tasks.jsonl", backend, "traces.jsonl", samples=8)
+
+Each trace is one line (DESIGN.md's Trace, plus `backend`, `sampling` and, when the server returned them,
+`raw_tool_calls`), appended and flushed the moment its request finishes. Crash safety comes from the file
+alone: a rerun of the same command reads the (task_id, model, sample) keys already written, skips them and
+generates the rest; a half-written last line (a killed writer) is cut off before appending, so it is neither
+duplicated nor fatal. A request that failed after its retries is not written: it is counted in the summary
+and the next run retries it. An advisory lock on the output file stops two runs from appending to it at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from data_gen.backends.base import Backend, Request, Result, Sampling, derive_seed
+from eval.io import DistillError, read_jsonl
+
+# fsync at most this often: flush() after every line already survives a killed process (the data is in the OS);
+# fsync adds survival of a power cut at a bounded cost instead of one disk sync per trace.
+FSYNC_EVERY_S = 2.0
+
+
+@dataclass
+class Summary:
+    out: str
+    model: str
+    total: int  # tasks x samples asked for
+    already: int  # traces found in the file and skipped
+    written: int = 0
+    failed: Counter = field(default_factory=Counter)  # failure kind -> requests not written
+    failure_examples: dict = field(default_factory=dict)  # kind -> one detail message
+    outputs: Counter = field(default_factory=Counter)  # parse status of written traces: calls/no_call/malformed
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    elapsed_s: float = 0.0
+    dropped_tail_bytes: int = 0
+    http_statuses: dict = field(default_factory=dict)  # openai backend: every attempt's status, retries included
+
+    @property
+    def missing(self) -> int:
+        return self.total - self.already - self.written
+
+    def format(self) -> str:
+        rate = self.written / self.elapsed_s if self.elapsed_s > 0 else 0.0
+        lines = [
+            f"distill generate: {self.written} new traces of {self.model} in {self.elapsed_s:.1f} s ({rate:.2f}/s), "
+            f"{self.already} already in {self.out}; {self.already + self.written}/{self.total} done",
+            f"  tokens: {self.prompt_tokens:,} prompt, {self.completion_tokens:,} completion",
+            "  outputs: " + (", ".join(f"{k} {v}" for k, v in sorted(self.outputs.items())) or "none"),
+        ]
+        retried = {s: n for s, n in self.http_statuses.items() if s >= 400}
+        if retried:
+            lines.append("  HTTP errors seen (retries included): " + ", ".join(f"{s} x{n}" for s, n in sorted(retried.items())))
+        if self.failed:
+            lines.append(
+                f"  failed: {sum(self.failed.values())} ("
+                + ", ".join(f"{k} {v}" for k, v in self.failed.most_common())
+                + "), not written; rerun the same command to retry them"
+            )
+            for kind, detail in self.failure_examples.items():
+                lines.append(f"    {kind}: {detail}")
+        if self.dropped_tail_bytes:
+            lines.append(f"  dropped a half-written last line ({self.dropped_tail_bytes} bytes) left by an interrupted run")
+        return "\n".join(lines)
+
+
+def repair_tail(path: Path) -> int:
+    """Make the file end with a complete line; return how many bytes of a torn last line were cut.
+
+    A killed writer can leave a last line without its newline. If that line is a whole JSON object only the
+    newline is missing and it is added; otherwise the fragment is truncated away, so the rerun writes that
+    trace again exactly once. (No prefix of a serialized object parses as an object: its braces only balance
+    at the end.)"""
+    if not path.exists():
+        return 0
+    with open(path, "rb+") as f:
+        size = f.seek(0, os.SEEK_END)
+        if size == 0:
+            return 0
+        f.seek(size - 1)
+        if f.read(1) == b"\n":
+            return 0
+        # Scan back for the last newline in blocks (the file may be large; the torn line is short).
+        pos, last_nl = size, -1
+        while pos > 0 and last_nl < 0:
+            step = min(1 << 16, pos)
+            f.seek(pos - step)
+            i = f.read(step).rfind(b"\n")
+            if i >= 0:
+                last_nl = pos - step + i
+            pos -= step
+        f.seek(last_nl + 1)
+        tail = f.read()
+        try:
+            whole = isinstance(json.loads(tail), dict)
+        except ValueError:  # JSONDecodeError and UnicodeDecodeError both
+            whole = False
+        if whole:
+            f.seek(0, os.SEEK_END)
+            f.write(b"\n")
+            return 0
+        f.truncate(last_nl + 1)
+        return size - (last_nl + 1)
+
+
+def done_keys(path: Path) -> set[tuple[str, str, int]]:
+    """(task_id, model, sample) of every trace in the file; a line that is not a trace is a DistillError."""
+    keys: set[tuple[str, str, int]] = set()
+    if not path.exists():
+        return keys
+    for lineno, rec in read_jsonl(path):
+        try:
+            keys.add((str(rec["task_id"]), str(rec["model"]), int(rec["sample"])))
+        except (KeyError, TypeError, ValueError):
+            raise DistillError(
+                f"{path}:{lineno}: not a trace (needs task_id, model and an integer sample); is --out the right file?"
+            ) from None
+    return keys
+
+
+def trace_record(result: Result, backend: Backend, parsed) -> dict:
+    req = result.request
+    if parsed.status == "calls":
+        tool_calls = parsed.calls
+    elif parsed.status == "no_call":
+        tool_calls = []
+    else:
+        tool_calls = None
+    rec = {
+        "task_id": req.task_id,
+        "model": backend.model,
+        "sample": req.sample,
+        "raw": result.raw,
+        "tool_calls": tool_calls,
+        "finish_reason": result.finish_reason,
+        "latency_s": result.latency_s,
+        "prompt_tokens": result.prompt_tokens,
+        "completion_tokens": result.completion_tokens,
+        "backend": backend.name,
+        "sampling": backend.sampling.to_dict(),
+    }
+    if result.raw_tool_calls:
+        rec["raw_tool_calls"] = result.raw_tool_calls
+    return rec
+
+
+@contextlib.contextmanager
+def _locked_append(path: Path):
+    """The output file opened for appending, with an exclusive advisory lock (POSIX only; elsewhere no lock)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "ab") as f:
+        try:
+            import fcntl
+        except ImportError:  # Windows: no flock; concurrent runs on one file are the user's to avoid
+            yield f
+            return
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise DistillError(f"{path}: another `distill generate` is writing this file") from None
+        yield f
+
+
+async def agenerate(
+    tasks_path: str | os.PathLike,
+    backend: Backend,
+    out_path: str | os.PathLike,
+    samples: int = 1,
+    *,
+    limit: int | None = None,
+    progress: bool | None = None,
+) -> Summary:
+    """The async form of `generate`, for callers already inside an event loop."""
+    from tqdm import tqdm
+
+    from eval.parse import parse_output
+    from eval.tasks import load_tasks
+
+    if samples < 1:
+        raise DistillError(f"--samples must be at least 1, got {samples}")
+    tasks = list(load_tasks(tasks_path).values())
+    if limit is not None:
+        tasks = tasks[:limit]
+    out = Path(out_path)
+    start = time.perf_counter()
+    with _locked_append(out) as f:
+        dropped = repair_tail(out)
+        done = done_keys(out)
+        model = backend.model
+        wanted = [(t, s) for t in tasks for s in range(samples)]
+        todo = [
+            Request(t.id, s, t.messages, t.tools, derive_seed(backend.sampling.seed, t.id, s))
+            for t, s in wanted
+            if (t.id, model, s) not in done
+        ]
+        summary = Summary(str(out), model, total=len(wanted), already=len(wanted) - len(todo), dropped_tail_bytes=dropped)
+        bar = tqdm(
+            total=len(wanted),
+            initial=summary.already,
+            unit="trace",
+            desc=f"generate {model}",
+            disable=(not sys.stderr.isatty()) if progress is None else not progress,
+            dynamic_ncols=True,
+            mininterval=0.1 if sys.stderr.isatty() else 5.0,  # a log file gets a line every few seconds
+        )
+        last_sync = time.monotonic()
+        results = backend.generate(todo)
+        try:
+            async for result in results:
+                if result.error:
+                    summary.failed[result.error] += 1
+                    summary.failure_examples.setdefault(result.error, result.error_detail)
+                else:
+                    parsed = parse_output(result.raw, result.raw_tool_calls)
+                    line = json.dumps(trace_record(result, backend, parsed), ensure_ascii=False) + "\n"
+                    f.write(line.encode("utf-8"))
+                    f.flush()
+                    summary.written += 1
+                    summary.outputs[parsed.status] += 1
+                    summary.prompt_tokens += result.prompt_tokens or 0
+                    summary.completion_tokens += result.completion_tokens or 0
+                    if time.monotonic() - last_sync > FSYNC_EVERY_S:
+                        os.fsync(f.fileno())
+                        last_sync = time.monotonic()
+                bar.update(1)
+                if summary.failed:
+                    bar.set_postfix(failed=sum(summary.failed.values()), refresh=False)
+        except DistillError as e:
+            if summary.written:
+                raise DistillError(
+                    f"{e}; the {summary.written} traces written before it are kept in {out}: rerun the same "
+                    f"command to continue"
+                ) from None
+            raise
+        finally:
+            await results.aclose()  # cancels in-flight requests when the loop stops early
+            bar.close()
+            f.flush()
+            os.fsync(f.fileno())
+    summary.elapsed_s = time.perf_counter() - start
+    summary.http_statuses = dict(getattr(backend, "status_counts", {}) or {})
+    return summary
+
+
+def generate(
+    tasks_path: str | os.PathLike,
+    backend: Backend,
+    out_path: str | os.PathLike,
+    samples: int = 1,
+    *,
+    limit: int | None = None,
+    progress: bool | None = None,
+) -> Summary:
+    """Write `samples` traces per task of `tasks_path` to `out_path` (JSONL, appended; resumes a partial file).
+
+    Returns a Summary; requests that failed after their retries are counted in `summary.failed` and not
+    written, so calling again finishes them. Raises DistillError for bad input and for a server that is down or
+    refuses every request. `progress=None` shows the bar only on a terminal."""
+    return asyncio.run(agenerate(tasks_path, backend, out_path, samples, limit=limit, progress=progress))
+
+
+def backend_from_args(args) -> Backend:
+    """The backend named by --backend, built from the CLI flags; each import happens only in its branch."""
+    sampling = Sampling(
+        temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens, seed=args.seed
+    )
+    if args.backend == "openai":
+        if not args.base_url:
+            raise DistillError("--backend openai needs --base-url (e.g. http://127.0.0.1:8000/v1)")
+        from data_gen.backends.openai_backend import OpenAIBackend
+
+        return OpenAIBackend(
+            args.model,
+            base_url=args.base_url,
+            sampling=sampling,
+            api_key_env=args.api_key_env,
+            tools_in_prompt=args.tools_in_prompt,
+            prompt_style=args.prompt_style,
+            concurrency=args.concurrency,
+            timeout_s=args.timeout,
+            max_retries=args.max_retries,
+        )
+    elif args.backend == "hf":
+        from data_gen.backends.hf_backend import HFBackend
+
+        return HFBackend(
+            args.model,
+            sampling=sampling,
+            batch_size=args.batch_size or 8,
+            device=args.device,
+            dtype=args.dtype,
+            chat_template=args.chat_template,
+            prompt_style=args.prompt_style,
+            trust_remote_code=args.trust_remote_code,
+        )
+    elif args.backend == "vllm":
+        from data_gen.backends.vllm_backend import VLLMBackend
+
+        try:
+            engine_args = json.loads(args.vllm_engine_args) if args.vllm_engine_args else {}
+        except json.JSONDecodeError as e:
+            raise DistillError(f"--vllm-engine-args is not valid JSON: {e.msg}") from None
+        if not isinstance(engine_args, dict):
+            raise DistillError("--vllm-engine-args must be a JSON object")
+        if args.trust_remote_code:
+            engine_args.setdefault("trust_remote_code", True)
+        return VLLMBackend(
+            args.model,
+            sampling=sampling,
+            batch_size=args.batch_size or 256,
+            chat_template=args.chat_template,
+            prompt_style=args.prompt_style,
+            engine_args=engine_args,
+        )
+    raise DistillError(f"unknown backend {args.backend!r}")
+
+
+def generate_cli(args) -> int:
+    if args.chat_template and not Path(args.chat_template).is_file():
+        raise DistillError(f"{args.chat_template}: no such chat template file")
+    if not Path(args.tasks).is_file():
+        raise DistillError(f"{args.tasks}: no such file")
+    backend = backend_from_args(args)
+    summary = generate(args.tasks, backend, args.out, args.samples, limit=args.limit, progress=not args.no_progress)
+    print(summary.format(), file=sys.stderr)
+    return 1 if summary.failed else 0

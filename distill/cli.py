@@ -88,6 +88,7 @@ def _add_score(sub: argparse._SubParsersAction) -> None:
         help="score only traces of this model (default: all; a file with several models is scored per model "
         "in one report each under --out/<model>)",
     )
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots (accuracy by category, error mix)")
 
 
 def _add_generate(sub: argparse._SubParsersAction) -> None:

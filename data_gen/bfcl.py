@@ -1,0 +1,157 @@
+"""Tasks from the Berkeley Function Calling Leaderboard data shipped in the `bfcl-eval` package.
+
+    BFCL  {"id": "simple_python_0", "question": [[{"role": "user", "content": "Find the area ..."}]],
+           "function": [{"name": "calculate_triangle_area", "parameters": {"type": "dict", "properties": {
+               "base": {"type": "integer"}, "unit": {"type": "string"}}, "required": ["base"]}}]}
+          + possible_answer {"id": "simple_python_0", "ground_truth": [{"calculate_triangle_area": {"base": [10],
+               "unit": ["units", ""]}}]}
+    task  {"id": "simple_python_0", "category": "simple_python", "messages": [...],
+           "tools": [{"type": "function", "function": {"name": ..., "parameters": {"type": "object", ...,
+                      "additionalProperties": false}}}],
+           "expected": [{"name": "calculate_triangle_area", "arguments": {"base": [10], "unit": ["units", ""]}}],
+           "source": "bfcl-eval==2026.3.23"}
+
+The data is read from the installed package (`pip install --no-deps bfcl-eval`), never copied into this
+repository. BFCL's parameter types become JSON Schema: dict -> object, float -> number, tuple -> array, any -> no
+type; its non-standard `optional` flag is dropped (optionality is `required`); top-level parameters get
+`additionalProperties: false`, since BFCL refuses arguments outside the schema.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import json
+from pathlib import Path
+
+from tqdm import tqdm
+
+from eval.io import DistillError, write_jsonl
+from eval.tasks import task_from_dict
+
+# Single-turn categories whose answers BFCL checks by AST (Python) or by "no call" (irrelevance).
+SUPPORTED_CATEGORIES = (
+    "simple_python",
+    "multiple",
+    "parallel",
+    "parallel_multiple",
+    "irrelevance",
+    "live_simple",
+    "live_multiple",
+    "live_parallel",
+    "live_parallel_multiple",
+    "live_irrelevance",
+)
+ALIASES = {"simple": "simple_python"}
+_TYPES = {"dict": "object", "float": "number", "tuple": "array"}
+
+
+def bfcl_data_dir() -> Path:
+    """The `data/` folder of the installed bfcl-eval package (found without importing it)."""
+    spec = importlib.util.find_spec("bfcl_eval")
+    if spec is None or not spec.submodule_search_locations:
+        raise DistillError(
+            "the bfcl-eval package is not installed; install its data with `pip install --no-deps bfcl-eval` "
+            "(--no-deps: its own requirements pin numpy 1.26 and pull a dozen vendor SDKs)"
+        )
+    return Path(next(iter(spec.submodule_search_locations))) / "data"
+
+
+def bfcl_version() -> str:
+    try:
+        return importlib.metadata.version("bfcl-eval")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def to_json_schema(schema: dict, top: bool = False) -> dict:
+    """One BFCL parameter schema as JSON Schema (Draft 2020-12)."""
+    out: dict = {}
+    for key, value in schema.items():
+        if key == "type":
+            if value != "any":
+                out["type"] = _TYPES.get(value, value)
+        elif key == "properties" and isinstance(value, dict):
+            out["properties"] = {p: to_json_schema(s) for p, s in value.items()}
+        elif key == "items" and isinstance(value, dict):
+            out["items"] = to_json_schema(value)
+        elif key == "optional":
+            continue
+        else:
+            out[key] = value
+    if top:
+        out.setdefault("properties", {})
+        out["additionalProperties"] = False
+    return out
+
+
+def to_tool(function: dict) -> dict:
+    fn = {"name": function["name"], "description": function.get("description", "")}
+    fn["parameters"] = to_json_schema(function.get("parameters", {"type": "dict", "properties": {}}), top=True)
+    return {"type": "function", "function": fn}
+
+
+def convert_entry(entry: dict, answer: dict | None, category: str, source: str) -> dict:
+    turns = entry["question"]
+    if len(turns) != 1:
+        raise DistillError(f"BFCL entry {entry['id']!r} has {len(turns)} turns; only single-turn categories are supported")
+    expected = []
+    if answer is not None:
+        for call in answer["ground_truth"]:
+            ((name, args),) = call.items()
+            expected.append({"name": name, "arguments": args})
+    return {
+        "id": entry["id"],
+        "category": category,
+        "messages": turns[0],
+        "tools": [to_tool(f) for f in entry["function"]],
+        "expected": expected,
+        "source": source,
+    }
+
+
+def _read_lines(path: Path) -> list[dict]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def parse_categories(spec: str) -> list[str]:
+    if spec.strip() == "all":
+        return list(SUPPORTED_CATEGORIES)
+    cats = []
+    for c in (c.strip() for c in spec.split(",") if c.strip()):
+        c = ALIASES.get(c, c)
+        if c not in SUPPORTED_CATEGORIES:
+            raise DistillError(f"unknown BFCL category {c!r}; supported: {', '.join(SUPPORTED_CATEGORIES)}, or 'all'")
+        cats.append(c)
+    if not cats:
+        raise DistillError("no categories given")
+    return cats
+
+
+def import_bfcl(categories: list[str], limit: int | None = None) -> list[dict]:
+    """BFCL entries of the given categories as task records, each checked by the task loader."""
+    data = bfcl_data_dir()
+    source = f"bfcl-eval=={bfcl_version()}"
+    records = []
+    for cat in categories:
+        entries = _read_lines(data / f"BFCL_v4_{cat}.json")
+        answers = {}
+        if "irrelevance" not in cat:
+            answers = {a["id"]: a for a in _read_lines(data / "possible_answer" / f"BFCL_v4_{cat}.json")}
+        for entry in tqdm(entries[:limit], desc=f"import {cat}", unit="task", leave=False):
+            if "irrelevance" not in cat and entry["id"] not in answers:
+                raise DistillError(f"BFCL entry {entry['id']!r} has no possible answer in the bfcl-eval data")
+            record = convert_entry(entry, answers.get(entry["id"]), cat, source)
+            task_from_dict(record, f"BFCL_v4_{cat}.json")  # fail here, naming the entry, not at scoring time
+            records.append(record)
+    return records
+
+
+def import_bfcl_cli(args) -> int:
+    categories = parse_categories(args.categories)
+    records = import_bfcl(categories, args.limit)
+    n = write_jsonl(args.out, records)
+    counts = {c: sum(r["category"] == c for r in records) for c in categories}
+    print(f"wrote {n} tasks to {args.out} ({', '.join(f'{c}: {k}' for c, k in counts.items())}; {records[0]['source']})")
+    return 0

@@ -1,0 +1,232 @@
+"""Score traces: verify each against its task, aggregate, and write report.json, verdicts.jsonl, summary.md, plots.
+
+    report.json  {"model": "m", "adapter": null, "tasks": "tasks.jsonl", "tasks_fingerprint": "sha256:...",
+                  "n": 120, "accuracy": 0.61, "strict_accuracy": 0.58, "format_valid_rate": 0.97,
+                  "schema_valid_rate": 0.9, "by_category": {"simple_python": {"n": 40, "accuracy": 0.7,
+                  "strict_accuracy": 0.68}}, "errors": {"ok": 73, "wrong_value": 20, ...}, "throughput": {...}}
+
+`score_traces` is the Python API; `distill score` is a thin layer over it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections import Counter, defaultdict
+from pathlib import Path
+
+from eval.io import DistillError, atomic_write, read_jsonl, write_json, write_jsonl
+from eval.tasks import Task, file_fingerprint, load_tasks
+from eval.verify import ERRORS, OK, verify
+
+
+def read_traces(paths: list[str | os.PathLike], tasks: dict[str, Task]) -> list[tuple[str, int, dict]]:
+    """(file, line, trace) for every trace; unknown tasks, missing keys and duplicates are errors naming the line."""
+    out = []
+    seen: dict[tuple, str] = {}
+    for path in paths:
+        for lineno, trace in read_jsonl(path, skip_torn_tail=True):
+            where = f"{path}:{lineno}"
+            for key in ("task_id", "model"):
+                if key not in trace:
+                    raise DistillError(f"{where}: trace has no {key!r}")
+            if trace["task_id"] not in tasks:
+                raise DistillError(f"{where}: trace for unknown task {trace['task_id']!r} (not in the tasks file)")
+            if "raw" not in trace and "tool_calls" not in trace:
+                raise DistillError(f"{where}: trace has neither 'raw' nor 'tool_calls'")
+            key = (trace["task_id"], trace["model"], trace.get("sample", 0))
+            if key in seen:
+                raise DistillError(f"{where}: duplicate trace {key} (first at {seen[key]})")
+            seen[key] = where
+            out.append((str(path), lineno, trace))
+    if not out:
+        raise DistillError(f"no traces in {', '.join(map(str, paths))}")
+    return out
+
+
+def _rate(k: int, n: int) -> float:
+    return round(k / n, 6) if n else 0.0
+
+
+def _percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    values = sorted(values)
+    i = (len(values) - 1) * q
+    lo, hi = math.floor(i), math.ceil(i)
+    return values[lo] + (values[hi] - values[lo]) * (i - lo)
+
+
+def throughput(traces: list[dict]) -> dict:
+    lat = [t["latency_s"] for t in traces if isinstance(t.get("latency_s"), (int, float))]
+    toks = sum(t.get("completion_tokens") or 0 for t in traces if isinstance(t.get("latency_s"), (int, float)))
+    p50, p95 = _percentile(lat, 0.5), _percentile(lat, 0.95)
+    return {
+        "traces_timed": len(lat),
+        "latency_p50_s": round(p50, 4) if p50 is not None else None,
+        "latency_p95_s": round(p95, 4) if p95 is not None else None,
+        "completion_tokens": toks,
+        # per-request tokens/s summed over requests; with concurrent requests, wall-clock throughput is higher
+        "completion_tokens_per_s": round(toks / sum(lat), 2) if lat and sum(lat) > 0 else None,
+    }
+
+
+def aggregate(verdicts: list[dict]) -> dict:
+    n = len(verdicts)
+    by_cat: dict[str, list[dict]] = defaultdict(list)
+    for v in verdicts:
+        by_cat[v["category"]].append(v)
+    errors = Counter(v["error"] for v in verdicts)
+    return {
+        "n": n,
+        "tasks_scored": len({v["task_id"] for v in verdicts}),
+        "accuracy": _rate(sum(v["correct"] for v in verdicts), n),
+        "strict_accuracy": _rate(sum(v["correct"] and v["schema_valid"] for v in verdicts), n),
+        "format_valid_rate": _rate(sum(v["format_valid"] for v in verdicts), n),
+        "schema_valid_rate": _rate(sum(v["schema_valid"] for v in verdicts), n),
+        "by_category": {
+            cat: {
+                "n": len(vs),
+                "accuracy": _rate(sum(v["correct"] for v in vs), len(vs)),
+                "strict_accuracy": _rate(sum(v["correct"] and v["schema_valid"] for v in vs), len(vs)),
+            }
+            for cat, vs in sorted(by_cat.items())
+        },
+        "errors": {e: errors.get(e, 0) for e in (OK, *ERRORS)},
+    }
+
+
+def summary_markdown(report: dict) -> str:
+    pct = lambda x: f"{100 * x:.1f}%"  # noqa: E731
+    lines = [
+        f"# Evaluation: {report['model']}" + (f" + {report['adapter']}" if report.get("adapter") else ""),
+        "",
+        f"Tasks: `{report['tasks']}` ({report['tasks_fingerprint']}), {report['n']} traces over "
+        f"{report['tasks_scored']} tasks.",
+        "",
+        "| metric | value |",
+        "| --- | --- |",
+        f"| accuracy (BFCL rules) | {pct(report['accuracy'])} |",
+        f"| strict accuracy (correct and schema-valid) | {pct(report['strict_accuracy'])} |",
+        f"| format-valid rate | {pct(report['format_valid_rate'])} |",
+        f"| schema-valid rate | {pct(report['schema_valid_rate'])} |",
+        "",
+        "## By category",
+        "",
+        "| category | n | accuracy | strict accuracy |",
+        "| --- | --- | --- | --- |",
+    ]
+    for cat, c in report["by_category"].items():
+        lines.append(f"| {cat} | {c['n']} | {pct(c['accuracy'])} | {pct(c['strict_accuracy'])} |")
+    lines += ["", "## Error mix", "", "| error | count | share |", "| --- | --- | --- |"]
+    for err, k in report["errors"].items():
+        if k:
+            lines.append(f"| {err} | {k} | {pct(k / report['n'])} |")
+    tp = report.get("throughput") or {}
+    if tp.get("traces_timed"):
+        lines += [
+            "",
+            "## Throughput",
+            "",
+            f"Latency p50 {tp['latency_p50_s']} s, p95 {tp['latency_p95_s']} s over {tp['traces_timed']} requests; "
+            f"{tp['completion_tokens']} completion tokens, {tp['completion_tokens_per_s']} tokens/s per request.",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def write_plots(report: dict, out_dir: Path) -> list[Path]:
+    """accuracy_by_category.png and errors.png; matplotlib is imported only here."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    cats = list(report["by_category"])
+    fig, ax = plt.subplots(figsize=(max(5, 0.9 * len(cats) + 2), 4))
+    xs = range(len(cats))
+    ax.bar([x - 0.2 for x in xs], [report["by_category"][c]["accuracy"] for c in cats], 0.4, label="accuracy")
+    ax.bar([x + 0.2 for x in xs], [report["by_category"][c]["strict_accuracy"] for c in cats], 0.4, label="strict")
+    ax.set_xticks(list(xs), cats, rotation=30, ha="right")
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("share of traces")
+    ax.set_title(f"Accuracy by category: {report['model']}")
+    ax.legend()
+    fig.tight_layout()
+    paths.append(_save(fig, out_dir / "accuracy_by_category.png"))
+    plt.close(fig)
+
+    errs = {e: k for e, k in report["errors"].items() if k}
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.barh(list(errs), list(errs.values()), color=["tab:green" if e == OK else "tab:red" for e in errs])
+    ax.invert_yaxis()
+    ax.set_xlabel("traces")
+    ax.set_title("Error mix")
+    fig.tight_layout()
+    paths.append(_save(fig, out_dir / "errors.png"))
+    plt.close(fig)
+    return paths
+
+
+def _save(fig, path: Path) -> Path:
+    with atomic_write(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=110)
+    return path
+
+
+def score_traces(
+    tasks_path: str | os.PathLike,
+    trace_paths: list[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    model: str | None = None,
+    adapter: str | None = None,
+    plots: bool = True,
+) -> dict[str, dict]:
+    """Verify traces and write one report folder per model: out_dir itself when there is one model (or `model`
+    is given), out_dir/<model> otherwise. Returns {model: report}."""
+    tasks = load_tasks(tasks_path)
+    rows = read_traces(trace_paths, tasks)
+    by_model: dict[str, list[dict]] = defaultdict(list)
+    for _, _, trace in rows:
+        if model is None or trace["model"] == model:
+            by_model[trace["model"]].append(trace)
+    if not by_model:
+        raise DistillError(f"no traces of model {model!r} in {', '.join(map(str, trace_paths))}")
+    out_dir = Path(out_dir)
+    fingerprint = file_fingerprint(tasks_path)
+    reports = {}
+    for name, traces in by_model.items():
+        folder = out_dir if len(by_model) == 1 else out_dir / _safe(name)
+        verdicts = [verify(tasks[t["task_id"]], t) for t in traces]
+        report = {
+            "model": name,
+            "adapter": adapter,
+            "tasks": str(tasks_path),
+            "tasks_fingerprint": fingerprint,
+            **aggregate(verdicts),
+            "throughput": throughput(traces),
+        }
+        write_jsonl(folder / "verdicts.jsonl", verdicts)
+        write_json(folder / "report.json", report)
+        with atomic_write(folder / "summary.md") as f:
+            f.write(summary_markdown(report))
+        if plots:
+            write_plots(report, folder)
+        reports[name] = report
+    return reports
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "model"
+
+
+def score_cli(args) -> int:
+    reports = score_traces(args.tasks, args.traces, args.out, model=args.model, plots=not args.no_plots)
+    for name, r in reports.items():
+        where = Path(args.out) if len(reports) == 1 else Path(args.out) / _safe(name)
+        print(
+            f"{name}: accuracy {r['accuracy']:.3f}, strict {r['strict_accuracy']:.3f}, "
+            f"schema-valid {r['schema_valid_rate']:.3f} over {r['n']} traces -> {where}/report.json"
+        )
+    return 0

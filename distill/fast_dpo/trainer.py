@@ -1,0 +1,402 @@
+"""FastDPOTrainer: TRL's DPOTrainer with the prompt computed once per pair, pairs packed without padding, the
+reference log-probs cached on disk, and the LM head run only on completion tokens. Same loss.
+
+    from distill.fast_dpo import FastDPOConfig, FastDPOTrainer
+    args = FastDPOConfig(output_dir="out", beta=0.1, pack_tokens=8192, max_length=2048)
+    trainer = FastDPOTrainer(model, args=args, train_dataset=ds, processing_class=tok, peft_config=lora)
+    trainer.train()
+
+A subclass of DPOTrainer rather than of transformers' Trainer: TRL's constructor already does everything that
+must match the stock path exactly (tokenising the preference data with tools and chat templates, finding where
+the completion starts, dropping over-long prompts, PEFT and QLoRA set-up, the reference adapter of an SFT
+checkpoint, the fused LM head, metrics logging, model cards). This class replaces only what makes stock DPO slow:
+the data loader (packs instead of padded batches), the loss computation (one packed forward; reference
+log-probs from the cache) and the reference precompute.
+
+Differences from the stock trainer, all deliberate:
+- A step's batch is one row of `pack_tokens` tokens holding however many pairs fit (about 14 for prompts of
+  450 and completions of 70 at 8192), not `per_device_train_batch_size` pairs. The loss is the mean over the
+  pairs of the pack, as TRL's is over the pairs of its batch.
+- Packs are fixed once (first-fit decreasing over lengths); each epoch visits them in a new random order.
+- Supported: loss types in losses.SUPPORTED_LOSS_TYPES with loss_weights, beta, label_smoothing; PEFT (fresh
+  adapter, or an SFT adapter with TRL's "ref" copy), a separate ref_model, full fine-tuning. Refused with a
+  DistillError: ld_alpha, use_weighting, f-divergences, sync_ref_model, vision data, MoE aux loss.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from accelerate.utils import is_peft_model
+from torch.utils.data import DataLoader, Sampler
+from trl import DPOConfig, DPOTrainer
+from trl.models.utils import disable_gradient_checkpointing
+from trl.trainer.utils import use_adapter
+
+from eval.io import DistillError
+
+from . import ref_cache
+from .attention import attention_mask, resolve_backend, use_backend
+from .logps import ensure_fused_lm_head, sequence_logps
+from .losses import check_loss_config, preference_loss
+from .packing import Pair, collate_rows, packed_length, plan_packs, truncate_pair
+
+
+@dataclass
+class FastDPOConfig(DPOConfig):
+    """DPOConfig plus the fast path's settings. The DPO fields keep their meaning; `per_device_train_batch_size`
+    is used only with packing=False."""
+
+    fast: bool = field(
+        default=False,
+        metadata={"help": "Train with FastDPOTrainer (distill.fast_dpo) instead of TRL's DPOTrainer: same loss, "
+                  "prompt computed once per pair, packed rows, cached reference log-probs."},
+    )
+    pack_tokens: int = field(
+        default=8192,
+        metadata={"help": "Tokens per packed row, i.e. per step and device (pairs cost prompt + chosen + rejected "
+                  "+ 1 tokens). Every pair must fit; peak memory grows with it."},
+    )
+    packing: bool = field(
+        default=True,
+        metadata={"help": "Pack pairs into rows of pack_tokens. False: per_device_train_batch_size pairs per "
+                  "step, one per row, padded to the longest (an ablation)."},
+    )
+    share_prompt: bool = field(
+        default=True,
+        metadata={"help": "Compute the prompt once for chosen and rejected. False: prompt + chosen and prompt + "
+                  "rejected as separate sequences (an ablation)."},
+    )
+    cache_ref_logps: bool = field(
+        default=True,
+        metadata={"help": "Compute reference log-probs once before training and keep them on disk. False: a "
+                  "reference forward every step, as stock DPO does (an ablation). precompute_ref_log_probs=True "
+                  "means the same as this."},
+    )
+    ref_cache_dir: str | None = field(
+        default=None,
+        metadata={"help": "Folder of cached reference log-probs; default $DISTILL_CACHE/ref_logps, else "
+                  "~/.cache/distill/ref_logps. Entries are keyed by model, reference adapter, data and "
+                  "max_length, so one folder serves every run."},
+    )
+    attention_backend: str = field(
+        default="auto",
+        metadata={"help": "'flex' (flex attention, block-sparse; CUDA), 'sdpa' (dense boolean mask; any device) "
+                  "or 'auto' (flex on CUDA, sdpa elsewhere)."},
+    )
+    lm_head: str = field(
+        default="fused",
+        metadata={"help": "'fused': TRL's chunked LM head on completion positions only. 'full': logits at every "
+                  "position (an ablation)."},
+    )
+
+
+def default_cache_dir() -> Path:
+    root = os.environ.get("DISTILL_CACHE") or Path.home() / ".cache" / "distill"
+    return Path(root) / "ref_logps"
+
+
+@dataclass
+class PairStore:
+    """The pairs of one dataset, truncated, with their reference log-probs once known."""
+
+    pairs: list[Pair]
+    ref_chosen: torch.Tensor | None = None
+    ref_rejected: torch.Tensor | None = None
+
+
+def pairs_from_dataset(dataset, max_length: int | None) -> list[Pair]:
+    """Pairs from a dataset TRL has tokenized (prompt_ids, chosen_ids, rejected_ids columns)."""
+    missing = {"prompt_ids", "chosen_ids", "rejected_ids"} - set(dataset.column_names)
+    if missing:
+        raise DistillError(f"dataset lacks the tokenized columns {sorted(missing)}")
+    columns = dataset.select_columns(["prompt_ids", "chosen_ids", "rejected_ids"]).to_dict()
+    return [
+        Pair(*truncate_pair(p, c, r, max_length), index=i)
+        for i, (p, c, r) in enumerate(zip(columns["prompt_ids"], columns["chosen_ids"], columns["rejected_ids"]))
+    ]
+
+
+class PairBatchSampler(Sampler):
+    """Batches of pair indices. With packing: the fixed packs, in a new random order each epoch. Without: a new
+    random permutation each epoch, cut into batches of `batch_size` (what Trainer's random sampler does)."""
+
+    def __init__(self, lengths: list[int], *, packing: bool, budget: int, batch_size: int, shuffle: bool, seed: int):
+        self.packs = plan_packs(lengths, budget) if packing else None
+        self.n, self.batch_size, self.shuffle, self.seed = len(lengths), batch_size, shuffle, seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _order(self, n: int) -> list[int]:
+        if not self.shuffle:
+            return list(range(n))
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        return torch.randperm(n, generator=g).tolist()
+
+    def __iter__(self):
+        if self.packs is not None:
+            batches = [self.packs[i] for i in self._order(len(self.packs))]
+        else:
+            order = self._order(self.n)
+            batches = [order[i : i + self.batch_size] for i in range(0, self.n, self.batch_size)]
+        # Trainer calls set_epoch before each epoch on recent transformers; counting here keeps epochs apart on
+        # versions that do not reach a batch sampler
+        self.epoch += 1
+        yield from batches
+
+    def __len__(self) -> int:
+        return len(self.packs) if self.packs is not None else -(-self.n // self.batch_size)
+
+
+@dataclass
+class PackedCollator:
+    """Pairs (one batch from PairBatchSampler) to the tensors of collate_rows, plus cached reference log-probs."""
+
+    store: PairStore
+    pad_id: int
+    packing: bool
+    share_prompt: bool
+    pad_to: int | None = None
+    pad_to_multiple_of: int | None = None
+
+    def __call__(self, pairs: list[Pair]) -> dict[str, torch.Tensor]:
+        rows = [pairs] if self.packing else [[p] for p in pairs]
+        batch = collate_rows(
+            rows,
+            pad_id=self.pad_id,
+            share_prompt=self.share_prompt,
+            pad_to=self.pad_to,
+            pad_to_multiple_of=self.pad_to_multiple_of,
+        )
+        if self.store.ref_chosen is not None:
+            batch["ref_chosen_logps"] = self.store.ref_chosen[batch["pair_index"]]
+            batch["ref_rejected_logps"] = self.store.ref_rejected[batch["pair_index"]]
+        return batch
+
+
+def check_args(args: DPOConfig) -> None:
+    if not isinstance(args, FastDPOConfig):
+        raise DistillError(f"FastDPOTrainer takes a FastDPOConfig, got {type(args).__name__}")
+    check_loss_config(args.loss_type, args.loss_weights, args.label_smoothing)
+    refused = {
+        "ld_alpha": args.ld_alpha is not None,
+        "use_weighting": args.use_weighting,
+        "f_divergence_type": args.f_divergence_type != "reverse_kl",
+        "sync_ref_model": args.sync_ref_model,
+        "truncation_mode": args.truncation_mode != "keep_start",
+    }
+    bad = [name for name, is_set in refused.items() if is_set]
+    if bad:
+        raise DistillError(f"fast DPO does not implement {', '.join(bad)}; use the stock trainer")
+    if args.pack_tokens < 2:
+        raise DistillError(f"pack_tokens must be at least 2, got {args.pack_tokens}")
+    if args.lm_head not in ("fused", "full"):
+        raise DistillError(f"lm_head must be 'fused' or 'full', got {args.lm_head!r}")
+    if args.precompute_ref_log_probs and not args.cache_ref_logps:
+        raise DistillError("precompute_ref_log_probs=True contradicts cache_ref_logps=False")
+
+
+class FastDPOTrainer(DPOTrainer):
+    def __init__(self, model, ref_model=None, args: FastDPOConfig | None = None, *a, **kw):
+        args = args if args is not None else FastDPOConfig(output_dir="fast-dpo")
+        check_args(args)
+        # TRL's precompute would run its padded pass over the whole dataset; the cache below replaces it
+        self._cache_ref = args.cache_ref_logps or args.precompute_ref_log_probs
+        args.precompute_ref_log_probs = False
+        super().__init__(model, ref_model, args, *a, **kw)
+        if self._is_vision_dataset:
+            raise DistillError("fast DPO handles text preference data only")
+        if self.aux_loss_enabled:
+            raise DistillError("fast DPO does not add the MoE load-balancing loss; set router_aux_loss_coef=0")
+
+        self._backend = resolve_backend(args.attention_backend, self.accelerator.device)
+        for m in (self.model, self.ref_model):
+            if m is not None:
+                use_backend(m, self._backend)
+                ensure_fused_lm_head(m)
+        self._stores: dict[str, PairStore] = {"train": PairStore(pairs_from_dataset(self.train_dataset, args.max_length))}
+        if isinstance(self.eval_dataset, dict):
+            for name, ds in self.eval_dataset.items():
+                self._stores[name] = PairStore(pairs_from_dataset(ds, args.max_length))
+        elif self.eval_dataset is not None:
+            self._stores["eval"] = PairStore(pairs_from_dataset(self.eval_dataset, args.max_length))
+        self.ref_cache_hits: dict[str, bool] = {}
+        if self._cache_ref:
+            for name, store in self._stores.items():
+                self._fill_reference(name, store)
+
+    # ---- reference log-probs -------------------------------------------------------------------------------
+
+    def _ref_adapter(self) -> str | None:
+        """TRL's convention: a PEFT model that came with an adapter gets a frozen "ref" copy of it."""
+        peft_config = getattr(self.accelerator.unwrap_model(self.model), "peft_config", None) or {}
+        return "ref" if "ref" in peft_config else None
+
+    @contextlib.contextmanager
+    def _reference(self):
+        """Yield the module whose forward is the reference: ref_model, or the policy with its adapter disabled
+        (or switched to "ref"), or, for full fine-tuning without a ref_model, the policy itself (valid before
+        training only, which is when the cache is filled)."""
+        unwrapped = self.accelerator.unwrap_model(self.model)
+        with torch.no_grad(), disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs):
+            if self.ref_model is not None:
+                yield self.ref_model
+            elif is_peft_model(unwrapped):
+                with use_adapter(unwrapped, adapter_name=self._ref_adapter()):
+                    yield self.model
+            else:
+                yield self.model
+
+    def _mask(self, batch):
+        return attention_mask(batch["doc_ids"], batch["branch"], self._backend)
+
+    def _reference_batch_logps(self, batch, mask):
+        with self._reference() as ref:
+            return sequence_logps(ref, batch, mask, lm_head=self.args.lm_head).logps.chunk(2)
+
+    def compute_reference_logps(self, pairs: list[Pair]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reference log-probs of every pair, in packs of pack_tokens (forward only, so packing is always on)."""
+        lengths = [packed_length(p, share_prompt=self.args.share_prompt) for p in pairs]
+        collate = self._collator(PairStore(pairs), packing=True)
+        chosen, rejected = torch.zeros(len(pairs)), torch.zeros(len(pairs))
+        device = self.accelerator.device
+        for pack in plan_packs(lengths, self.args.pack_tokens):
+            batch = {k: v.to(device) for k, v in collate([pairs[i] for i in pack]).items()}
+            with self.accelerator.autocast():
+                c, r = self._reference_batch_logps(batch, self._mask(batch))
+            chosen[batch["pair_index"].cpu()] = c.float().cpu()
+            rejected[batch["pair_index"].cpu()] = r.float().cpu()
+        return chosen, rejected
+
+    def reference_cache_parts(self, pairs: list[Pair]) -> dict:
+        """What the cached reference log-probs depend on; any change selects another cache entry."""
+        fingerprint = ref_cache.reference_fingerprint(
+            self.accelerator.unwrap_model(self.model),
+            ref_model=self.ref_model,
+            ref_adapter=self._ref_adapter() if self.ref_model is None else None,
+        )
+        return {
+            **fingerprint,
+            "data": ref_cache.data_fingerprint(pairs),
+            "max_length": self.args.max_length,
+            "compute": f"{self.accelerator.mixed_precision}/{self._backend}/{self.args.lm_head}",
+        }
+
+    def _fill_reference(self, name: str, store: PairStore) -> None:
+        cache_dir = self.args.ref_cache_dir or default_cache_dir()
+        parts = self.reference_cache_parts(store.pairs)
+        # The first process on each machine computes and writes; the others then find the entry
+        with self.accelerator.local_main_process_first():
+            (chosen, rejected), hit = ref_cache.load_or_compute(
+                cache_dir, parts, len(store.pairs), lambda: self.compute_reference_logps(store.pairs)
+            )
+        store.ref_chosen, store.ref_rejected = chosen, rejected
+        self.ref_cache_hits[name] = hit
+
+    # ---- data ----------------------------------------------------------------------------------------------
+
+    def _collator(self, store: PairStore, *, packing: bool) -> PackedCollator:
+        # Flex attention is compiled for a shape: a fixed row width compiles once. SDPA takes any width.
+        flex = self._backend == "flex"
+        return PackedCollator(
+            store=store,
+            pad_id=self._tokenizer.pad_token_id,
+            packing=packing,
+            share_prompt=self.args.share_prompt,
+            pad_to=self.args.pack_tokens if flex and packing else None,
+            pad_to_multiple_of=128 if flex and not packing else None,
+        )
+
+    def _dataloader(self, store: PairStore, *, shuffle: bool, batch_size: int) -> DataLoader:
+        lengths = [packed_length(p, share_prompt=self.args.share_prompt) for p in store.pairs]
+        sampler = PairBatchSampler(
+            lengths,
+            packing=self.args.packing,
+            budget=self.args.pack_tokens,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            seed=self.args.data_seed if self.args.data_seed is not None else self.args.seed,
+        )
+        loader = DataLoader(
+            store.pairs,
+            batch_sampler=sampler,
+            collate_fn=self._collator(store, packing=self.args.packing),
+            num_workers=self.args.dataloader_num_workers,
+            pin_memory=self.args.dataloader_pin_memory,
+        )
+        return self.accelerator.prepare(loader)
+
+    def get_train_dataloader(self) -> DataLoader:
+        return self._dataloader(self._stores["train"], shuffle=True, batch_size=self._train_batch_size)
+
+    def get_eval_dataloader(self, eval_dataset=None) -> DataLoader:
+        if isinstance(eval_dataset, str):
+            store = self._stores[eval_dataset]
+        elif eval_dataset is not None:
+            # A dataset handed to evaluate(): TRL has tokenized it; its reference log-probs come per batch
+            store = PairStore(pairs_from_dataset(eval_dataset, self.args.max_length))
+        else:
+            store = self._stores["eval"]
+        return self._dataloader(store, shuffle=False, batch_size=self.args.per_device_eval_batch_size)
+
+    # ---- loss ----------------------------------------------------------------------------------------------
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        mode = "train" if self.model.training else "eval"
+        mask = self._mask(inputs)
+        policy = sequence_logps(model, inputs, mask, lm_head=self.args.lm_head)
+        chosen_logps, rejected_logps = policy.logps.chunk(2)
+        if "ref_chosen_logps" in inputs:
+            ref_chosen, ref_rejected = inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]
+        else:
+            ref_chosen, ref_rejected = self._reference_batch_logps(inputs, mask)
+        chosen_counts, rejected_counts = policy.counts.chunk(2)
+        loss, chosen_rewards, rejected_rewards = preference_loss(
+            chosen_logps,
+            rejected_logps,
+            ref_chosen.to(chosen_logps.dtype),
+            ref_rejected.to(rejected_logps.dtype),
+            chosen_counts,
+            rejected_counts,
+            loss_types=self.loss_types,
+            loss_weights=self.loss_weights,
+            beta=self.beta,
+            label_smoothing=self.label_smoothing,
+        )
+        self._record_metrics(mode, inputs, policy, chosen_logps, rejected_logps, chosen_rewards, rejected_rewards)
+        return (loss, None) if return_outputs else loss
+
+    def _record_metrics(self, mode, inputs, policy, chosen_logps, rejected_logps, chosen_rewards, rejected_rewards):
+        """The metrics TRL's DPOTrainer logs, under the same names, gathered across processes the same way."""
+        gather = self.accelerator.gather_for_metrics
+        metrics = self._metrics[mode]
+        if mode == "train":
+            self._total_train_tokens += gather(inputs["logical_tokens"].reshape(1)).sum().item() // self._tp_size
+        metrics["num_tokens"] = [self._total_train_tokens]
+        chosen_counts = policy.counts.chunk(2)[0]
+        if policy.entropy_sum is not None:
+            metrics["entropy"].append((gather(policy.entropy_sum.reshape(1)).sum() / gather(
+                policy.counts.sum().reshape(1)).sum().clamp(min=1)).item())
+        if policy.top1_sum is not None:
+            metrics["mean_token_accuracy"].append((gather(policy.top1_sum.reshape(1)).sum() / gather(
+                chosen_counts.sum().reshape(1)).sum().clamp(min=1)).item())
+        chosen_rewards, rejected_rewards = gather(chosen_rewards), gather(rejected_rewards)
+        metrics["rewards/chosen"].append(chosen_rewards.mean().item())
+        metrics["rewards/rejected"].append(rejected_rewards.mean().item())
+        metrics["rewards/accuracies"].append((chosen_rewards > rejected_rewards).float().mean().item())
+        metrics["rewards/margins"].append((chosen_rewards - rejected_rewards).mean().item())
+        metrics["logps/chosen"].append(gather(chosen_logps.detach()).mean().item())
+        metrics["logps/rejected"].append(gather(rejected_logps.detach()).mean().item())
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        # Packed rows have no per-sequence logits to return; evaluation reports the loss and the metrics
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss = self.compute_loss(model, inputs)
+        return loss.detach(), None, None

@@ -19,6 +19,7 @@ from __future__ import annotations
 import ast
 import json
 import re
+import warnings
 from dataclasses import dataclass, field
 
 CALLS, NO_CALL, MALFORMED = "calls", "no_call", "malformed"
@@ -128,8 +129,11 @@ def _literal(node: ast.expr):
         return {_literal(k): _literal(v) for k, v in zip(node.keys, node.values)}
     if isinstance(node, ast.Set):
         return [_literal(e) for e in node.elts]
-    if isinstance(node, ast.Call):
-        return {_dotted_name(node.func): {kw.arg: _literal(kw.value) for kw in node.keywords}}
+    if isinstance(node, ast.Call) and isinstance(node.func, (ast.Name, ast.Attribute)) and not node.args:
+        try:  # a nested call, as BFCL's decoder reads it: {name: {keyword: value}}
+            return {_dotted_name(node.func): {kw.arg: _literal(kw.value) for kw in node.keywords}}
+        except _Malformed:
+            pass
     return ast.unparse(node)
 
 
@@ -148,7 +152,9 @@ def _call_from_ast(node: ast.expr) -> dict:
 
 def _parse_python_calls(text: str) -> list[dict]:
     try:
-        tree = ast.parse(text.strip(), mode="eval")
+        with warnings.catch_warnings():  # invalid escapes in model text are the model's problem, not a warning
+            warnings.simplefilter("ignore")
+            tree = ast.parse(text.strip(), mode="eval")
     except (SyntaxError, ValueError, RecursionError, MemoryError) as e:
         raise _Malformed(f"not valid Python call syntax ({type(e).__name__})") from None
     body = tree.body
@@ -160,10 +166,8 @@ def _parse_python_calls(text: str) -> list[dict]:
 # --- recognising the format -----------------------------------------------------------------------------------
 
 _THINK = re.compile(r"<think>.*?</think>", re.S)
-_HERMES = re.compile(r"<tool_call>(.*?)(?:</tool_call>|$)", re.S)
 _FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[^\n]*\n(.*?)(?:```|$)", re.S)
 _CALL_START = re.compile(r"^\[?\s*[A-Za-z_][\w.]*\s*\(")
-_MISTRAL_V11 = re.compile(r"\[TOOL_CALLS\]\s*([^\[\]\s{]+)\s*\[ARGS\]", re.S)
 _END_TOKENS = ("<|eom_id|>", "<|eot_id|>", "<|im_end|>", "</s>", "<|end|>", "<end_of_turn>", "<|endoftext|>")
 
 
@@ -190,60 +194,96 @@ def _parse_body(body: str) -> list[dict]:
             return _calls_from_json_value(json.loads(body))
         except json.JSONDecodeError as json_error:
             try:
-                value = ast.literal_eval(body)  # reads literals only; never evaluates code
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    value = ast.literal_eval(body)  # reads literals only; never evaluates code
             except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
                 raise _Malformed(f"not valid JSON ({json_error.msg} at column {json_error.colno})") from None
             return _calls_from_json_value(value)
     return _parse_python_calls(body)
 
 
+_DECODER = json.JSONDecoder()
+
+
+def _skip(text: str, pos: int, chars: str = " \t\r\n") -> int:
+    while pos < len(text) and text[pos] in chars:
+        pos += 1
+    return pos
+
+
+def _json_at(text: str, pos: int, what: str):
+    """Decode one JSON value starting at pos (strings inside it may contain any tag); (value, end)."""
+    try:
+        return _DECODER.raw_decode(text, pos)
+    except json.JSONDecodeError as e:
+        raise _Malformed(f"not valid JSON in {what} ({e.msg} at column {e.colno})") from None
+
+
 def _parse_hermes(text: str) -> Parsed:
     calls = []
-    for m in _HERMES.finditer(text):
-        body = m.group(1).strip()
-        if not body:
-            raise _Malformed("empty <tool_call> block")
-        calls.extend(_parse_body(body))
+    pos = text.find("<tool_call>")
+    while pos != -1:
+        pos = _skip(text, pos + len("<tool_call>"))
+        if text.startswith(("{", "["), pos):
+            value, pos = _json_at(text, pos, "<tool_call>")
+            calls.extend(_calls_from_json_value(value))
+            pos = _skip(text, pos)
+            if text.startswith("</tool_call>", pos):
+                pos += len("</tool_call>")
+            elif pos < len(text) and not text.startswith("<tool_call>", pos):
+                raise _Malformed("unexpected text after the JSON inside <tool_call>")
+        else:  # Python call syntax inside the tags
+            close = text.find("</tool_call>", pos)
+            body = text[pos:] if close == -1 else text[pos:close]
+            if not body.strip():
+                raise _Malformed("empty <tool_call> block")
+            calls.extend(_parse_body(body))
+            pos = len(text) if close == -1 else close + len("</tool_call>")
+        pos = text.find("<tool_call>", pos)
     return _found("hermes", calls)
 
 
+_MISTRAL_NAME = re.compile(r"([^\[\]\s{}]+)\s*\[ARGS\]")
+
+
 def _parse_mistral(text: str) -> Parsed:
-    rest = text.split("[TOOL_CALLS]", 1)[1]
-    if _MISTRAL_V11.search(text):
-        # v11+ tokenizers: [TOOL_CALLS]name[ARGS]{...}[TOOL_CALLS]name2[ARGS]{...}
-        calls = []
-        decoder = json.JSONDecoder()
-        for m in _MISTRAL_V11.finditer(text):
-            args_text = text[m.end() :].lstrip()
-            try:
-                args, _ = decoder.raw_decode(args_text)
-            except json.JSONDecodeError as e:
-                raise _Malformed(f"arguments of {m.group(1)!r} are not valid JSON ({e.msg})") from None
-            calls.append(_call_from_obj({"name": m.group(1), "arguments": args}))
-        return _found("mistral", calls)
-    return _found("mistral", _calls_from_json_value(_json_loads(_strip_end_tokens(rest))))
+    pos = _skip(text, text.index("[TOOL_CALLS]") + len("[TOOL_CALLS]"))
+    if text.startswith(("[", "{"), pos):  # [TOOL_CALLS][{"name": ..., "arguments": {...}}, ...]
+        value, end = _json_at(text, pos, "[TOOL_CALLS]")
+        if _strip_end_tokens(text[end:]):
+            raise _Malformed("unexpected text after the [TOOL_CALLS] JSON")
+        return _found("mistral", _calls_from_json_value(value))
+    calls = []  # v11+ tokenizers: [TOOL_CALLS]name[ARGS]{...}[TOOL_CALLS]name2[ARGS]{...}
+    while True:
+        m = _MISTRAL_NAME.match(text, pos)
+        if not m:
+            raise _Malformed("[TOOL_CALLS] not followed by a JSON list or name[ARGS]{...}")
+        args, pos = _json_at(text, _skip(text, m.end()), f"the arguments of {m.group(1)!r}")
+        calls.append(_call_from_obj({"name": m.group(1), "arguments": args}))
+        pos = _skip(text, pos)
+        if not text.startswith("[TOOL_CALLS]", pos):
+            break
+        pos = _skip(text, pos + len("[TOOL_CALLS]"))
+    if _strip_end_tokens(text[pos:]):
+        raise _Malformed("unexpected text after the last [ARGS] object")
+    return _found("mistral", calls)
 
 
 def _parse_llama3(text: str) -> Parsed:
     calls = []
-    for chunk in text.split("<|python_tag|>")[1:]:
-        chunk = _strip_end_tokens(chunk)
-        # Llama 3.1 separates several JSON calls with ';'
-        decoder = json.JSONDecoder()
-        pos = 0
-        while pos < len(chunk):
-            while pos < len(chunk) and chunk[pos] in " \t\r\n;":
-                pos += 1
-            if pos >= len(chunk):
-                break
-            if chunk[pos] not in "{[":
-                calls.extend(_parse_python_calls(chunk[pos:]))  # <|python_tag|> before Python code
-                break
-            try:
-                value, pos = decoder.raw_decode(chunk, pos)
-            except json.JSONDecodeError as e:
-                raise _Malformed(f"not valid JSON after <|python_tag|> ({e.msg})") from None
-            calls.extend(_calls_from_json_value(value))
+    pos = _skip(text, text.index("<|python_tag|>") + len("<|python_tag|>"))
+    rest = _strip_end_tokens(text[pos:])
+    if not rest.startswith(("{", "[")):
+        return _found("llama3", _parse_python_calls(rest))  # <|python_tag|> before Python code
+    pos = 0
+    while pos < len(rest):
+        value, pos = _json_at(rest, pos, "<|python_tag|>")
+        calls.extend(_calls_from_json_value(value))
+        # Llama 3.1 separates several JSON calls with ';' (and sometimes repeats the tag)
+        pos = _skip(rest, pos, " \t\r\n;")
+        if rest.startswith("<|python_tag|>", pos):
+            pos = _skip(rest, pos + len("<|python_tag|>"))
     return _found("llama3", calls)
 
 
@@ -284,15 +324,19 @@ def _parse_text(raw: str) -> Parsed:
     text = _strip_end_tokens(text)
     if not text:
         return Parsed(NO_CALL, [], "text", "empty output")
+    if (text.startswith(("{", "[")) and not text.startswith("[TOOL_CALLS]")) or _CALL_START.match(text):
+        fmt = "python" if _CALL_START.match(text) else "json"
+        try:
+            return _found(fmt, _parse_body(text))
+        except _Malformed:
+            if not any(marker in text for marker in ("<tool_call>", "[TOOL_CALLS]", "<|python_tag|>")):
+                raise
     if "<tool_call>" in text:
         return _parse_hermes(text)
     if "[TOOL_CALLS]" in text:
         return _parse_mistral(text)
     if "<|python_tag|>" in text:
         return _parse_llama3(text)
-    if text.startswith(("{", "[")) or _CALL_START.match(text):
-        fmt = "python" if _CALL_START.match(text) else "json"
-        return _found(fmt, _parse_body(text))
     fence = _FENCE.search(text)
     if fence:
         body = _strip_end_tokens(fence.group(2))

@@ -3,7 +3,7 @@
     with StubServer(faults=[Fault(status=500)] * 3 + [Fault(stall_s=5)]) as server:
         server.base_url            # http://127.0.0.1:PORT/v1
         ...                        # the first requests meet the faults in order, later ones are answered
-        server.chat_requests       # every chat request received: {"body", "headers", "t", "outcome"}
+        server.chat_requests       # every chat request: {"body", "headers" (lower-case names), "t", "outcome"}
 
 stdlib `http.server` in a thread: no dependency beyond Python, and a real socket, so the openai client's
 connection handling, timeouts and retries run exactly as against a production server. A correct answer is a
@@ -47,12 +47,16 @@ class StubServer:
         structured: bool = False,
         delay_s: float = 0.0,
         fail_when=None,
+        die_after: int | None = None,
     ):
         self.faults = list(faults or [])
         self.model = model
         self.structured = structured  # answer with message.tool_calls instead of Hermes text
         self.delay_s = delay_s  # every answer takes this long (a slow teacher)
         self.fail_when = fail_when  # body -> Fault | None: a fault chosen by content (persistent failures)
+        self.die_after = die_after  # answer this many chat requests, then drop the next and go away for good
+        self.answered = 0
+        self.connections: set = set()
         self.chat_requests: list[dict] = []
         self.lock = threading.Lock()
         self.release = threading.Event()  # set on stop: stalled handlers give up at once
@@ -109,6 +113,11 @@ class StubServer:
             def log_message(self, *args):  # keep test output quiet
                 pass
 
+            def setup(self):
+                super().setup()
+                with stub.lock:
+                    stub.connections.add(self.connection)
+
             def _send(self, status: int, payload: dict, headers: dict | None = None) -> None:
                 data = json.dumps(payload).encode()
                 self.send_response(status)
@@ -131,8 +140,14 @@ class StubServer:
                 if self.path.rstrip("/") != "/v1/chat/completions":
                     self._send(404, {"error": {"message": "not found"}})
                     return
+                with stub.lock:
+                    dying = stub.die_after is not None and stub.answered >= stub.die_after
+                if dying:  # the process "crashed": no answer, and nothing listens any more
+                    self.close_connection = True
+                    threading.Thread(target=stub.stop, daemon=True).start()
+                    return
                 fault = stub._next_fault(body)
-                record = {"body": body, "headers": dict(self.headers), "t": time.monotonic(), "outcome": "ok"}
+                record = {"body": body, "headers": {k.lower(): v for k, v in self.headers.items()}, "t": time.monotonic(), "outcome": "ok"}
                 with stub.lock:
                     stub.chat_requests.append(record)
                 if fault and fault.stall_s:
@@ -144,6 +159,8 @@ class StubServer:
                     return
                 if stub.delay_s:
                     time.sleep(stub.delay_s)
+                with stub.lock:
+                    stub.answered += 1
                 self._send(200, stub._reply(body))
 
         return Handler
@@ -158,10 +175,20 @@ class StubServer:
         return self
 
     def stop(self) -> None:
+        """Stop listening and cut every open connection, keep-alive ones included (as a dead process would)."""
+        import socket
+
         self.release.set()
         if self._server:
             self._server.shutdown()
             self._server.server_close()
+        with self.lock:
+            conns, self.connections = list(self.connections), set()
+        for conn in conns:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     def __enter__(self) -> StubServer:
         return self.start()

@@ -21,9 +21,9 @@ class EchoBackend:
 
     name = "echo"
 
-    def __init__(self, model="echo-model", sampling=Sampling(seed=3), fail=None):
+    def __init__(self, model="echo-model", sampling=None, fail=None):
         self.model = model
-        self.sampling = sampling
+        self.sampling = sampling or Sampling(seed=3)
         self.fail = fail
         self.seen: list[Request] = []
 

@@ -162,7 +162,7 @@ class OpenAIBackend:
         except openai.APIStatusError as e:
             if e.status_code in _FATAL_STATUS:
                 raise DistillError(self._fatal_message(e.status_code)) from None
-            return Result(req, error=f"http_{e.status_code}", error_detail=_short(e))
+            return Result(req, error=f"http_{e.status_code}", error_detail=_status_detail(e))
         latency = time.perf_counter() - start
         if not resp.choices:
             return Result(req, error="empty_response", error_detail="the server returned no choices")
@@ -217,6 +217,12 @@ def _cause(e: BaseException) -> str:
     return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
-def _short(e: BaseException, limit: int = 200) -> str:
-    text = " ".join(str(e).split())
+def _status_detail(e, limit: int = 300) -> str:
+    """The server's own words for an HTTP error: the response body (FastAPI-style `detail` bodies included,
+    which the SDK's message leaves out), shortened to one line."""
+    try:
+        text = e.response.text
+    except Exception:  # a streamed or unread body
+        text = ""
+    text = " ".join((text or str(e)).split())
     return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -70,9 +70,9 @@ def build_engine_inputs(
 def results_from_outputs(groups: list[list[Request]], outputs: list, latency_s: float, eos_texts: list[str]):
     """Map vLLM RequestOutputs (input order; `.outputs` sorted by index) back to one Result per request."""
     results = []
-    for group, out in zip(groups, outputs):
+    for group, out in zip(groups, outputs, strict=True):
         completions = sorted(out.outputs, key=lambda o: o.index)
-        for req, comp in zip(group, completions):
+        for req, comp in zip(group, completions, strict=True):
             text = comp.text
             for eos in eos_texts:  # an end-of-turn token decoded with skip_special_tokens=False
                 if eos and text.endswith(eos):

@@ -204,6 +204,61 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar (the summary is still printed)")
 
 
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train one stage of a student (QLoRA SFT or DPO) from a YAML recipe",
+        description="Train one stage of a student (stage: sft or dpo) from a YAML recipe with QLoRA: the same as "
+        "`accelerate launch -m distill.train RECIPE.yaml`, in one process. Recipe keys are distill's (stage, "
+        "dataset_path, init_adapter, chat_template, sft_format, max_truncated_share, audit_max_rows, resume) and "
+        "every field of TRL's SFTConfig/DPOConfig and ModelConfig (`python -m distill.train --list-keys sft|dpo` "
+        "lists them); unknown keys are errors. Flags after the recipe (--key value) override the file. The run "
+        "writes checkpoints/<run>/ (adapter, tokenizer, run.json, trainer logs) and resumes from its last "
+        "checkpoint when rerun.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n"
+        "  distill train recipes/debug/tiny_cpu.yaml --max_steps 4\n"
+        "  distill train --chain recipes/qwen2.5-0.5b-instruct/sft.yaml recipes/qwen2.5-0.5b-instruct/dpo.yaml\n"
+        "  accelerate launch --config_file recipes/accelerate/multi_gpu.yaml -m distill.train recipes/qwen3-1.7b/sft.yaml\n"
+        "runbook: recipes/README.md",
+    )
+    p.add_argument(
+        "--chain",
+        action="store_true",
+        help="train several recipes in a row (e.g. sft.yaml dpo.yaml); each later stage starts from the adapter "
+        "the one before saved (its init_adapter)",
+    )
+    p.add_argument(
+        "recipe_and_overrides",
+        nargs=argparse.REMAINDER,
+        metavar="RECIPE.yaml [--key value ...]",
+        help="the recipe (several with --chain), then flags that override its keys",
+    )
+
+
+def _add_merge(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "merge",
+        help="merge a trained LoRA adapter into a bf16 copy of its base model",
+        description="Fold a run's LoRA adapter into its base model and save a standalone model. A run trained on "
+        "a 4-bit base (QLoRA) is merged into the dequantised 4-bit weights it trained against, not the original "
+        "ones, so the merged model computes what the adapter did. Written atomically, with the run's tokenizer "
+        "and a merge.json.",
+    )
+    p.add_argument("checkpoint", help="a training run folder (checkpoints/<run>) or a folder holding a LoRA adapter")
+    p.add_argument("--out", required=True, help="folder for the merged model (must not exist unless --overwrite)")
+    p.add_argument("--base", default=None, help="base model id or folder (default: model_name_or_path in run.json)")
+    p.add_argument(
+        "--base-4bit",
+        action="store_true",
+        help="only without run.json: the adapter was trained on an NF4 4-bit base with double quantisation",
+    )
+    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"],
+                   help="dtype of the merged weights (default: %(default)s)")
+    p.add_argument("--device", default="cpu", help="where to load and merge: cpu or cuda[:N] (default: %(default)s)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="distill",
@@ -218,6 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_import(sub)
     _add_score(sub)
     _add_generate(sub)
+    _add_train(sub)
+    _add_merge(sub)
     return parser
 
 
@@ -238,6 +295,14 @@ def run(args: argparse.Namespace) -> int:
         from eval.report import score_cli
 
         return score_cli(args)
+    if args.command == "train":
+        from distill.train import main as train_main
+
+        return train_main((["--chain"] if args.chain else []) + args.recipe_and_overrides)
+    if args.command == "merge":
+        from distill.merge import merge_cli
+
+        return merge_cli(args)
     raise AssertionError(f"unhandled command {args.command}")
 
 

@@ -1,0 +1,94 @@
+"""`distill merge CHECKPOINT --out DIR`: fold a LoRA adapter into a bf16 copy of its base model.
+
+    distill merge checkpoints/qwen2.5-0.5b-instruct-dpo --out merged/qwen2.5-0.5b-fc
+    distill merge some/adapter --base Qwen/Qwen2.5-0.5B-Instruct --base-4bit --out merged/x   # no run.json
+
+A QLoRA adapter learned to correct the 4-bit base, W_q = dequant(quant(W)), not the original W. Merging it into
+W (the usual `from_pretrained(base) + merge_and_unload()`) gives a model that differs from the one that was
+trained and evaluated. So when the run trained on a 4-bit base, the base is loaded 4-bit with the run's own
+quantization settings (from run.json), dequantised, and only then merged. The result is written to a temporary
+folder beside --out and renamed into place, with the tokenizer (and chat template) the run trained with and a
+merge.json saying how it was made.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+
+from eval.io import DistillError, write_json
+
+logger = logging.getLogger(__name__)
+
+
+def merge(checkpoint: str | Path, out: str | Path, *, base: str | None = None, base_4bit: bool = False,
+          dtype: str = "bfloat16", device: str = "cpu", overwrite: bool = False) -> Path:
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import ModelConfig
+
+    from distill.modeling import build_quantization_config
+
+    ckpt, out = Path(checkpoint), Path(out)
+    if not (ckpt / "adapter_config.json").is_file():
+        raise DistillError(f"{ckpt}: no adapter_config.json (expected a training run folder or a LoRA adapter)")
+    if out.exists() and not overwrite:
+        raise DistillError(f"--out {out} exists; pass --overwrite to replace it")
+    run_path = ckpt / "run.json"
+    run = json.loads(run_path.read_text()) if run_path.is_file() else None
+    model_cfg = (run or {}).get("config", {}).get("model", {})
+    base = base or model_cfg.get("model_name_or_path") or json.loads(
+        (ckpt / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    if not base:
+        raise DistillError(f"{ckpt}: no run.json or adapter base model; pass --base")
+    trained_4bit = bool(model_cfg.get("load_in_4bit")) if run else base_4bit
+    target = getattr(torch, dtype)
+    revision = model_cfg.get("model_revision") or "main"
+    trust = bool((run or {}).get("config", {}).get("training", {}).get("trust_remote_code", False))
+
+    if trained_4bit:
+        # The run's own quantization settings (quant type, double quantisation), so dequantising reproduces the
+        # exact W_q the adapter trained against; compute dtype and storage do not change the stored codes.
+        known = {k: v for k, v in model_cfg.items() if k in ModelConfig.__dataclass_fields__}
+        cfg = ModelConfig(**{**known, "model_name_or_path": base, "load_in_4bit": True, "dtype": dtype})
+        if not run:
+            cfg.bnb_4bit_quant_type, cfg.use_bnb_nested_quant = "nf4", True
+        quant = build_quantization_config(cfg, use_cpu=device == "cpu")
+        model = AutoModelForCausalLM.from_pretrained(base, revision=revision, quantization_config=quant,
+                                                     device_map=device, dtype=target, trust_remote_code=trust)
+        model = model.dequantize(dtype=target)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(base, revision=revision, device_map=device, dtype=target,
+                                                     trust_remote_code=trust)
+    model = PeftModel.from_pretrained(model, str(ckpt)).merge_and_unload()
+    model = model.to(target)
+    tokenizer = AutoTokenizer.from_pretrained(str(ckpt), trust_remote_code=trust)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        write_json(tmp / "merge.json", {"base": base, "adapter": str(ckpt), "dtype": dtype,
+                                        "dequantized_from_4bit": trained_4bit, "run": run})
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    logger.info("merged %s into %s (%s%s) -> %s", ckpt, base, dtype, ", dequantised from 4-bit" if trained_4bit else "", out)
+    return out
+
+
+def merge_cli(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    out = merge(args.checkpoint, args.out, base=args.base, base_4bit=args.base_4bit, dtype=args.dtype,
+                device=args.device, overwrite=args.overwrite)
+    print(out)
+    return 0

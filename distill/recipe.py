@@ -1,0 +1,223 @@
+"""Training recipes: one YAML file parsed with TRL's `TrlParser` into distill's script arguments, TRL's
+`SFTConfig` or `DPOConfig` (picked by `stage`), and TRL's `ModelConfig`.
+
+    # recipes/qwen2.5-0.5b-instruct/dpo.yaml (excerpt)
+    stage: dpo
+    model_name_or_path: Qwen/Qwen2.5-0.5B-Instruct
+    dataset_path: data/pairs
+    init_adapter: checkpoints/qwen2.5-0.5b-instruct-sft
+    load_in_4bit: true
+    beta: 0.1
+
+    recipe = parse_recipe(["recipes/qwen2.5-0.5b-instruct/dpo.yaml", "--max_steps", "10"])
+    recipe.script.stage, recipe.training.beta, recipe.model.load_in_4bit   # 'dpo', 0.1, True
+
+Unknown keys, in the file or on the command line, are errors; command-line flags override the file. Bad input
+raises `DistillError` naming the file and key. Imports TRL (no weights, no datasets) so every recipe can be
+checked in a test.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib.util
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from eval.io import DistillError
+
+logger = logging.getLogger(__name__)
+
+TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
+STAGES = ("sft", "dpo")
+
+
+@dataclass
+class DistillArguments:
+    """distill's own recipe keys; everything else is a field of TRL's SFTConfig/DPOConfig or ModelConfig."""
+
+    stage: str = field(
+        default="sft",
+        metadata={"help": "Training stage: 'sft' (supervised on prompt + chosen) or 'dpo' (chosen vs rejected).",
+                  "choices": list(STAGES)},
+    )
+    dataset_path: str | None = field(
+        default=None,
+        metadata={"help": "Preference dataset: a folder written by `datasets.save_to_disk` (what `distill pairs` "
+                  "writes) or a Hub dataset id. Columns prompt, chosen, rejected, tools. One dataset feeds both "
+                  "stages: SFT trains on prompt + chosen."},
+    )
+    dataset_train_split: str = field(default="train", metadata={"help": "Split to train on."})
+    dataset_test_split: str = field(
+        default="test", metadata={"help": "Split to evaluate on when eval_strategy is not 'no'."}
+    )
+    init_adapter: str | None = field(
+        default=None,
+        metadata={"help": "LoRA adapter folder to continue from (e.g. the SFT run's checkpoints/<run>); its "
+                  "lora_* settings replace the recipe's. For DPO the reference is a frozen copy of this adapter."},
+    )
+    chat_template: str | None = field(
+        default=None,
+        metadata={"help": "Chat template to train with: the name of one shipped in distill/templates "
+                  "(hermes_tool, gemma3_tool) or a path to a .jinja file. Unset: the student's own template, "
+                  "which must pass the tool-call check. Saved with the tokenizer in the checkpoint."},
+    )
+    sft_format: str = field(
+        default="completion",
+        metadata={"help": "How SFT sees a pair: 'completion' (prompt + completion=chosen; loss on the answer "
+                  "only, with any chat template) or 'messages' (one conversation; set assistant_only_loss: true, "
+                  "which needs {% generation %} markers or a template TRL knows).",
+                  "choices": ["completion", "messages"]},
+    )
+    max_truncated_share: float = field(
+        default=0.01,
+        metadata={"help": "Largest share (0-1) of pairs allowed to lose completion tokens to max_length; above "
+                  "it training refuses to start (TRL would truncate them silently)."},
+    )
+    audit_max_rows: int = field(
+        default=5000,
+        metadata={"help": "Rows the token-length audit tokenizes (an even spread over the split); 0 = all rows."},
+    )
+    resume: bool = field(
+        default=True,
+        metadata={"help": "Resume from the last checkpoint-<step> folder in output_dir when there is one."},
+    )
+
+
+@dataclass
+class Recipe:
+    path: Path
+    script: DistillArguments
+    training: Any  # trl.SFTConfig or trl.DPOConfig
+    model: Any  # trl.ModelConfig
+    overrides: list[str]
+
+
+def make_parser(stage: str, prog: str = "distill train"):
+    """The TrlParser for one stage: (DistillArguments, SFTConfig|DPOConfig, ModelConfig)."""
+    from trl import DPOConfig, ModelConfig, SFTConfig, TrlParser
+
+    if stage not in STAGES:
+        raise DistillError(f"stage must be one of {', '.join(STAGES)}, got {stage!r}")
+
+    class RecipeParser(TrlParser):
+        # argparse's own error() prints a usage line of several hundred TrainingArguments flags and exits;
+        # a DistillError names the problem in one line and the CLI exits 2 all the same.
+        def error(self, message):
+            raise DistillError(message)
+
+    config_cls = SFTConfig if stage == "sft" else DPOConfig
+    return RecipeParser((DistillArguments, config_cls, ModelConfig), prog=prog)
+
+
+def read_recipe_file(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise DistillError(f"{path}: no such recipe file") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise DistillError(f"{path}: not valid YAML ({e})") from None
+    if not isinstance(data, dict):
+        raise DistillError(f"{path}: a recipe is a YAML mapping of keys to values")
+    return data
+
+
+def _flag_value(overrides: list[str], key: str) -> str | None:
+    for i, arg in enumerate(overrides):
+        if arg == f"--{key}" and i + 1 < len(overrides):
+            return overrides[i + 1]
+        if arg.startswith(f"--{key}="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def parse_recipe(argv: list[str]) -> Recipe:
+    """Parse `RECIPE.yaml [--key value ...]` into a Recipe; flags override the file."""
+    if not argv or argv[0].startswith("-"):
+        raise DistillError("expected a recipe file first: distill train RECIPE.yaml [--key value ...]")
+    path, overrides = Path(argv[0]), list(argv[1:])
+    data = read_recipe_file(path)
+    stage = _flag_value(overrides, "stage") or data.get("stage")
+    if stage not in STAGES:
+        raise DistillError(f"{path}: key 'stage' must be one of {', '.join(STAGES)}, got {stage!r}")
+    parser = make_parser(stage)
+
+    # TrlParser also refuses unknown keys, but reports them as a list of flags; name them with the file and
+    # the closest known keys, since a typo ('learning_rat') is the usual cause.
+    known = {a.dest for a in parser._actions} | {"env"}
+    unknown = [k for k in data if k not in known]
+    if unknown:
+        hints = []
+        for k in unknown:
+            close = difflib.get_close_matches(k, known, n=1)
+            hints.append(f"'{k}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
+        raise DistillError(f"{path}: unknown key(s) for stage {stage}: {', '.join(hints)}")
+
+    try:
+        script, training, model = parser.parse_args_and_config(["--config", str(path), *overrides])
+    except DistillError as e:
+        raise DistillError(f"{path}: {e}") from None
+    except (ValueError, TypeError) as e:
+        # Raised by the config dataclasses' own checks (e.g. incompatible options) and by HfArgumentParser
+        # for command-line flags it does not know.
+        raise DistillError(f"{path}: {e}") from None
+
+    if "output_dir" not in data and _flag_value(overrides, "output_dir") is None:
+        # A run without a named folder goes under checkpoints/, named after the recipe's folder and stage.
+        training.output_dir = str(Path("checkpoints") / f"{path.resolve().parent.name}-{stage}")
+    recipe = Recipe(path=path, script=script, training=training, model=model, overrides=overrides)
+    validate(recipe)
+    return recipe
+
+
+def resolve_chat_template(spec: str) -> tuple[str, str]:
+    """(template text, where it came from) for a `chat_template` value: a shipped name or a file path."""
+    shipped = TEMPLATES_DIR / f"{spec}.jinja"
+    path = shipped if shipped.is_file() else Path(spec)
+    if not path.is_file():
+        names = sorted(p.stem for p in TEMPLATES_DIR.glob("*.jinja"))
+        raise DistillError(
+            f"chat_template: {spec!r} is neither a template shipped with distill ({', '.join(names)}) nor a file"
+        )
+    return path.read_text(encoding="utf-8"), str(path)
+
+
+def validate(recipe: Recipe) -> None:
+    """Checks that no single dataclass can make: how distill's keys combine with TRL's."""
+    s, t, m, where = recipe.script, recipe.training, recipe.model, recipe.path
+    if not m.model_name_or_path:
+        raise DistillError(f"{where}: key 'model_name_or_path' is required (a Hub id or a local folder)")
+    if not s.dataset_path:
+        raise DistillError(f"{where}: key 'dataset_path' is required (a save_to_disk folder or a Hub dataset id)")
+    if not m.use_peft:
+        # distill trains LoRA adapters only: the DPO reference is the base with the adapter disabled.
+        raise DistillError(f"{where}: key 'use_peft' must be true (distill trains LoRA adapters)")
+    if not 0.0 <= s.max_truncated_share <= 1.0:
+        raise DistillError(f"{where}: key 'max_truncated_share' is a share between 0 and 1, got {s.max_truncated_share}")
+    if s.audit_max_rows < 0:
+        raise DistillError(f"{where}: key 'audit_max_rows' must be >= 0 (0 = all rows)")
+    if s.chat_template is not None:
+        resolve_chat_template(s.chat_template)
+    if s.init_adapter is not None and not (Path(s.init_adapter) / "adapter_config.json").is_file():
+        # A chained DPO recipe names the SFT run's folder before it exists; train.py checks again at start.
+        logger.info("init_adapter %s has no adapter_config.json yet", s.init_adapter)
+    if s.stage == "sft":
+        if getattr(t, "chat_template_path", None):
+            raise DistillError(f"{where}: use distill's key 'chat_template' instead of 'chat_template_path', so "
+                               "the pre-flight checks see the template that trains")
+        if t.assistant_only_loss and s.sft_format == "completion":
+            raise DistillError(f"{where}: assistant_only_loss needs sft_format: messages (with sft_format: "
+                               "completion the loss is on the answer already)")
+    if not t.max_length:
+        raise DistillError(f"{where}: key 'max_length' must be set (tokens); the audit measures pairs against it")
+    reports = [t.report_to] if isinstance(t.report_to, str) else list(t.report_to or [])
+    if "tensorboard" in reports and importlib.util.find_spec("tensorboard") is None:
+        logger.warning("report_to: tensorboard is not installed, logging to trainer_state.json only")
+        t.report_to = [r for r in reports if r != "tensorboard"]

@@ -1,0 +1,185 @@
+"""Train one stage of a student, QLoRA SFT or DPO, from a recipe (see recipes/README.md).
+
+    accelerate launch -m distill.train recipes/qwen2.5-0.5b-instruct/sft.yaml
+    accelerate launch --config_file recipes/accelerate/multi_gpu.yaml -m distill.train recipes/qwen2.5-0.5b-instruct/dpo.yaml
+    distill train recipes/debug/tiny_cpu.yaml --max_steps 4        # one process; flags override the file
+    distill train --chain recipes/qwen2.5-0.5b-instruct/sft.yaml recipes/qwen2.5-0.5b-instruct/dpo.yaml
+    python -m distill.train --list-keys dpo                         # every key a dpo recipe accepts
+
+Order: seed, logging, resume detection, pre-flight (tokenizer, chat template, data, token-length audit; all
+before any weight loads), model, trainer, train, eval, save. checkpoints/<run>/ ends up holding the adapter,
+the tokenizer with the chat template it trained with, run.json, trainer_state.json, train_results.json, the
+TensorBoard logs (runs/) and the last checkpoint-<step>/ folders, from which a rerun resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+from eval.io import DistillError
+
+logger = logging.getLogger("distill.train")
+
+USAGE = """\
+usage: distill train RECIPE.yaml [--key value ...]
+       distill train --chain SFT.yaml DPO.yaml [--key value ...]
+       python -m distill.train --list-keys sft|dpo
+
+Train one stage (stage: sft or dpo) of a student from a YAML recipe, with QLoRA, under `accelerate launch -m
+distill.train ...` or in one process. Keys: distill's (stage, dataset_path, init_adapter, chat_template,
+sft_format, max_truncated_share, audit_max_rows, resume) plus every field of TRL's SFTConfig or DPOConfig and
+ModelConfig; unknown keys are errors. `--key value` flags override the file. A run resumes from the last
+checkpoint in its output_dir. With --chain, each later recipe starts from the adapter the one before saved
+(its init_adapter), and the same flags apply to every stage.
+
+examples:
+  distill train recipes/debug/tiny_cpu.yaml
+  distill train --chain recipes/qwen2.5-0.5b-instruct/sft.yaml recipes/qwen2.5-0.5b-instruct/dpo.yaml
+  accelerate launch --config_file recipes/accelerate/multi_gpu.yaml -m distill.train recipes/qwen3-1.7b/sft.yaml
+  distill train recipes/qwen3-1.7b/dpo.yaml --learning_rate 1e-5 --output_dir checkpoints/qwen3-dpo-lr1e5"""
+
+
+def run_stage(recipe, *, end: bool = True):
+    """Train one parsed recipe; returns the trainer. `end` releases trackers and the process group (once, at
+    the end of the last stage: a chained stage after it needs them)."""
+    import warnings
+
+    import datasets
+    import transformers
+    from transformers import AutoTokenizer, set_seed
+    from transformers.trainer_utils import get_last_checkpoint
+    from trl import DPOTrainer, SFTTrainer
+
+    from distill import modeling, preflight, run_info, train_data
+    from distill.recipe import resolve_chat_template
+
+    s, t, m = recipe.script, recipe.training, recipe.model
+    # transformers 5.24 renamed gradient_checkpointing to activation_checkpointing; recipes keep the old name,
+    # which 5.17 (what GPU images carry) also reads, and TRL's own default sets it anyway.
+    warnings.filterwarnings("ignore", message=r"`(is_)?gradient_checkpointing` is deprecated")
+
+    set_seed(t.seed)
+
+    level = logging.INFO if t.should_log else logging.WARNING
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=level)
+    logging.getLogger("distill").setLevel(level)
+    transformers.utils.logging.set_verbosity(level)
+    datasets.utils.logging.set_verbosity(level)
+
+    finished_at_step = _finished_step(t.output_dir)
+    if s.resume and finished_at_step is not None and (t.max_steps <= 0 or finished_at_step >= t.max_steps):
+        # Resuming from a checkpoint at the last step trains one step too many (transformers 5.24), and a rerun
+        # of a chain after a crash in DPO should go straight to DPO.
+        logger.warning("%s already holds a finished %s run (step %d): nothing to train; remove the folder or set "
+                       "another output_dir to train again", t.output_dir, s.stage, finished_at_step)
+        return None
+    resumed_from = t.resume_from_checkpoint
+    if resumed_from is None and s.resume and Path(t.output_dir).is_dir():
+        resumed_from = get_last_checkpoint(t.output_dir)
+    resumed_at = json.loads((Path(resumed_from) / "trainer_state.json").read_text())["global_step"] if resumed_from else None
+    if resumed_from:
+        logger.info("resuming from %s at step %d", resumed_from, resumed_at)
+
+    tokenizer = AutoTokenizer.from_pretrained(m.model_name_or_path, revision=m.model_revision,
+                                              trust_remote_code=t.trust_remote_code)
+    source = f"{m.model_name_or_path} (its own chat template)"
+    if s.chat_template:
+        tokenizer.chat_template, source = resolve_chat_template(s.chat_template)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    stop_ids = preflight.stop_token_ids(tokenizer, m.model_name_or_path, m.model_revision)
+    preflight.check_chat_template(tokenizer, source=source, stop_ids=stop_ids)
+    data = train_data.load_pairs(s.dataset_path)
+    splits = {"train": s.dataset_train_split}
+    if t.eval_strategy != "no":
+        splits["eval"] = s.dataset_test_split
+    rows = {key: train_data.for_stage(train_data.get_split(data, name, s.dataset_path), s.stage, s.sft_format, name)
+            for key, name in splits.items()}
+    audit = preflight.audit_lengths(rows["train"], tokenizer, stage=s.stage, max_length=t.max_length,
+                                    truncation_mode=t.truncation_mode, max_truncated_share=s.max_truncated_share,
+                                    max_rows=s.audit_max_rows, split=s.dataset_train_split)
+
+    model, peft_config = modeling.load_student(m, t, init_adapter=s.init_adapter)
+
+    trainer_cls = SFTTrainer if s.stage == "sft" else DPOTrainer
+    throughput = run_info.ThroughputCallback()
+    trainer = trainer_cls(model=model, args=t, train_dataset=rows["train"], eval_dataset=rows.get("eval"),
+                          processing_class=tokenizer, peft_config=peft_config, callbacks=[throughput])
+    info = run_info.start_info(recipe, data, audit=audit, resumed_from=resumed_from)
+    info["resumed_at_step"] = resumed_at
+    if trainer.is_world_process_zero():
+        run_info.write_run_info(t.output_dir, info)
+
+    result = trainer.train(resume_from_checkpoint=resumed_from)
+    metrics = dict(result.metrics)
+    if "eval" in rows:  # before the save, which drops DPO's reference adapter that evaluation still needs
+        metrics.update(trainer.evaluate())
+
+    unwrapped = trainer.accelerator.unwrap_model(trainer.model)
+    if "ref" in getattr(unwrapped, "peft_config", {}):
+        # DPO from an SFT adapter trains "default" against a frozen copy named "ref"; only "default" is the result.
+        unwrapped.delete_adapter("ref")
+    trainer.save_model(t.output_dir)
+    trainer.save_state()
+    trainer.save_metrics("all", metrics)
+    if trainer.is_world_process_zero():
+        info.update(status="finished", global_step=trainer.state.global_step, metrics=metrics,
+                    throughput=throughput.summary(), finished_at=run_info.now())
+        run_info.write_run_info(t.output_dir, info)
+        logger.info("saved %s adapter, tokenizer and run.json to %s", s.stage, t.output_dir)
+    if end and hasattr(trainer, "end"):  # Trainer.end() arrived in transformers 5.18
+        trainer.end()
+    return trainer
+
+
+def _finished_step(output_dir: str) -> int | None:
+    """The step a finished run in output_dir stopped at (from its run.json), or None."""
+    try:
+        info = json.loads((Path(output_dir) / "run.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return info.get("global_step") if info.get("status") == "finished" else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    from distill.recipe import make_parser, parse_recipe
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0 if argv else 2
+    if argv[0] == "--list-keys":
+        make_parser(argv[1] if len(argv) > 1 else "sft", prog=f"recipe keys ({argv[1:] or 'sft'})").print_help()
+        return 0
+    chain = "--chain" in argv
+    if chain:
+        argv.remove("--chain")
+    first_flag = next((i for i, a in enumerate(argv) if a.startswith("-")), len(argv))
+    paths, overrides = argv[:first_flag], argv[first_flag:]
+    if chain and len(paths) < 2:
+        raise DistillError("--chain takes two or more recipes (e.g. sft.yaml dpo.yaml)")
+    if not chain and len(paths) != 1:
+        raise DistillError(f"expected one recipe, got {len(paths)} ({' '.join(paths) or 'none'}); "
+                           "use --chain to train several stages in a row")
+    if chain and any(o.split("=")[0] in ("--output_dir", "--init_adapter") for o in overrides):
+        raise DistillError("--output_dir and --init_adapter differ per stage: set them in each recipe, not as "
+                           "flags with --chain")
+
+    # Parse every recipe before the first trains, so a typo in the DPO recipe does not wait for SFT to finish.
+    recipes = [parse_recipe([paths[0], *overrides])]
+    for path in paths[1:]:
+        recipes.append(parse_recipe([path, *overrides, "--init_adapter", recipes[-1].training.output_dir]))
+    for i, recipe in enumerate(recipes):
+        run_stage(recipe, end=i == len(recipes) - 1)
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        raise SystemExit(main())
+    except DistillError as e:
+        print(f"distill train: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None

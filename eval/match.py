@@ -60,6 +60,10 @@ class _ExpectedCall:
     name: str
     spec: ToolSpec
     params: dict[str, _Param]
+    # the spec's fields the check reads on every call, held here to save attribute lookups on the hot path
+    required: tuple[str, ...]
+    properties: dict
+    types: dict
 
 
 def _compile_param(answers: list) -> _Param:
@@ -83,6 +87,9 @@ def compile_expected(expected: list[dict], specs: dict[str, ToolSpec]) -> list[_
             name=c["name"],
             spec=specs[c["name"]],
             params={p: _compile_param(a) for p, a in c.get("arguments", {}).items()},
+            required=specs[c["name"]].required,
+            properties=specs[c["name"]].properties,
+            types=specs[c["name"]].param_types,
         )
         for c in expected
     ]
@@ -134,10 +141,10 @@ def check_call(exp: _ExpectedCall, call: dict) -> tuple[str, str]:
     if call["name"] != exp.name:
         return WRONG_NAME, f"expected a call to {exp.name!r}, got {call['name']!r}"
     args = call["arguments"]
-    for p in exp.spec.required:
+    for p in exp.required:
         if p not in args:
             return MISSING_REQUIRED, f"{exp.name}: missing required argument {p!r}"
-    props, types, params = exp.spec.properties, exp.spec.param_types, exp.params
+    props, types, params = exp.properties, exp.types, exp.params
     for p, value in args.items():
         if p not in props:
             return UNKNOWN_PARAM, f"{exp.name}: argument {p!r} is not in the tool's schema"

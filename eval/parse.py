@@ -20,12 +20,12 @@ import ast
 import json
 import re
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 CALLS, NO_CALL, MALFORMED = "calls", "no_call", "malformed"
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # created once per trace: slots, not frozen, keeps construction cheap
 class Parsed:
     status: str  # CALLS | NO_CALL | MALFORMED
     calls: list[dict] | None = None  # [{"name": str, "arguments": dict}], [] for no_call, None when malformed

@@ -39,8 +39,8 @@ def parse_trace(trace: dict) -> Parsed:
             return Parsed(MALFORMED, None, "text", "recorded as unparseable")
         if tc == []:
             return Parsed("no_call", [], "text", "recorded as no call")
-        if isinstance(tc, list) and all(isinstance(c, dict) and isinstance(c.get("arguments"), dict) for c in tc):
-            return Parsed(CALLS, tc, "openai", "")
+        if isinstance(tc, list) and all(type(c) is dict and type(c.get("arguments")) is dict and type(c.get("name")) is str for c in tc):
+            return Parsed(CALLS, tc, "openai", "")  # already canonical: skip re-normalising
         return parse_output(None, tc)
     return parse_output(trace.get("raw"))
 

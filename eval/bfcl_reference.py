@@ -198,3 +198,68 @@ def perturbed_cases(entry: dict, answer: dict | None, seed: int = 0) -> list[Cas
     mutate("duplicated_call", lambda c: c.append(copy.deepcopy(c[0])))
     cases.append(Case("no_call", []))
     return cases
+
+
+def reference_traces(tasks_path: str, model: str = "bfcl-reference") -> tuple[list[dict], int, int]:
+    """Traces for every BFCL task in a tasks file: BFCL's answer and typical mistakes, each rendered as raw
+    output in a rotating format (Hermes, Python, JSON...). Returns (traces, cases, cases where our verdict equals
+    BFCL's checker). Lets a user see the verifier at work, and check it against BFCL, on their own machine."""
+    import json
+
+    from data_gen.bfcl import bfcl_data_dir
+    from eval.parse import render
+    from eval.tasks import load_tasks
+    from eval.verify import verify
+
+    tasks = load_tasks(tasks_path)
+    data = bfcl_data_dir()
+    checker = BfclChecker()
+    by_cat: dict[str, tuple[dict, dict]] = {}
+    traces, agree = [], 0
+    text_formats = ("hermes", "python", "json", "fenced", "llama3", "mistral")
+    for task in tasks.values():
+        if task.category not in by_cat:
+            entries = {e["id"]: e for e in map(json.loads, open(data / f"BFCL_v4_{task.category}.json"))}
+            answers = {}
+            if "irrelevance" not in task.category:
+                answers = {a["id"]: a for a in map(json.loads, open(data / "possible_answer" / f"BFCL_v4_{task.category}.json"))}
+            by_cat[task.category] = (entries, answers)
+        entries, answers = by_cat[task.category]
+        entry, answer = entries[task.id], answers.get(task.id)
+        for sample, case in enumerate(perturbed_cases(entry, answer)):
+            fmt = text_formats[(len(traces)) % len(text_formats)]
+            raw = render(case.calls, fmt) if case.calls else "None of the available functions can do this."
+            trace = {"task_id": task.id, "model": model, "sample": sample, "raw": raw, "case": case.label}
+            agree += checker.correct(entry, answer, task.category, case.calls) == verify(task, trace)["correct"]
+            traces.append(trace)
+    return traces, len(traces), agree
+
+
+def main(argv=None) -> int:
+    import argparse
+
+    from eval.io import DistillError, write_jsonl
+
+    ap = argparse.ArgumentParser(
+        prog="python -m eval.bfcl_reference",
+        description="Write reference traces for the BFCL tasks of a tasks file (BFCL's answers and typical "
+        "mistakes as raw model output) and report how often distill's verdict equals BFCL's own checker.",
+    )
+    ap.add_argument("--tasks", required=True, help="tasks .jsonl written by `distill import bfcl`")
+    ap.add_argument("--out", required=True, help="output traces .jsonl")
+    args = ap.parse_args(argv)
+    try:
+        traces, n, agree = reference_traces(args.tasks)
+    except DistillError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyError as e:
+        print(f"error: task {e} is not in the installed BFCL data (only `distill import bfcl` tasks work here)", file=sys.stderr)
+        return 2
+    write_jsonl(args.out, traces)
+    print(f"wrote {n} reference traces to {args.out}; distill's verdict equals BFCL's checker on {agree}/{n} ({100 * agree / n:.2f}%)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -22,6 +22,7 @@ from __future__ import annotations
 import difflib
 import importlib.util
 import logging
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -160,6 +161,9 @@ def parse_recipe(argv: list[str]) -> Recipe:
             hints.append(f"'{k}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
         raise DistillError(f"{path}: unknown key(s) for stage {stage}: {', '.join(hints)}")
 
+    # transformers 5.24 renamed gradient_checkpointing to activation_checkpointing and warns on the old name;
+    # recipes keep it because 5.17 (what GPU images carry) knows only that one, and TRL's defaults set it anyway.
+    warnings.filterwarnings("ignore", message=r"`(is_)?gradient_checkpointing` is deprecated")
     try:
         script, training, model = parser.parse_args_and_config(["--config", str(path), *overrides])
     except DistillError as e:

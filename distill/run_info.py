@@ -212,7 +212,7 @@ class ThroughputCallback(_callback_base()):
         import torch
 
         timed = self.step_times[self.skip:] or self.step_times
-        out = {"steps_timed": len(timed), "median_step_s": round(statistics.median(timed), 4) if timed else None,
+        out = {"steps_run": len(self.step_times), "steps_timed": len(timed), "median_step_s": round(statistics.median(timed), 4) if timed else None,
                "tokens_per_s": None, "peak_gpu_mem_gib": None}
         # num_tokens is cumulative over the run (this process's non-padding tokens times the world size);
         # the rate between the first logged step after warm-up and the last leaves warm-up out.

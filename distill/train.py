@@ -45,29 +45,24 @@ examples:
 def run_stage(recipe, *, end: bool = True):
     """Train one parsed recipe; returns the trainer. `end` releases trackers and the process group (once, at
     the end of the last stage: a chained stage after it needs them)."""
-    import warnings
-
     import datasets
     import transformers
     from transformers import AutoTokenizer, set_seed
-    from transformers.trainer_utils import get_last_checkpoint
     from trl import DPOTrainer, SFTTrainer
 
     from distill import modeling, preflight, run_info, train_data
     from distill.recipe import resolve_chat_template
 
     s, t, m = recipe.script, recipe.training, recipe.model
-    # transformers 5.24 renamed gradient_checkpointing to activation_checkpointing; recipes keep the old name,
-    # which 5.17 (what GPU images carry) also reads, and TRL's own default sets it anyway.
-    warnings.filterwarnings("ignore", message=r"`(is_)?gradient_checkpointing` is deprecated")
 
     set_seed(t.seed)
 
     level = logging.INFO if t.should_log else logging.WARNING
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=level)
     logging.getLogger("distill").setLevel(level)
-    transformers.utils.logging.set_verbosity(level)
-    datasets.utils.logging.set_verbosity(level)
+    # transformers at INFO prints every config it loads; its warnings and the Trainer's progress still show.
+    transformers.utils.logging.set_verbosity(logging.WARNING)
+    datasets.utils.logging.set_verbosity(logging.WARNING)
 
     finished_at_step = _finished_step(t.output_dir)
     if s.resume and finished_at_step is not None and (t.max_steps <= 0 or finished_at_step >= t.max_steps):
@@ -76,12 +71,11 @@ def run_stage(recipe, *, end: bool = True):
         logger.warning("%s already holds a finished %s run (step %d): nothing to train; remove the folder or set "
                        "another output_dir to train again", t.output_dir, s.stage, finished_at_step)
         return None
-    resumed_from = t.resume_from_checkpoint
-    if resumed_from is None and s.resume and Path(t.output_dir).is_dir():
-        resumed_from = get_last_checkpoint(t.output_dir)
-    resumed_at = json.loads((Path(resumed_from) / "trainer_state.json").read_text())["global_step"] if resumed_from else None
+    resumed_from, resumed_at = t.resume_from_checkpoint, None
+    if resumed_from is None and s.resume:
+        resumed_from, resumed_at = last_complete_checkpoint(t.output_dir)
     if resumed_from:
-        logger.info("resuming from %s at step %d", resumed_from, resumed_at)
+        logger.info("resuming from %s at step %s", resumed_from, resumed_at)
 
     tokenizer = AutoTokenizer.from_pretrained(m.model_name_or_path, revision=m.model_revision,
                                               trust_remote_code=t.trust_remote_code)
@@ -133,6 +127,20 @@ def run_stage(recipe, *, end: bool = True):
     if end and hasattr(trainer, "end"):  # Trainer.end() arrived in transformers 5.18
         trainer.end()
     return trainer
+
+
+def last_complete_checkpoint(output_dir: str) -> tuple[str | None, int | None]:
+    """(folder, step) of the newest checkpoint-<step> whose trainer_state.json, the file the Trainer writes last,
+    is whole. A run killed while writing a checkpoint leaves a partial folder, which transformers'
+    get_last_checkpoint would pick and then fail to load."""
+    folders = sorted(Path(output_dir).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1])
+                     if p.name.split("-")[-1].isdigit() else -1, reverse=True)
+    for folder in folders:
+        try:
+            return str(folder), json.loads((folder / "trainer_state.json").read_text())["global_step"]
+        except (OSError, ValueError, KeyError):
+            logger.warning("skipping %s: incomplete (killed while it was written?)", folder)
+    return None, None
 
 
 def _finished_step(output_dir: str) -> int | None:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -227,6 +228,7 @@ class FastDPOTrainer(DPOTrainer):
         elif self.eval_dataset is not None:
             self._stores["eval"] = PairStore(pairs_from_dataset(self.eval_dataset, args.max_length))
         self.ref_cache_hits: dict[str, bool] = {}
+        self.ref_seconds = 0.0  # fingerprinting plus the reference pass (or the cache read), for benchmarks
         if self._cache_ref:
             for name, store in self._stores.items():
                 self._fill_reference(name, store)
@@ -289,6 +291,7 @@ class FastDPOTrainer(DPOTrainer):
         }
 
     def _fill_reference(self, name: str, store: PairStore) -> None:
+        started = time.perf_counter()
         cache_dir = self.args.ref_cache_dir or default_cache_dir()
         parts = self.reference_cache_parts(store.pairs)
         # The first process on each machine computes and writes; the others then find the entry
@@ -298,6 +301,7 @@ class FastDPOTrainer(DPOTrainer):
             )
         store.ref_chosen, store.ref_rejected = chosen, rejected
         self.ref_cache_hits[name] = hit
+        self.ref_seconds += time.perf_counter() - started
 
     # ---- data ----------------------------------------------------------------------------------------------
 

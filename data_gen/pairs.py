@@ -1,0 +1,450 @@
+"""Mine DPO preference pairs from verified traces: correct teacher answers against the teacher's own mistakes, the
+student's mistakes (on-policy negatives) and synthetic hard negatives.
+
+    row {"prompt": [{"role": "user", "content": "What's the weather in Paris?"}],
+         "chosen":   [{"role": "assistant", "content": null, "tool_calls": [{"type": "function",
+                       "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}]}],
+         "rejected": [{"role": "assistant", "content": "I would use get_weather for this.", "tool_calls": null}],
+         "tools": "[{\"type\": \"function\", ...}]", "task_id": "simple_python_12", "category": "simple_python",
+         "chosen_source": "teacher", "rejected_source": "synthetic", "rejected_error": "no_call"}
+
+Chosen answers are strict: correct by BFCL's rules and schema-valid. Every rejected answer is verified incorrect
+and labelled with its error. Calls are stored as structured messages (arguments as JSON strings, `tools` as a
+JSON string: as nested structs, Arrow would merge fields across rows), so each student's own chat template renders
+them in its own format at training time; malformed and prose answers stay raw text.
+
+    rows, stats = mine_pairs(tasks, teacher_traces, student_traces, PairsConfig(synthetic=2))
+    write_pairs("pairs/", rows, stats, ...)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import tempfile
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from data_gen.negatives import Answer, synthetic_negatives
+from eval.io import DistillError, atomic_write, write_json, write_jsonl
+from eval.parse import CALLS, MALFORMED
+from eval.tasks import Task, file_fingerprint, load_tasks
+from eval.verify import ERRORS, judge, parse_trace
+
+SOURCES = ("teacher", "student", "synthetic")
+CHOSEN_FROM = ("teacher", "gold", "teacher-or-gold")
+ABSTAIN_TEXT = "None of the available functions can be used for this request."
+
+
+@dataclass
+class PairsConfig:
+    chosen_from: str = "teacher"  # teacher | gold | teacher-or-gold
+    synthetic: int = 2  # synthetic negatives made per task
+    max_pairs_per_task: int = 8
+    mix: dict[str, float] = field(default_factory=lambda: {s: 1.0 for s in SOURCES})  # relative share per source
+    error_weights: dict[str, float] = field(default_factory=dict)  # relative share per error type (default 1)
+    test_size: float = 0.1  # share of tasks (not pairs) in the test split
+    seed: int = 0
+
+
+@dataclass
+class _Candidate:
+    key: str  # canonical form, for de-duplication
+    message: dict
+    source: str
+    error: str
+
+
+def _canonical(answer_calls: list[dict] | None, text: str | None) -> str:
+    if answer_calls is not None:
+        return "calls:" + json.dumps(answer_calls, sort_keys=True, ensure_ascii=False)
+    return "text:" + (text or "").strip()
+
+
+def assistant_message(answer: Answer) -> dict:
+    if answer.calls:
+        return {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {"type": "function", "function": {"name": c["name"], "arguments": json.dumps(c["arguments"], ensure_ascii=False)}}
+                for c in answer.calls
+            ],
+        }
+    return {"role": "assistant", "content": answer.text or "", "tool_calls": None}
+
+
+def _trace_answer(trace: dict, parsed) -> Answer:
+    if parsed.status == CALLS:
+        return Answer(parsed.calls)
+    raw = trace.get("raw")
+    return Answer(None, raw if isinstance(raw, str) else "")
+
+
+def gold_answer(task: Task) -> Answer:
+    """The task's expected calls with the first acceptable value of each argument ("" first: left out)."""
+    if not task.expected:
+        return Answer(None, ABSTAIN_TEXT)
+    calls = []
+    for e in task.expected:
+        args = {p: vals[0] for p, vals in e.get("arguments", {}).items() if vals and vals[0] != ""}
+        calls.append({"name": e["name"], "arguments": args})
+    return Answer(calls)
+
+
+def _split_of(task_id: str, test_size: float, seed: int) -> str:
+    h = int.from_bytes(hashlib.sha256(f"{seed}:{task_id}".encode()).digest()[:8], "big") / 2**64
+    return "test" if h < test_size else "train"
+
+
+def _diverse(cands: list[_Candidate], weights: dict[str, float], rng: random.Random) -> list[_Candidate]:
+    """Order candidates so error types alternate, each type drawn in proportion to its weight."""
+    by_error: dict[str, list[_Candidate]] = defaultdict(list)
+    for c in cands:
+        if weights.get(c.error, 1.0) > 0:
+            by_error[c.error].append(c)
+    credit = {e: 0.0 for e in by_error}
+    out = []
+    while by_error:
+        for e in credit:
+            credit[e] += weights.get(e, 1.0)
+        e = max(by_error, key=lambda k: (credit[k], rng.random()))
+        credit[e] -= sum(weights.get(k, 1.0) for k in by_error)
+        out.append(by_error[e].pop(0))
+        if not by_error[e]:
+            del by_error[e], credit[e]
+    return out
+
+
+def _select(pools: dict[str, list[_Candidate]], config: PairsConfig, rng: random.Random) -> list[_Candidate]:
+    """Up to max_pairs_per_task candidates, sources in proportion to config.mix, leftovers from any source."""
+    cap = config.max_pairs_per_task
+    ordered = {s: _diverse(pools.get(s, []), config.error_weights, rng) for s in SOURCES if config.mix.get(s, 0) > 0}
+    available = {s: c for s, c in ordered.items() if c}
+    if not available:
+        return []
+    total = sum(config.mix[s] for s in available)
+    picked = []
+    for s, cands in available.items():
+        quota = int(cap * config.mix[s] / total)
+        picked += cands[:quota]
+        del cands[:quota]
+    for s in sorted(available, key=lambda s: -config.mix[s]):
+        while len(picked) < cap and available[s]:
+            picked.append(available[s].pop(0))
+    return picked[:cap]
+
+
+def _group(traces: list[dict]) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = defaultdict(list)
+    for t in traces:
+        out[t["task_id"]].append(t)
+    return out
+
+
+def mine_pairs(
+    tasks: dict[str, Task],
+    teacher_traces: list[dict],
+    student_traces: list[dict] | None = None,
+    config: PairsConfig | None = None,
+) -> tuple[list[dict], dict]:
+    """Preference rows (see the module docstring) and statistics about how they were made."""
+    config = config or PairsConfig()
+    if config.chosen_from not in CHOSEN_FROM:
+        raise DistillError(f"chosen_from must be one of {', '.join(CHOSEN_FROM)}, got {config.chosen_from!r}")
+    rng = random.Random(config.seed)
+    teacher_by_task, student_by_task = _group(teacher_traces), _group(student_traces or [])
+    stats = Counter()
+    rows = []
+    for task in tasks.values():
+        chosen: list[tuple[str, dict, str]] = []  # (key, message, source)
+        seen_chosen: set[str] = set()
+        pools: dict[str, list[_Candidate]] = defaultdict(list)
+        seen_rejected: set[str] = set()
+
+        def add_rejected(answer: Answer, source: str, error: str):
+            key = _canonical(answer.calls, answer.text)
+            if key in seen_rejected:
+                stats["rejected_duplicates_dropped"] += 1
+                return
+            seen_rejected.add(key)
+            pools[source].append(_Candidate(key, assistant_message(answer), source, error))
+
+        for trace in teacher_by_task.get(task.id, []):
+            parsed = parse_trace(trace)
+            correct, schema_valid, error, _ = judge(task, parsed)
+            answer = _trace_answer(trace, parsed)
+            stats["teacher_traces"] += 1
+            if correct and schema_valid and parsed.status != MALFORMED:
+                key = _canonical(answer.calls, answer.text) if answer.calls else "text:<abstain>"
+                if key not in seen_chosen:
+                    seen_chosen.add(key)
+                    chosen.append((key, assistant_message(answer), "teacher"))
+            elif not correct:
+                add_rejected(answer, "teacher", error)
+        for trace in student_by_task.get(task.id, []):
+            parsed = parse_trace(trace)
+            correct, _, error, _ = judge(task, parsed)
+            stats["student_traces"] += 1
+            if not correct:
+                add_rejected(_trace_answer(trace, parsed), "student", error)
+
+        if config.chosen_from == "gold" or (config.chosen_from == "teacher-or-gold" and not chosen):
+            gold = gold_answer(task)
+            correct, schema_valid, _, _ = judge(task, gold.parsed())
+            if correct and schema_valid:
+                chosen = [(_canonical(gold.calls, None) if gold.calls else "text:<abstain>", assistant_message(gold), "gold")]
+            else:
+                stats["tasks_gold_not_strictly_correct"] += 1
+                chosen = []
+        if not chosen:
+            stats["tasks_without_chosen"] += 1
+            continue
+
+        if config.synthetic > 0:
+            first = chosen[0][1]
+            calls = [{"name": tc["function"]["name"], "arguments": json.loads(tc["function"]["arguments"])} for tc in first.get("tool_calls") or []]
+            for _op, answer, error, _detail in synthetic_negatives(task, calls, config.synthetic, rng):
+                add_rejected(answer, "synthetic", error)
+
+        chosen_keys = {k for k, _, _ in chosen}
+        for s in pools:
+            before = len(pools[s])
+            pools[s] = [c for c in pools[s] if c.key not in chosen_keys]
+            stats["rejected_equal_to_chosen_dropped"] += before - len(pools[s])
+
+        selected = _select(pools, config, rng)
+        if not selected:
+            stats["tasks_without_rejected"] += 1
+            continue
+        tools_json = json.dumps(task.tools, ensure_ascii=False)
+        split = _split_of(task.id, config.test_size, config.seed)
+        for i, cand in enumerate(selected):
+            _, chosen_msg, chosen_source = chosen[i % len(chosen)]
+            rows.append(
+                {
+                    "prompt": task.messages,
+                    "chosen": [chosen_msg],
+                    "rejected": [cand.message],
+                    "tools": tools_json,
+                    "task_id": task.id,
+                    "category": task.category,
+                    "chosen_source": chosen_source,
+                    "rejected_source": cand.source,
+                    "rejected_error": cand.error,
+                    "split": split,
+                }
+            )
+        stats["tasks_with_pairs"] += 1
+    return rows, dict(stats)
+
+
+def summarize(rows: list[dict]) -> dict:
+    def counts(key, subset=None):
+        return dict(Counter(r[key] for r in (subset if subset is not None else rows)).most_common())
+
+    return {
+        "pairs": len(rows),
+        "splits": {s: sum(r["split"] == s for r in rows) for s in ("train", "test")},
+        "tasks": {s: len({r["task_id"] for r in rows if r["split"] == s}) for s in ("train", "test")},
+        "rejected_source": counts("rejected_source"),
+        "chosen_source": counts("chosen_source"),
+        "rejected_error": counts("rejected_error"),
+        "category": counts("category"),
+    }
+
+
+def teacher_info(traces: list[dict]) -> dict:
+    """Models, backends and sampling settings seen in the teacher traces (for the card and training runs)."""
+    models = Counter(t.get("model") for t in traces)
+    sampling = {json.dumps(t["sampling"], sort_keys=True) for t in traces if isinstance(t.get("sampling"), dict)}
+    backends = {t["backend"] for t in traces if isinstance(t.get("backend"), str)}
+    return {
+        "models": dict(models.most_common()),
+        "backends": sorted(backends),
+        "sampling": [json.loads(s) for s in sorted(sampling)],
+    }
+
+
+def dataset_card(summary: dict, info: dict) -> str:
+    """A Hugging Face dataset card (YAML metadata + Markdown) for the preference dataset."""
+    from huggingface_hub import DatasetCard, DatasetCardData
+
+    teacher = ", ".join(f"`{m}`" for m in info["teacher"]["models"]) or "none (gold answers)"
+    data = DatasetCardData(
+        license=info.get("license") or "other",
+        tags=["distill", "dpo", "preference", "function-calling", "tool-use"],
+        task_categories=["text-generation"],
+        configs=[{"config_name": "default", "data_files": [{"split": s, "path": f"data/{s}-*"} for s in ("train", "test") if summary["splits"][s]]}],
+    )
+    table = lambda d: "\n".join(f"| {k} | {v} |" for k, v in d.items()) or "| - | - |"  # noqa: E731
+    body = f"""
+# Function-calling preference pairs (distill)
+
+DPO preference pairs in TRL's conversational format with a `tools` column, mined by
+distill from verified traces: **chosen** answers are correct by the Berkeley Function
+Calling Leaderboard's AST rules and valid against the tools' JSON Schemas; **rejected** answers were verified
+incorrect and carry their error type.
+
+- Teacher: {teacher}
+- Teacher backends: {", ".join(info["teacher"]["backends"]) or "n/a"}
+- Sampling: {json.dumps(info["teacher"]["sampling"]) if info["teacher"]["sampling"] else "n/a"}
+- Student traces (on-policy negatives): {", ".join(f"`{m}`" for m in info["student"]["models"]) or "none"}
+- Tasks: `{info["tasks"]}` ({info["tasks_fingerprint"]})
+- Settings: {json.dumps(info["config"])}
+
+## Counts
+
+{summary["pairs"]} pairs; train {summary["splits"]["train"]} pairs over {summary["tasks"]["train"]} tasks, test
+{summary["splits"]["test"]} pairs over {summary["tasks"]["test"]} tasks (split by task id: no task on both sides).
+
+| rejected source | pairs |
+| --- | --- |
+{table(summary["rejected_source"])}
+
+| rejected error | pairs |
+| --- | --- |
+{table(summary["rejected_error"])}
+
+| category | pairs |
+| --- | --- |
+{table(summary["category"])}
+
+## Columns
+
+`prompt` (messages), `chosen` and `rejected` (one assistant message each: `tool_calls` in OpenAI form with
+`arguments` as a JSON string, or plain `content` for malformed and prose answers), `tools` (JSON string of OpenAI
+tool definitions), `task_id`, `category`, `chosen_source`, `rejected_source` (`teacher` | `student` | `synthetic`
+| `gold`), `rejected_error`.
+"""
+    return DatasetCard(f"---\n{data.to_yaml()}\n---\n{body}").content
+
+
+def write_pairs(out_dir: str | os.PathLike, rows: list[dict], stats: dict, info: dict, push_to_hub: str | None = None, private: bool = False) -> dict:
+    """Write the DatasetDict (save_to_disk), train/test JSONL, the dataset card and pairs_stats.json into out_dir,
+    atomically: everything is built in a temporary folder and moved into place at the end."""
+    from datasets import Dataset, DatasetDict
+
+    if not rows:
+        raise DistillError("no pairs were mined: no task had both a chosen and a rejected answer (see the statistics above)")
+    out_dir = Path(out_dir)
+    summary = summarize(rows)
+    columns = [k for k in rows[0] if k != "split"]
+    splits = {}
+    for s in ("train", "test"):
+        part = [{k: r[k] for k in columns} for r in rows if r["split"] == s]
+        if part:
+            splits[s] = Dataset.from_list(part)
+    dd = DatasetDict(splits)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        dd.save_to_disk(str(tmp / "dataset"))
+        for s, ds in splits.items():
+            write_jsonl(tmp / f"{s}.jsonl", ({k: r[k] for k in columns} for r in rows if r["split"] == s))
+        with atomic_write(tmp / "README.md") as f:
+            f.write(dataset_card(summary, info))
+        write_json(tmp / "pairs_stats.json", {"summary": summary, "mining": stats, **info})
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if push_to_hub:
+        push_pairs(out_dir, push_to_hub, private=private)
+    return summary
+
+
+def push_pairs(out_dir: str | os.PathLike, repo_id: str, private: bool = False) -> None:
+    """Upload the dataset and its card. The token comes from HF_TOKEN or the cached login; it is never printed."""
+    from datasets import load_from_disk
+    from huggingface_hub import DatasetCard
+
+    token = os.environ.get("HF_TOKEN") or None
+    dd = load_from_disk(str(Path(out_dir) / "dataset"))
+    dd.push_to_hub(repo_id, private=private, token=token)
+    DatasetCard.load(Path(out_dir) / "README.md").push_to_hub(repo_id, token=token)
+
+
+def _read_traces(paths: list[str], tasks: dict[str, Task]) -> list[dict]:
+    from eval.report import read_traces
+
+    return [t for _, _, t in read_traces(paths, tasks)]
+
+
+def _parse_weights(text: str | None, allowed: tuple[str, ...], flag: str) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for part in (text or "").split(","):
+        if not part.strip():
+            continue
+        name, _, value = part.partition("=")
+        name = name.strip()
+        if name not in allowed:
+            raise DistillError(f"{flag}: unknown name {name!r}; one of {', '.join(allowed)}")
+        try:
+            out[name] = float(value)
+        except ValueError:
+            raise DistillError(f"{flag}: {part!r} is not NAME=NUMBER") from None
+        if out[name] < 0:
+            raise DistillError(f"{flag}: {name} must not be negative")
+    return out
+
+
+def pairs(
+    tasks_path: str,
+    trace_paths: list[str],
+    out_dir: str,
+    student_trace_paths: list[str] | None = None,
+    config: PairsConfig | None = None,
+    push_to_hub: str | None = None,
+    private: bool = False,
+) -> dict:
+    """The whole `distill pairs` job from Python: read, mine, write. Returns the summary."""
+    config = config or PairsConfig()
+    tasks = load_tasks(tasks_path)
+    teacher = _read_traces(trace_paths, tasks) if trace_paths else []
+    student = _read_traces(student_trace_paths, tasks) if student_trace_paths else []
+    if not teacher and config.chosen_from == "teacher":
+        raise DistillError("no teacher traces: pass --traces, or --chosen-from gold")
+    rows, stats = mine_pairs(tasks, teacher, student, config)
+    info = {
+        "tasks": str(tasks_path),
+        "tasks_fingerprint": file_fingerprint(tasks_path),
+        "teacher": teacher_info(teacher),
+        "student": teacher_info(student),
+        "config": asdict(config),
+    }
+    return write_pairs(out_dir, rows, stats, info, push_to_hub=push_to_hub, private=private) | {"mining": stats}
+
+
+def pairs_cli(args) -> int:
+    config = PairsConfig(
+        chosen_from=args.chosen_from,
+        synthetic=args.synthetic,
+        max_pairs_per_task=args.max_pairs_per_task,
+        mix={**{s: 1.0 for s in SOURCES}, **_parse_weights(args.mix, SOURCES, "--mix")},
+        error_weights=_parse_weights(args.error_weights, ERRORS, "--error-weights"),
+        test_size=args.test_size,
+        seed=args.seed,
+    )
+    if not 0 <= config.test_size < 1:
+        raise DistillError("--test-size must be in [0, 1)")
+    summary = pairs(args.tasks, args.traces or [], args.out, args.student_traces, config, args.push_to_hub, args.private)
+    m = summary["mining"]
+    print(
+        f"{summary['pairs']} pairs (train {summary['splits']['train']}, test {summary['splits']['test']}) from "
+        f"{m.get('tasks_with_pairs', 0)} tasks -> {args.out}/dataset (+ train.jsonl, test.jsonl, README.md)"
+    )
+    print("  rejected sources: " + ", ".join(f"{k} {v}" for k, v in summary["rejected_source"].items()))
+    print("  rejected errors:  " + ", ".join(f"{k} {v}" for k, v in summary["rejected_error"].items()))
+    skipped = {k: v for k, v in m.items() if k.startswith("tasks_without") or k.startswith("tasks_gold")}
+    if skipped:
+        print("  skipped: " + ", ".join(f"{k} {v}" for k, v in skipped.items()))
+    if args.push_to_hub:
+        print(f"  pushed to https://huggingface.co/datasets/{args.push_to_hub}")
+    return 0

@@ -259,6 +259,48 @@ def _add_merge(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
 
 
+def _add_pairs(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "pairs",
+        help="mine DPO preference pairs (chosen = verified-correct, rejected = verified-wrong) into a HF dataset",
+        description="Verify teacher (and student) traces and mine preference pairs: chosen = a correct, schema-valid "
+        "teacher answer (or the task's expected calls with --chosen-from gold); rejected = the teacher's incorrect "
+        "answers, the student's incorrect answers (--student-traces) and synthetic hard negatives (--synthetic K), each "
+        "re-verified and labelled with its error type. Writes --out/dataset (save_to_disk, train/test split by task "
+        "id), train.jsonl, test.jsonl, a dataset card README.md and pairs_stats.json.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="example:\n  distill pairs --tasks tasks.jsonl --traces teacher.jsonl --student-traces student.jsonl "
+        "--synthetic 2 --max-pairs-per-task 8 --mix teacher=2,student=1,synthetic=1 --out pairs/",
+    )
+    p.add_argument("--tasks", required=True, help="tasks .jsonl file")
+    p.add_argument("--traces", nargs="*", default=[], help="teacher traces .jsonl file(s)")
+    p.add_argument("--student-traces", nargs="*", default=None, help="student traces .jsonl file(s): on-policy negatives")
+    p.add_argument("--out", required=True, help="output folder (replaced atomically)")
+    p.add_argument(
+        "--chosen-from",
+        choices=["teacher", "gold", "teacher-or-gold"],
+        default="teacher",
+        help="where chosen answers come from: correct teacher traces, the tasks' expected calls, or the teacher with "
+        "expected calls where no teacher trace is correct (default: %(default)s)",
+    )
+    p.add_argument("--synthetic", type=int, default=2, metavar="K", help="synthetic hard negatives per task (default: %(default)s)")
+    p.add_argument("--max-pairs-per-task", type=int, default=8, help="cap on pairs per task (default: %(default)s)")
+    p.add_argument(
+        "--mix",
+        default=None,
+        help="relative share of rejected sources, e.g. teacher=2,student=1,synthetic=1 (default: equal; 0 excludes a source)",
+    )
+    p.add_argument(
+        "--error-weights",
+        default=None,
+        help="relative share of rejected error types, e.g. schema_violation=2,malformed=0.5 (default: equal; 0 excludes)",
+    )
+    p.add_argument("--test-size", type=float, default=0.1, help="share of tasks held out as the test split (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed for the split, the mix and synthetic negatives (default: %(default)s)")
+    p.add_argument("--push-to-hub", default=None, metavar="REPO", help="also upload the dataset and card to this Hub dataset repo (token from HF_TOKEN or the cached login)")
+    p.add_argument("--private", action="store_true", help="with --push-to-hub: create the repo private")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="distill",
@@ -272,6 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_import(sub)
     _add_score(sub)
+    _add_pairs(sub)
     _add_generate(sub)
     _add_train(sub)
     _add_merge(sub)
@@ -291,6 +334,10 @@ def run(args: argparse.Namespace) -> int:
         from data_gen.generate import generate_cli
 
         return generate_cli(args)
+    if args.command == "pairs":
+        from data_gen.pairs import pairs_cli
+
+        return pairs_cli(args)
     if args.command == "score":
         from eval.report import score_cli
 

@@ -56,6 +56,8 @@ class StubServer:
         self.fail_when = fail_when  # body -> Fault | None: a fault chosen by content (persistent failures)
         self.die_after = die_after  # answer this many chat requests, then drop the next and go away for good
         self.answered = 0
+        self.in_flight = 0
+        self.peak_in_flight = 0  # most chat requests being handled at once
         self.connections: set = set()
         self.chat_requests: list[dict] = []
         self.lock = threading.Lock()
@@ -146,6 +148,16 @@ class StubServer:
                     self.close_connection = True
                     threading.Thread(target=stub.stop, daemon=True).start()
                     return
+                with stub.lock:
+                    stub.in_flight += 1
+                    stub.peak_in_flight = max(stub.peak_in_flight, stub.in_flight)
+                try:
+                    self._chat(body)
+                finally:
+                    with stub.lock:
+                        stub.in_flight -= 1
+
+            def _chat(self, body: dict) -> None:
                 fault = stub._next_fault(body)
                 record = {"body": body, "headers": {k.lower(): v for k, v in self.headers.items()}, "t": time.monotonic(), "outcome": "ok"}
                 with stub.lock:

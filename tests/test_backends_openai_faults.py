@@ -96,6 +96,20 @@ def test_a_request_that_keeps_failing_is_reported_and_finished_by_the_rerun(tmp_
     assert_complete(out, 3, 2)
 
 
+def test_concurrency_is_reached_across_several_connection_pools_and_never_exceeded(tmp_path):
+    from data_gen.backends.openai_backend import CONNECTIONS_PER_CLIENT
+
+    write_tasks(tmp_path / "tasks.jsonl", 24)
+    concurrency = CONNECTIONS_PER_CLIENT + 8  # two clients (pools)
+    with StubServer(delay_s=0.4) as server:
+        summary = generate(tmp_path / "tasks.jsonl", backend_for(server.base_url, concurrency=concurrency),
+                           tmp_path / "out.jsonl", 3, progress=False)
+        peak = server.peak_in_flight
+    assert CONNECTIONS_PER_CLIENT < peak <= concurrency
+    assert summary.written == 72
+    assert_complete(tmp_path / "out.jsonl", 24, 3)
+
+
 def test_a_server_that_is_down_fails_fast_with_a_clear_error(tmp_path):
     write_tasks(tmp_path / "tasks.jsonl", 2)
     url = f"http://127.0.0.1:{free_port()}/v1"

@@ -29,6 +29,8 @@ from data_gen.prompting import with_tools_in_prompt
 from eval.io import DistillError
 
 PROBE_TIMEOUT_S = 5.0
+# In-flight requests per HTTP client (connection pool); see generate().
+CONNECTIONS_PER_CLIENT = 16
 # Status codes that no retry can fix and that every request would meet: stop the run with a clear error.
 _FATAL_STATUS = {401: "rejected the API key", 403: "refused access", 404: "has no such model or endpoint"}
 
@@ -66,8 +68,10 @@ class OpenAIBackend:
         self.probe = probe
         # HTTP statuses the server answered with, retries included (the summary's "retried" line).
         self.status_counts: Counter[int] = Counter()
+        from openai.types.chat import ChatCompletion
+
         self._openai = openai
-        self._client = None  # made per generate() call: an async client belongs to the event loop it ran on
+        self._completion_type = ChatCompletion
 
     def _make_client(self):
         openai = self._openai
@@ -90,12 +94,12 @@ class OpenAIBackend:
     def _where(self) -> str:
         return f"the server at {self.base_url}"
 
-    async def check_server(self) -> None:
+    async def check_server(self, client) -> None:
         """GET /models once, without retries and with a short timeout: a server that is down fails here within
         seconds. A 404 passes (some servers have no /models); a model missing from the list only warns, since
         hosted APIs accept aliases they do not list."""
         openai = self._openai
-        client = self._client.with_options(max_retries=0, timeout=min(PROBE_TIMEOUT_S, self.timeout_s))
+        client = client.with_options(max_retries=0, timeout=min(PROBE_TIMEOUT_S, self.timeout_s))
         try:
             page = await client.models.list()
         except openai.APITimeoutError:
@@ -147,11 +151,16 @@ class OpenAIBackend:
             kwargs["seed"] = req.seed
         return kwargs
 
-    async def _one(self, req: Request) -> Result:
+    async def _one(self, client, req: Request) -> Result:
         openai = self._openai
         start = time.perf_counter()
         try:
-            resp = await self._client.chat.completions.create(**self.build_request(req))
+            # client.post() rather than chat.completions.create(): the same request, retries, timeouts and auth,
+            # without create()'s walk of every argument against the SDK's TypedDicts, which for a BFCL tool
+            # schema cost more client CPU than the HTTP exchange itself (benchmarks/generate_overhead.py).
+            resp = await client.post(
+                "/chat/completions", body=self.build_request(req), cast_to=self._completion_type
+            )
         except openai.APITimeoutError:
             return Result(req, error="timeout", error_detail=f"no answer within {self.timeout_s:g} s")
         except openai.APIConnectionError as e:
@@ -181,32 +190,49 @@ class OpenAIBackend:
         )
 
     async def generate(self, requests: Iterable[Request]) -> AsyncIterator[Result]:
-        """A sliding window of at most `concurrency` requests in flight, yielding each result as it lands. The
-        window (rather than one task per request up front) keeps memory flat for 100k-request runs."""
-        self._client = self._make_client()
-        pending: set[asyncio.Task] = set()
+        """`concurrency` workers share the request iterator, each with one request in flight, and hand results
+        over a queue as they land. Workers (not one task per request) keep memory flat for 100k-request runs.
+
+        Clients are made per call (an async client belongs to the event loop it first ran on) and shared by at
+        most CONNECTIONS_PER_CLIENT workers: httpx's connection pool checks every pooled connection on every
+        request, so one pool of 256 connections costs 16 times more CPU per request than pools of 16."""
+        n_clients = -(-self.concurrency // CONNECTIONS_PER_CLIENT)
+        clients = [self._make_client() for _ in range(n_clients)]
+        results: asyncio.Queue = asyncio.Queue()
+        done = object()
+        todo = iter(requests)
+
+        async def worker(client) -> None:
+            try:
+                for req in todo:  # one shared iterator: each request goes to exactly one worker
+                    results.put_nowait(await self._one(client, req))
+            except Exception as e:  # fatal (DistillError) or a bug: handed to the consumer, which raises it
+                results.put_nowait(e)
+            finally:
+                results.put_nowait(done)
+
+        workers: list[asyncio.Task] = []
         try:
             if self.probe:
-                await self.check_server()
-            todo = iter(requests)
-            while True:
-                while len(pending) < self.concurrency:
-                    req = next(todo, None)
-                    if req is None:
-                        break
-                    pending.add(asyncio.create_task(self._one(req)))
-                if not pending:
-                    return
-                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                for task in done:
-                    yield task.result()  # a DistillError (fatal) propagates from here
+                await self.check_server(clients[0])
+            workers = [
+                asyncio.create_task(worker(clients[i // CONNECTIONS_PER_CLIENT])) for i in range(self.concurrency)
+            ]
+            running = len(workers)
+            while running:
+                item = await results.get()
+                if item is done:
+                    running -= 1
+                elif isinstance(item, Exception):
+                    raise item
+                else:
+                    yield item
         finally:
-            for task in pending:
+            for task in workers:
                 task.cancel()
-            if pending:
-                await asyncio.gather(*pending, return_exceptions=True)
-            await self._client.close()
-            self._client = None
+            await asyncio.gather(*workers, return_exceptions=True)
+            for client in clients:
+                await client.close()
 
 
 def _cause(e: BaseException) -> str:

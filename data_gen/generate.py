@@ -119,19 +119,24 @@ def repair_tail(path: Path) -> int:
         return size - (last_nl + 1)
 
 
-def done_keys(path: Path) -> set[tuple[str, str, int]]:
-    """(task_id, model, sample) of every trace in the file; a line that is not a trace is a DistillError."""
+def scan_traces(path: Path) -> tuple[set[tuple[str, str, int]], dict[str, set[str]]]:
+    """The (task_id, model, sample) of every trace in the file, and per model the sampling settings its
+    traces were made with (as JSON text). A line that is not a trace is a DistillError naming it."""
     keys: set[tuple[str, str, int]] = set()
+    settings: dict[str, set[str]] = {}
     if not path.exists():
-        return keys
+        return keys, settings
     for lineno, rec in read_jsonl(path):
         try:
-            keys.add((str(rec["task_id"]), str(rec["model"]), int(rec["sample"])))
+            key = (str(rec["task_id"]), str(rec["model"]), int(rec["sample"]))
         except (KeyError, TypeError, ValueError):
             raise DistillError(
                 f"{path}:{lineno}: not a trace (needs task_id, model and an integer sample); is --out the right file?"
             ) from None
-    return keys
+        keys.add(key)
+        if "sampling" in rec:
+            settings.setdefault(key[1], set()).add(json.dumps(rec["sampling"], sort_keys=True))
+    return keys, settings
 
 
 def trace_record(result: Result, backend: Backend, parsed) -> dict:
@@ -201,8 +206,18 @@ async def agenerate(
     start = time.perf_counter()
     with _locked_append(out) as f:
         dropped = repair_tail(out)
-        done = done_keys(out)
+        done, settings = scan_traces(out)
         model = backend.model
+        ours = json.dumps(backend.sampling.to_dict(), sort_keys=True)
+        if settings.get(model, {ours}) != {ours}:
+            # The resume key has no sampling settings in it (a rerun must find its own traces), so say when
+            # the file already holds this model's traces made with other settings.
+            print(
+                f"distill generate: warning: {out} holds traces of {model} made with other sampling settings "
+                f"({'; '.join(sorted(settings[model] - {ours}))}); they count as done. Use another --out for a "
+                f"separate run.",
+                file=sys.stderr,
+            )
         wanted = [(t, s) for t in tasks for s in range(samples)]
         todo = [
             Request(t.id, s, t.messages, t.tools, derive_seed(backend.sampling.seed, t.id, s))

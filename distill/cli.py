@@ -189,8 +189,9 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     h.add_argument("--device", default="auto", help="hf: cuda, cuda:1, mps, cpu or auto (default: %(default)s)")
     h.add_argument(
         "--dtype",
+        choices=["auto", "bfloat16", "float16", "float32"],
         default="auto",
-        help="hf: weight dtype, auto (as stored), bfloat16, float16 or float32 (default: %(default)s)",
+        help="hf: weight dtype; auto keeps the checkpoint's (default: %(default)s)",
     )
     h.add_argument(
         "--trust-remote-code", action="store_true", help="allow model code from the Hub (hf, vllm); off by default"

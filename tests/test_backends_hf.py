@@ -133,3 +133,11 @@ def test_cli_hf_backend(tiny_model_dir, tmp_path, capsys):
     assert "6 new traces" in capsys.readouterr().err
     assert main(argv) == 0  # rerun: nothing left to do
     assert "0 new traces" in capsys.readouterr().err and len(out.read_text().splitlines()) == 6
+
+
+def test_a_model_that_cannot_be_loaded_is_a_clear_error(tmp_path):
+    from data_gen.backends.hf_backend import HFBackend
+    from eval.io import DistillError
+
+    with pytest.raises(DistillError, match="cannot load model"):
+        HFBackend(str(tmp_path / "no_model_here"), sampling=Sampling(), device="cpu")

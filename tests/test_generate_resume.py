@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from data_gen.backends.base import Request, Result, Sampling, derive_seed
-from data_gen.generate import _locked_append, done_keys, generate, repair_tail
+from data_gen.generate import _locked_append, generate, repair_tail, scan_traces
 from eval.io import DistillError
 from tests.openai_stub import write_tasks
 
@@ -73,18 +73,24 @@ def test_fresh_run_writes_each_task_and_sample_once_with_parsed_calls(tasks, tmp
     assert seeds == [derive_seed(3, req.task_id, req.sample) for req in backend.seen]
 
 
-def test_rerun_skips_everything_already_written_and_other_models_are_separate(tasks, tmp_path):
+def test_rerun_skips_everything_already_written_and_other_models_are_separate(tasks, tmp_path, capsys):
     out = tmp_path / "traces.jsonl"
     generate(tasks, EchoBackend(), out, samples=2, progress=False)
     before = out.read_bytes()
     again = EchoBackend()
     summary = generate(tasks, again, out, samples=2, progress=False)
     assert again.seen == [] and summary.written == 0 and summary.already == 10
+    assert "warning" not in capsys.readouterr().err
     assert out.read_bytes() == before
     # more samples: only the new sample indices run
     more = EchoBackend()
     generate(tasks, more, out, samples=3, progress=False)
     assert sorted((r.task_id, r.sample) for r in more.seen) == [(f"t{i}", 2) for i in range(5)]
+    # other sampling settings for the same model: the keys still count as done, with a warning
+    hotter = EchoBackend(sampling=Sampling(temperature=1.2, seed=3))
+    generate(tasks, hotter, out, samples=3, progress=False)
+    assert hotter.seen == []
+    assert "made with other sampling settings" in capsys.readouterr().err
     # another model in the same file has its own keys
     other = EchoBackend(model="other-model")
     generate(tasks, other, out, samples=1, progress=False)
@@ -173,7 +179,7 @@ def test_bad_input_names_file_and_line(tasks, tmp_path):
     out.write_text('{"id": "t0"}\n')
     with pytest.raises(DistillError, match=r"traces\.jsonl:1: not a trace"):
         generate(tasks, EchoBackend(), out, progress=False)
-    assert done_keys(tmp_path / "nothing.jsonl") == set()
+    assert scan_traces(tmp_path / "nothing.jsonl") == (set(), {})
 
 
 def test_cli_reports_bad_input_with_exit_status_2(tmp_path, capsys):

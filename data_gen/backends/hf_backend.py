@@ -20,6 +20,9 @@ from itertools import islice
 
 from data_gen.backends.base import Request, Result, Sampling
 from data_gen.prompting import STOP, cut_at_stop, load_chat_template, render_prompt
+from eval.io import DistillError
+
+DTYPES = ("auto", "bfloat16", "float16", "float32")
 
 
 def pick_device(device: str = "auto") -> str:
@@ -58,13 +61,20 @@ class HFBackend:
         self.batch_size = max(1, batch_size)
         self.prompt_style = prompt_style
         self.device = pick_device(device)
-        self.tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=trust_remote_code)
+        if dtype not in DTYPES:
+            raise DistillError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=trust_remote_code)
+            torch_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
+            self.lm = AutoModelForCausalLM.from_pretrained(
+                model, dtype=torch_dtype, trust_remote_code=trust_remote_code
+            )
+        except OSError as e:  # not a folder with a model, not on the Hub, or offline without a cached copy
+            raise DistillError(f"cannot load model {model!r}: {e}") from None
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         load_chat_template(self.tokenizer, chat_template)
-        torch_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
-        self.lm = AutoModelForCausalLM.from_pretrained(model, dtype=torch_dtype, trust_remote_code=trust_remote_code)
         self.lm.to(self.device).eval()
         eos = self.lm.generation_config.eos_token_id
         eos = [eos] if isinstance(eos, int) else list(eos or [])

@@ -14,10 +14,10 @@
 
 Arrow stores a column of messages as one struct type for all rows, so every message comes back with every key any
 message had (`tool_calls: None` on a user turn) and arguments stay strings. Chat templates need the messages as
-written: Qwen's renders a string argument as a quoted JSON string, Llama's treats any message with a
-`tool_calls` key as a call. So each message column is rewritten into datasets' `Json` type (stored as JSON
-text, decoded per row): keys set to None dropped (`content` kept: `content: null` is the OpenAI form of a call),
-arguments parsed into objects.
+written: Qwen's and Llama's render a string argument as a quoted JSON string, and Llama's treats any message with
+a `tool_calls` key as a call (transformers 5.24 drops None-valued keys before rendering; 5.17 does not). So each
+message column is rewritten into datasets' `Json` type (stored as JSON text, decoded per row): keys set to None
+dropped (`content` kept: `content: null` is the OpenAI form of a call), arguments parsed into objects.
 """
 
 from __future__ import annotations

@@ -139,6 +139,17 @@ def _select(pools: dict[str, list[_Candidate]], config: PairsConfig, rng: random
     return picked[:cap]
 
 
+def _output_key(trace: dict) -> str:
+    """Identity of a trace's output: a teacher sampled N times often repeats itself word for word, and an
+    output seen once for a task needs no second parse or verification."""
+    if "tool_calls" not in trace:
+        return "raw:" + str(trace.get("raw"))
+    tc = trace["tool_calls"]
+    if not tc:  # null (malformed) or [] (no call): the raw text is the answer
+        return f"tc:{tc!r}:" + str(trace.get("raw"))
+    return "tc:" + json.dumps(tc, sort_keys=True, ensure_ascii=False)
+
+
 def _group(traces: list[dict]) -> dict[str, list[dict]]:
     out: dict[str, list[dict]] = defaultdict(list)
     for t in traces:
@@ -167,6 +178,11 @@ def mine_pairs(
         seen_rejected: set[str] = set()
 
         def add_rejected(answer: Answer, source: str, error: str):
+            if error == "malformed" and not task.expected:
+                # BFCL counts an unreadable answer to an irrelevance task as a correct abstention (our verifier
+                # does not); a rejected answer must be wrong by both, so these are left out.
+                stats["malformed_on_irrelevance_skipped"] += 1
+                return
             key = _canonical(answer.calls, answer.text)
             if key in seen_rejected:
                 stats["rejected_duplicates_dropped"] += 1
@@ -174,11 +190,17 @@ def mine_pairs(
             seen_rejected.add(key)
             pools[source].append(_Candidate(key, assistant_message(answer), source, error))
 
+        seen_outputs: set[str] = set()
         for trace in teacher_by_task.get(task.id, []):
+            stats["teacher_traces"] += 1
+            okey = _output_key(trace)
+            if okey in seen_outputs:
+                stats["repeated_outputs_skipped"] += 1
+                continue
+            seen_outputs.add(okey)
             parsed = parse_trace(trace)
             correct, schema_valid, error, _ = judge(task, parsed)
             answer = _trace_answer(trace, parsed)
-            stats["teacher_traces"] += 1
             if correct and schema_valid and parsed.status != MALFORMED:
                 key = _canonical(answer.calls, answer.text) if answer.calls else "text:<abstain>"
                 if key not in seen_chosen:
@@ -186,10 +208,16 @@ def mine_pairs(
                     chosen.append((key, assistant_message(answer), "teacher"))
             elif not correct:
                 add_rejected(answer, "teacher", error)
+        seen_outputs = set()
         for trace in student_by_task.get(task.id, []):
+            stats["student_traces"] += 1
+            okey = _output_key(trace)
+            if okey in seen_outputs:
+                stats["repeated_outputs_skipped"] += 1
+                continue
+            seen_outputs.add(okey)
             parsed = parse_trace(trace)
             correct, _, error, _ = judge(task, parsed)
-            stats["student_traces"] += 1
             if not correct:
                 add_rejected(_trace_answer(trace, parsed), "student", error)
 

@@ -118,7 +118,7 @@ def test_mining_rules(bfcl_tasks):
                 assert v["error"] == r["rejected_error"]
     assert {"train", "test"} == {r["split"] for r in rows}
     assert {"teacher", "student", "synthetic"} == {r["rejected_source"] for r in rows}
-    assert stats["rejected_duplicates_dropped"] > 0  # the duplicate gold answer never becomes two chosen/rejected
+    assert stats["repeated_outputs_skipped"] > 0  # the repeated gold answer is verified once, never two chosen
     # tools stay a JSON string; arguments stay JSON strings
     assert isinstance(rows[0]["tools"], str) and json.loads(rows[0]["tools"])[0]["type"] == "function"
 
@@ -182,3 +182,37 @@ def test_cli_writes_a_dataset_trl_trains_on(tmp_path, bfcl_tasks, tiny_model_dir
     assert any(not (p.detach() == before[n]).all() for n, p in model.named_parameters())
     rendered = tok.apply_chat_template(row["prompt"] + row["chosen"], tools=json.loads(row["tools"]), tokenize=False)
     assert bfcl_tasks[row["task_id"]].tools[0]["function"]["name"] in rendered
+
+
+def test_push_to_hub_uploads_dataset_and_card_with_env_token(tmp_path, bfcl_tasks, monkeypatch, capsys):
+    """Up to the upload call: the Hub is unreachable here, so the two upload functions are recorded instead."""
+    from datasets import DatasetDict
+    from huggingface_hub import DatasetCard
+
+    from data_gen.pairs import pairs
+
+    calls = []
+    monkeypatch.setattr(DatasetDict, "push_to_hub", lambda self, repo, **kw: calls.append(("data", repo, kw, set(self))))
+    monkeypatch.setattr(DatasetCard, "push_to_hub", lambda self, repo, **kw: calls.append(("card", repo, kw, self.content[:3])))
+    monkeypatch.setenv("HF_TOKEN", "hf_secret_value_123")
+    small = dict(list(bfcl_tasks.items())[:20])
+    tasks_path = tmp_path / "tasks.jsonl"
+    tasks_path.write_text("".join(json.dumps(t.record) + "\n" for t in small.values()))
+    traces_path = tmp_path / "teacher.jsonl"
+    traces_path.write_text("".join(json.dumps(t) + "\n" for t in _teacher_traces(small)))
+    pairs(str(tasks_path), [str(traces_path)], str(tmp_path / "out"), config=PairsConfig(test_size=0.3), push_to_hub="me/fc-pairs", private=True)
+    assert [c[0] for c in calls] == ["data", "card"]
+    assert calls[0][1] == "me/fc-pairs" and calls[0][2] == {"private": True, "token": "hf_secret_value_123"}
+    assert calls[1][3] == "---"
+    out = capsys.readouterr()
+    assert "hf_secret_value_123" not in out.out + out.err
+    assert "hf_secret_value_123" not in (tmp_path / "out" / "README.md").read_text() + (tmp_path / "out" / "pairs_stats.json").read_text()
+
+
+def test_no_malformed_rejected_on_irrelevance(bfcl_tasks):
+    irrelevant = {k: t for k, t in bfcl_tasks.items() if not t.expected}
+    teacher = [_trace(t, 0, "None of these tools help.") for t in irrelevant.values()]
+    teacher += [_trace(t, 1, '<tool_call>{"name": "x", "arguments": {') for t in irrelevant.values()]
+    rows, stats = mine_pairs(irrelevant, teacher, None, PairsConfig(synthetic=3))
+    assert rows and "malformed" not in {r["rejected_error"] for r in rows}
+    assert stats["malformed_on_irrelevance_skipped"] == len(irrelevant)

@@ -4,7 +4,9 @@
                             sampling=Sampling(temperature=0.7), concurrency=32, timeout_s=120)
     async for result in backend.generate(requests): ...
 
-One chat completion per (task, sample), at most `concurrency` in flight. Retries are the openai client's own:
+One chat completion per (task, sample), `concurrency` in flight, each with its own derived seed (a server
+that honours `seed` would otherwise return one answer N times; `n` is not used, as many servers ignore it).
+Retries are the openai client's own:
 exponential backoff from 0.5 s up to 8 s with jitter, on 408/409/429/5xx, timeouts and dropped connections,
 honouring Retry-After (up to two minutes); `timeout_s` bounds each attempt. Failure kinds:
 - a request still failing after its retries (timeout, 429, 5xx, a 400 for one prompt) comes back as a Result
@@ -54,6 +56,7 @@ class OpenAIBackend:
     ):
         try:
             import openai
+            from openai.types.chat import ChatCompletion
         except ImportError:
             raise DistillError("--backend openai needs the openai client: pip install 'distill[openai]'") from None
         self.model = model
@@ -66,10 +69,8 @@ class OpenAIBackend:
         self.timeout_s = timeout_s
         self.max_retries = max_retries
         self.probe = probe
-        # HTTP statuses the server answered with, retries included (the summary's "retried" line).
+        # HTTP statuses the server answered with, retries included (the summary's "HTTP errors seen" line).
         self.status_counts: Counter[int] = Counter()
-        from openai.types.chat import ChatCompletion
-
         self._openai = openai
         self._completion_type = ChatCompletion
 

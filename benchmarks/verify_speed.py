@@ -84,7 +84,7 @@ def main() -> None:
         ("distill verify (schema + matching + label)", n / t_ours, t_ours / n * 1e6, t_bfcl / t_ours),
         ("distill verify from raw Hermes text", n / t_raw, t_raw / n * 1e6, t_bfcl / t_raw),
     ]
-    result = {"cases": n, "categories": args.categories, "rows": [dict(zip(("name", "checks_per_s", "us_per_check", "speed_vs_bfcl"), r)) for r in rows]}
+    result = {"cases": n, "categories": args.categories, "rows": [dict(zip(("name", "checks_per_s", "us_per_check", "speed_vs_bfcl"), r, strict=True)) for r in rows]}
     if os.environ.get("OUT"):
         Path(os.environ["OUT"], "verify_speed.json").write_text(json.dumps(result, indent=2))
     print(f"{n} cases, all verdicts agree with BFCL's checker; fastest of {args.repeat} passes, one process")

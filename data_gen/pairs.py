@@ -157,6 +157,81 @@ def _group(traces: list[dict]) -> dict[str, list[dict]]:
     return out
 
 
+class _TaskPool:
+    """Chosen and rejected candidates for one task, de-duplicated as they are added."""
+
+    def __init__(self, task: Task, stats: Counter):
+        self.task, self.stats = task, stats
+        self.chosen: list[tuple[str, dict, str]] = []  # (canonical key, message, source)
+        self.rejected: dict[str, list[_Candidate]] = defaultdict(list)  # by source
+        self._seen_rejected: set[str] = set()
+
+    def add_chosen(self, answer: Answer, source: str) -> None:
+        key = _canonical(answer.calls, answer.text) if answer.calls else "text:<abstain>"
+        if all(key != k for k, _, _ in self.chosen):
+            self.chosen.append((key, assistant_message(answer), source))
+
+    def add_rejected(self, answer: Answer, source: str, error: str) -> None:
+        if error == "malformed" and not self.task.expected:
+            # BFCL counts an unreadable answer to an irrelevance task as a correct abstention (our verifier does
+            # not); a rejected answer must be wrong by both, so these are left out.
+            self.stats["malformed_on_irrelevance_skipped"] += 1
+            return
+        key = _canonical(answer.calls, answer.text)
+        if key in self._seen_rejected:
+            self.stats["rejected_duplicates_dropped"] += 1
+            return
+        self._seen_rejected.add(key)
+        self.rejected[source].append(_Candidate(key, assistant_message(answer), source, error))
+
+    def add_traces(self, traces: list[dict], source: str) -> None:
+        """Verify each distinct output once: strictly correct teacher answers become chosen, wrong ones rejected."""
+        seen_outputs: set[str] = set()
+        for trace in traces:
+            self.stats[f"{source}_traces"] += 1
+            okey = _output_key(trace)
+            if okey in seen_outputs:
+                self.stats["repeated_outputs_skipped"] += 1
+                continue
+            seen_outputs.add(okey)
+            parsed = parse_trace(trace)
+            correct, schema_valid, error, _ = judge(self.task, parsed)
+            if not correct:
+                self.add_rejected(_trace_answer(trace, parsed), source, error)
+            elif source == "teacher" and schema_valid and parsed.status != MALFORMED:
+                self.add_chosen(_trace_answer(trace, parsed), "teacher")
+
+    def drop_rejected_equal_to_chosen(self) -> None:
+        chosen_keys = {k for k, _, _ in self.chosen}
+        for source, cands in self.rejected.items():
+            kept = [c for c in cands if c.key not in chosen_keys]
+            self.stats["rejected_equal_to_chosen_dropped"] += len(cands) - len(kept)
+            self.rejected[source] = kept
+
+
+def _chosen_calls(message: dict) -> list[dict]:
+    return [{"name": tc["function"]["name"], "arguments": json.loads(tc["function"]["arguments"])} for tc in message.get("tool_calls") or []]
+
+
+def _rows(task: Task, chosen: list, selected: list[_Candidate], split: str) -> list[dict]:
+    tools_json = json.dumps(task.tools, ensure_ascii=False)
+    return [
+        {
+            "prompt": task.messages,
+            "chosen": [chosen[i % len(chosen)][1]],
+            "rejected": [cand.message],
+            "tools": tools_json,
+            "task_id": task.id,
+            "category": task.category,
+            "chosen_source": chosen[i % len(chosen)][2],
+            "rejected_source": cand.source,
+            "rejected_error": cand.error,
+            "split": split,
+        }
+        for i, cand in enumerate(selected)
+    ]
+
+
 def mine_pairs(
     tasks: dict[str, Task],
     teacher_traces: list[dict],
@@ -169,104 +244,33 @@ def mine_pairs(
         raise DistillError(f"chosen_from must be one of {', '.join(CHOSEN_FROM)}, got {config.chosen_from!r}")
     rng = random.Random(config.seed)
     teacher_by_task, student_by_task = _group(teacher_traces), _group(student_traces or [])
-    stats = Counter()
-    rows = []
+    stats: Counter = Counter()
+    rows: list[dict] = []
     for task in tasks.values():
-        chosen: list[tuple[str, dict, str]] = []  # (key, message, source)
-        seen_chosen: set[str] = set()
-        pools: dict[str, list[_Candidate]] = defaultdict(list)
-        seen_rejected: set[str] = set()
-
-        def add_rejected(answer: Answer, source: str, error: str):
-            if error == "malformed" and not task.expected:
-                # BFCL counts an unreadable answer to an irrelevance task as a correct abstention (our verifier
-                # does not); a rejected answer must be wrong by both, so these are left out.
-                stats["malformed_on_irrelevance_skipped"] += 1
-                return
-            key = _canonical(answer.calls, answer.text)
-            if key in seen_rejected:
-                stats["rejected_duplicates_dropped"] += 1
-                return
-            seen_rejected.add(key)
-            pools[source].append(_Candidate(key, assistant_message(answer), source, error))
-
-        seen_outputs: set[str] = set()
-        for trace in teacher_by_task.get(task.id, []):
-            stats["teacher_traces"] += 1
-            okey = _output_key(trace)
-            if okey in seen_outputs:
-                stats["repeated_outputs_skipped"] += 1
-                continue
-            seen_outputs.add(okey)
-            parsed = parse_trace(trace)
-            correct, schema_valid, error, _ = judge(task, parsed)
-            answer = _trace_answer(trace, parsed)
-            if correct and schema_valid and parsed.status != MALFORMED:
-                key = _canonical(answer.calls, answer.text) if answer.calls else "text:<abstain>"
-                if key not in seen_chosen:
-                    seen_chosen.add(key)
-                    chosen.append((key, assistant_message(answer), "teacher"))
-            elif not correct:
-                add_rejected(answer, "teacher", error)
-        seen_outputs = set()
-        for trace in student_by_task.get(task.id, []):
-            stats["student_traces"] += 1
-            okey = _output_key(trace)
-            if okey in seen_outputs:
-                stats["repeated_outputs_skipped"] += 1
-                continue
-            seen_outputs.add(okey)
-            parsed = parse_trace(trace)
-            correct, _, error, _ = judge(task, parsed)
-            if not correct:
-                add_rejected(_trace_answer(trace, parsed), "student", error)
-
-        if config.chosen_from == "gold" or (config.chosen_from == "teacher-or-gold" and not chosen):
+        pool = _TaskPool(task, stats)
+        pool.add_traces(teacher_by_task.get(task.id, []), "teacher")
+        pool.add_traces(student_by_task.get(task.id, []), "student")
+        if config.chosen_from == "gold" or (config.chosen_from == "teacher-or-gold" and not pool.chosen):
             gold = gold_answer(task)
             correct, schema_valid, _, _ = judge(task, gold.parsed())
+            pool.chosen = []
             if correct and schema_valid:
-                chosen = [(_canonical(gold.calls, None) if gold.calls else "text:<abstain>", assistant_message(gold), "gold")]
+                pool.add_chosen(gold, "gold")
             else:
                 stats["tasks_gold_not_strictly_correct"] += 1
-                chosen = []
-        if not chosen:
+        if not pool.chosen:
             stats["tasks_without_chosen"] += 1
             continue
-
         if config.synthetic > 0:
-            first = chosen[0][1]
-            calls = [{"name": tc["function"]["name"], "arguments": json.loads(tc["function"]["arguments"])} for tc in first.get("tool_calls") or []]
+            calls = _chosen_calls(pool.chosen[0][1])
             for _op, answer, error, _detail in synthetic_negatives(task, calls, config.synthetic, rng):
-                add_rejected(answer, "synthetic", error)
-
-        chosen_keys = {k for k, _, _ in chosen}
-        for s in pools:
-            before = len(pools[s])
-            pools[s] = [c for c in pools[s] if c.key not in chosen_keys]
-            stats["rejected_equal_to_chosen_dropped"] += before - len(pools[s])
-
-        selected = _select(pools, config, rng)
+                pool.add_rejected(answer, "synthetic", error)
+        pool.drop_rejected_equal_to_chosen()
+        selected = _select(pool.rejected, config, rng)
         if not selected:
             stats["tasks_without_rejected"] += 1
             continue
-        tools_json = json.dumps(task.tools, ensure_ascii=False)
-        split = _split_of(task.id, config.test_size, config.seed)
-        for i, cand in enumerate(selected):
-            _, chosen_msg, chosen_source = chosen[i % len(chosen)]
-            rows.append(
-                {
-                    "prompt": task.messages,
-                    "chosen": [chosen_msg],
-                    "rejected": [cand.message],
-                    "tools": tools_json,
-                    "task_id": task.id,
-                    "category": task.category,
-                    "chosen_source": chosen_source,
-                    "rejected_source": cand.source,
-                    "rejected_error": cand.error,
-                    "split": split,
-                }
-            )
+        rows += _rows(task, pool.chosen, selected, _split_of(task.id, config.test_size, config.seed))
         stats["tasks_with_pairs"] += 1
     return rows, dict(stats)
 
@@ -372,7 +376,7 @@ def write_pairs(out_dir: str | os.PathLike, rows: list[dict], stats: dict, info:
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
         dd.save_to_disk(str(tmp / "dataset"))
-        for s, ds in splits.items():
+        for s in splits:
             write_jsonl(tmp / f"{s}.jsonl", ({k: r[k] for k in columns} for r in rows if r["split"] == s))
         with atomic_write(tmp / "README.md") as f:
             f.write(dataset_card(summary, info))

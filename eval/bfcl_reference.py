@@ -160,13 +160,13 @@ def perturbed_cases(entry: dict, answer: dict | None, seed: int = 0) -> list[Cas
             def set_value(calls, p=p, ci=ci, value=None, fn=None):
                 calls[ci]["arguments"][p] = fn(calls[ci]["arguments"][p]) if fn else value
 
-            mutate(f"wrong_value:{p}", lambda c, p=p, ci=ci: set_value(c, p, ci, fn=lambda v: _wrong_value(v, rng)))
+            mutate(f"wrong_value:{p}", lambda c, p=p, ci=ci: set_value(c, p, ci, fn=lambda x: _wrong_value(x, rng)))
             mutate(f"wrong_type:{p}", lambda c, p=p, ci=ci: set_value(c, p, ci, fn=_wrong_type))
             mutate(f"drop_arg:{p}", lambda c, p=p, ci=ci: c[ci]["arguments"].pop(p))
             mutate(f"null_value:{p}", lambda c, p=p, ci=ci: set_value(c, p, ci, value=None))
             if isinstance(v, dict) and v:
                 k = next(iter(v))
-                mutate(f"nested_wrong_value:{p}", lambda c, p=p, ci=ci, k=k: c[ci]["arguments"][p].__setitem__(k, _wrong_value(v[k], rng)))
+                mutate(f"nested_wrong_value:{p}", lambda c, p=p, ci=ci, k=k, v=v: c[ci]["arguments"][p].__setitem__(k, _wrong_value(v[k], rng)))
                 mutate(f"nested_drop_key:{p}", lambda c, p=p, ci=ci, k=k: c[ci]["arguments"][p].pop(k))
             if isinstance(v, bool):
                 mutate(f"int_for_bool:{p}", lambda c, p=p, ci=ci: set_value(c, p, ci, fn=int))

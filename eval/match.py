@@ -131,7 +131,7 @@ def _list_of_dicts_ok(value: list, answers: list) -> bool:
     for answer in answers:
         if not isinstance(answer, (list, str)) or len(value) != len(answer):
             continue
-        if all(isinstance(a, dict) and isinstance(v, dict) and _dict_ok(v, [a]) for v, a in zip(value, answer)):
+        if all(isinstance(a, dict) and isinstance(v, dict) and _dict_ok(v, [a]) for v, a in zip(value, answer, strict=True)):
             return True
     return False
 

@@ -126,7 +126,7 @@ def _literal(node: ast.expr):
     if isinstance(node, ast.Dict):
         if any(k is None for k in node.keys):
             raise _Malformed("dict unpacking (**) in an argument")
-        return {_literal(k): _literal(v) for k, v in zip(node.keys, node.values)}
+        return {_literal(k): _literal(v) for k, v in zip(node.keys, node.values, strict=True)}
     if isinstance(node, ast.Set):
         return [_literal(e) for e in node.elts]
     if isinstance(node, ast.Call) and isinstance(node.func, (ast.Name, ast.Attribute)) and not node.args:

@@ -90,6 +90,8 @@ def aggregate(verdicts: list[dict]) -> dict:
                 "n": len(vs),
                 "accuracy": _rate(sum(v["correct"] for v in vs), len(vs)),
                 "strict_accuracy": _rate(sum(v["correct"] and v["schema_valid"] for v in vs), len(vs)),
+                # per category too: fleet admission sets a floor on it for each category it admits
+                "schema_valid_rate": _rate(sum(v["schema_valid"] for v in vs), len(vs)),
             }
             for cat, vs in sorted(by_cat.items())
         },
@@ -114,11 +116,12 @@ def summary_markdown(report: dict) -> str:
         "",
         "## By category",
         "",
-        "| category | n | accuracy | strict accuracy |",
-        "| --- | --- | --- | --- |",
+        "| category | n | accuracy | strict accuracy | schema-valid |",
+        "| --- | --- | --- | --- | --- |",
     ]
     for cat, c in report["by_category"].items():
-        lines.append(f"| {cat} | {c['n']} | {pct(c['accuracy'])} | {pct(c['strict_accuracy'])} |")
+        sv = pct(c["schema_valid_rate"]) if "schema_valid_rate" in c else "-"
+        lines.append(f"| {cat} | {c['n']} | {pct(c['accuracy'])} | {pct(c['strict_accuracy'])} | {sv} |")
     lines += ["", "## Error mix", "", "| error | count | share |", "| --- | --- | --- |"]
     for err, k in report["errors"].items():
         if k:
@@ -132,6 +135,12 @@ def summary_markdown(report: dict) -> str:
             f"Latency p50 {tp['latency_p50_s']} s, p95 {tp['latency_p95_s']} s over {tp['traces_timed']} requests; "
             f"{tp['completion_tokens']} completion tokens, {tp['completion_tokens_per_s']} tokens/s per request.",
         ]
+    gen = report.get("generation") or {}
+    if gen.get("wall_s"):  # written by `distill eval`: the rate the whole (batched) run achieved
+        lines.append(
+            f"Generation wall clock: {gen['completion_tokens']} completion tokens in {gen['wall_s']} s, "
+            f"{gen['completion_tokens_per_s']} tokens/s ({gen['backend']} backend, batch size {gen['batch_size']})."
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -182,9 +191,11 @@ def score_traces(
     model: str | None = None,
     adapter: str | None = None,
     plots: bool = True,
+    extra: dict | None = None,
 ) -> dict[str, dict]:
     """Verify traces and write one report folder per model: out_dir itself when there is one model (or `model`
-    is given), out_dir/<model> otherwise. Returns {model: report}."""
+    is given), out_dir/<model> otherwise. `extra` keys are added to every report (`distill eval` records how
+    the traces were generated). Returns {model: report}."""
     tasks = load_tasks(tasks_path)
     rows = read_traces(trace_paths, tasks)
     by_model: dict[str, list[dict]] = defaultdict(list)
@@ -206,6 +217,7 @@ def score_traces(
             "tasks_fingerprint": fingerprint,
             **aggregate(verdicts),
             "throughput": throughput(traces),
+            **(extra or {}),
         }
         write_jsonl(folder / "verdicts.jsonl", verdicts)
         write_json(folder / "report.json", report)

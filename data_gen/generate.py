@@ -323,6 +323,7 @@ def backend_from_args(args) -> Backend:
             chat_template=args.chat_template,
             prompt_style=args.prompt_style,
             trust_remote_code=args.trust_remote_code,
+            adapter=getattr(args, "adapter", None),  # `distill eval --adapter`: a LoRA student
         )
     elif args.backend == "vllm":
         from data_gen.backends.vllm_backend import VLLMBackend
@@ -342,6 +343,7 @@ def backend_from_args(args) -> Backend:
             chat_template=args.chat_template,
             prompt_style=args.prompt_style,
             engine_args=engine_args,
+            adapter=getattr(args, "adapter", None),
         )
     raise DistillError(f"unknown backend {args.backend!r}")
 

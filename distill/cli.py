@@ -130,6 +130,11 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--samples", type=int, default=1, help="answers per task (default: %(default)s)")
     p.add_argument("--limit", type=int, default=None, help="only the first N tasks of --tasks (a quick trial)")
+    _add_backend_flags(p)
+
+
+def _add_backend_flags(p: argparse.ArgumentParser) -> None:
+    """Sampling and backend flags shared by `distill generate` and `distill eval`."""
     s = p.add_argument_group("sampling")
     s.add_argument(
         "--temperature", type=float, default=0.7, help="sampling temperature; 0 is greedy (default: %(default)s)"
@@ -302,6 +307,170 @@ def _add_pairs(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--private", action="store_true", help="with --push-to-hub: create the repo private")
 
 
+def _wrap(text: str) -> str:
+    """Fill each paragraph of a description for a RawDescriptionHelpFormatter parser (which keeps the epilog's
+    example lines as written)."""
+    import textwrap
+
+    return "\n\n".join(textwrap.fill(p, 100, break_on_hyphens=False) for p in text.split("\n\n"))
+
+
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "eval",
+        help="answer every task with a student (base model + LoRA adapter) and score it: report.json, plots",
+        description=_wrap("Generate with a model, usually a student (a base model plus a LoRA adapter loaded by peft), "
+        "through the same backends as `distill generate`, and score the answers with the verifier. --out gets "
+        "traces.jsonl (resumable: rerun the same command after a crash), eval.json, report.json (accuracy, strict "
+        "accuracy, per category and error type, latency p50/p95, wall-clock tokens/s), verdicts.jsonl, summary.md "
+        "and PNG plots. Exit status 1 when requests failed after their retries (the report is then partial)."),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="""examples:
+  distill eval --adapter checkpoints/qwen05-dpo --tasks tasks.jsonl --out checkpoints/qwen05-dpo/eval
+  distill eval --model Qwen/Qwen2.5-0.5B-Instruct --tasks tasks.jsonl --out reports/qwen05-base --batch-size 32
+  distill eval --backend vllm --model Qwen/Qwen2.5-1.5B-Instruct --adapter checkpoints/qwen15-dpo --tasks tasks.jsonl \\
+      --out checkpoints/qwen15-dpo/eval
+  distill eval --backend openai --base-url http://127.0.0.1:8000/v1 --model Qwen/Qwen2.5-72B-Instruct \\
+      --tasks tasks.jsonl --out reports/teacher""",
+    )
+    p.add_argument("--tasks", required=True, help="tasks .jsonl file")
+    p.add_argument("--out", required=True, help="output folder (traces, report, plots); rerun to resume")
+    p.add_argument(
+        "--model",
+        default=None,
+        help="base model: Hub id or local folder (hf, vllm), or the name the server serves (openai); default with "
+        "--adapter: the base named by its run.json or adapter_config.json",
+    )
+    p.add_argument(
+        "--adapter",
+        default=None,
+        help="LoRA adapter folder (a training run, checkpoints/<run>): hf loads it with peft, vllm as a LoRARequest, "
+        "and its saved tokenizer (the chat template it trained with) replaces the base model's; openai: only "
+        "recorded, the server must serve it as --model",
+    )
+    p.add_argument(
+        "--backend",
+        choices=["hf", "vllm", "openai"],
+        default="hf",
+        help="hf: transformers, batched; vllm: vLLM's offline engine; openai: an OpenAI-compatible server at "
+        "--base-url (default: %(default)s)",
+    )
+    p.add_argument("--samples", type=int, default=1, help="answers per task (default: %(default)s)")
+    p.add_argument("--limit", type=int, default=None, help="only the first N tasks of --tasks (a quick trial)")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    _add_backend_flags(p)
+    # An evaluation is greedy unless asked otherwise: scores should not move between two runs of one student.
+    p.set_defaults(temperature=0.0)
+
+
+def _add_compare(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "compare",
+        help="the teacher and its students side by side: per category and error type, Markdown and a PNG",
+        description=_wrap("Put eval reports side by side: overall accuracy, strict accuracy, schema- and format-valid "
+        "rates, tokens/s and latency; accuracy and strict accuracy per category; the error mix. The first REPORT "
+        "is the reference (usually the teacher) and the others show their gap to it in percentage points. Writes "
+        "compare.md, compare.json and compare.png (grouped bars) into --out."),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="example:\n  distill compare reports/teacher checkpoints/qwen05-dpo/eval checkpoints/qwen15-dpo/eval "
+        "--out reports/compare",
+    )
+    p.add_argument("reports", nargs="+", metavar="REPORT", help="report.json files or folders holding one; the first is the reference")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--labels", default=None, help="comma-separated column names, one per REPORT (default: the adapter's "
+                   "folder name, or the model name)")
+    p.add_argument("--allow-different-tasks", action="store_true",
+                   help="compare reports scored on different task files (refused by default: the numbers do not compare)")
+    p.add_argument("--no-plots", action="store_true", help="skip compare.png")
+
+
+def _add_fleet(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "fleet",
+        help="the fleet of students: admission (fleet.yaml), routing and serving",
+        description="The fleet registry (fleet.yaml) and what works on it.",
+    )
+    fleet = p.add_subparsers(dest="fleet_command", required=True, metavar="ACTION")
+    a = fleet.add_parser(
+        "admit",
+        help="admit an evaluated student to fleet.yaml, category by category, with reasons",
+        description=_wrap("Decide per category whether the evaluated model joins the fleet, and write it to --fleet "
+        "(atomically; re-admitting a --name replaces its entry and keeps keys other tools added). A category is "
+        "admitted when it has at least --min-n scored traces, its --metric is at least --min-accuracy, its "
+        "schema-valid rate at least --min-schema-valid and, with --relative-to, its --metric at most --max-gap "
+        "below the teacher's on the same task file. The entry records the base model, adapter, parameter count "
+        "(from the model config, no weights loaded), cost, every category's numbers and decision, the report and "
+        "verdicts paths, the task-file fingerprint and the BFCL data version.\n\n"
+        "Exit status: 0 admitted for at least one category; 1 refused for every category (each reason printed; "
+        "an earlier entry of the same name is removed); 2 bad input."),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n"
+        "  distill fleet admit checkpoints/qwen05-dpo/eval --fleet fleet.yaml --min-accuracy 0.8\n"
+        "  distill fleet admit checkpoints/qwen05-dpo/eval --fleet fleet.yaml --relative-to reports/teacher --max-gap 0.05\n"
+        "  distill fleet admit reports/teacher --fleet fleet.yaml --name teacher --parameters 72.7e9 --min-accuracy 0",
+    )
+    a.add_argument("report", metavar="REPORT", help="report.json of the model (or its folder), with verdicts.jsonl beside it")
+    a.add_argument("--fleet", required=True, help="fleet file to update (created if missing)")
+    a.add_argument("--name", default=None, help="member name (default: the adapter's folder name, or the model name); "
+                   "an existing member of this name is replaced")
+    a.add_argument("--metric", choices=["strict_accuracy", "accuracy"], default="strict_accuracy",
+                   help="the per-category score the thresholds apply to: strict_accuracy (correct and schema-valid, "
+                   "what a real API accepts) or accuracy (BFCL's rules alone) (default: %(default)s)")
+    a.add_argument("--min-accuracy", type=float, default=0.75, metavar="X",
+                   help="lowest --metric a category may have, a share in [0, 1] (default: %(default)s)")
+    a.add_argument("--min-schema-valid", type=float, default=0.9, metavar="Y",
+                   help="lowest share of schema-valid answers a category may have (default: %(default)s)")
+    a.add_argument("--min-n", type=int, default=10,
+                   help="fewest scored traces a category needs before it can be admitted (default: %(default)s)")
+    a.add_argument("--relative-to", default=None, metavar="TEACHER_REPORT",
+                   help="the teacher's report.json on the same task file; needs --max-gap")
+    a.add_argument("--max-gap", type=float, default=None, metavar="Z",
+                   help="with --relative-to: most a category's --metric may fall below the teacher's, a share (0.05 = "
+                   "5 points)")
+    a.add_argument("--cost", type=float, default=None, metavar="C",
+                   help="the member's cost figure, in whatever unit every member of the fleet uses (e.g. $ per 1M "
+                   "tokens); default: its parameter count in billions (a 0.5B student costs 0.5), which ranks members "
+                   "as their inference compute does")
+    a.add_argument("--parameters", type=float, default=None, metavar="N",
+                   help="parameter count, when the model's config cannot be read here (a served model), e.g. 72.7e9")
+    a.add_argument("--trust-remote-code", action="store_true", help="allow model code from the Hub when reading the config")
+    a.add_argument("--dry-run", action="store_true", help="print the decision; write nothing")
+
+
+def _add_publish(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "publish",
+        help="upload a trained student (adapter, tokenizer, run.json, model card with eval results) or a dataset to the Hub",
+        description=_wrap("Stage a checkpoint for the Hugging Face Hub and upload it: the LoRA adapter, the tokenizer with "
+        "its chat template, run.json, the eval report, and a model card (base_model, datasets, library_name: peft, "
+        "tags, model-index results per category from the newest CHECKPOINT/eval*/report.json of this adapter or "
+        "--report). The staged folder is validated (card metadata parsed back, adapter config read by peft, no token "
+        "in any file) before create_repo and upload_folder. With --dataset, a `distill pairs` folder is pushed "
+        "with its dataset card instead. The token comes from HF_TOKEN or the cached login (`hf auth login`) and is "
+        "never printed."),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n"
+        "  distill publish checkpoints/qwen05-dpo --repo-id me/qwen05-fc --dry-run\n"
+        "  distill publish checkpoints/qwen05-dpo --repo-id me/qwen05-fc --private --dataset-id me/fc-pairs\n"
+        "  distill publish --dataset pairs/ --repo-id me/fc-pairs",
+    )
+    p.add_argument("checkpoint", nargs="?", default=None, metavar="CHECKPOINT",
+                   help="training run folder (checkpoints/<run>) with adapter_config.json and adapter_model.safetensors")
+    p.add_argument("--repo-id", required=True, help="Hub repository, owner/name (created if missing)")
+    p.add_argument("--private", action="store_true", help="create the repository private")
+    p.add_argument("--dry-run", action="store_true", help="stage and validate only; upload nothing")
+    p.add_argument("--dataset", default=None, metavar="PAIRS_DIR",
+                   help="publish a preference dataset (a `distill pairs` --out folder) with its card, instead of a checkpoint")
+    p.add_argument("--report", default=None, help="eval report to publish with (default: the newest CHECKPOINT/eval*/report.json)")
+    p.add_argument("--no-eval", action="store_true", help="publish without eval results (refused otherwise)")
+    p.add_argument("--base-model", default=None, help="Hub id of the base model (default: run.json's model_name_or_path); "
+                   "needed when training used a local copy")
+    p.add_argument("--dataset-id", default=None, help="Hub id of the training data, for the card's `datasets` "
+                   "(default: run.json's dataset path when it is a Hub id)")
+    p.add_argument("--license", default=None, help="license for the card metadata, e.g. apache-2.0 (default: none given)")
+    p.add_argument("--stage-dir", default=None, help="folder to stage into, replaced atomically (default: CHECKPOINT/publish)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="distill",
@@ -319,6 +488,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generate(sub)
     _add_train(sub)
     _add_merge(sub)
+    _add_eval(sub)
+    _add_compare(sub)
+    _add_fleet(sub)
+    _add_publish(sub)
     return parser
 
 
@@ -351,6 +524,22 @@ def run(args: argparse.Namespace) -> int:
         from distill.merge import merge_cli
 
         return merge_cli(args)
+    if args.command == "eval":
+        from distill.evaluate import eval_cli
+
+        return eval_cli(args)
+    if args.command == "compare":
+        from eval.compare import compare_cli
+
+        return compare_cli(args)
+    if args.command == "fleet" and args.fleet_command == "admit":
+        from distill.fleet.admission import admit_cli
+
+        return admit_cli(args)
+    if args.command == "publish":
+        from distill.publish import publish_cli
+
+        return publish_cli(args)
     raise AssertionError(f"unhandled command {args.command}")
 
 

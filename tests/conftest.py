@@ -21,3 +21,43 @@ def tiny_pairs_dir(tmp_path_factory):
     from tests.tiny_pairs import build_tiny_pairs
 
     return build_tiny_pairs(tmp_path_factory.mktemp("tiny_pairs") / "pairs")
+
+
+@pytest.fixture(scope="session")
+def tiny_adapter_dir(tiny_model_dir, tmp_path_factory):
+    """A training-run-shaped folder for the tiny model: a LoRA adapter whose weights are random (not peft's
+    no-op init, so it changes the model's answers), the tokenizer, a run.json with the keys distill.train
+    writes, and the files a run leaves that are not for publishing (TRL's template card, training_args.bin)."""
+    import json
+    import shutil
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    run = tmp_path_factory.mktemp("checkpoints") / "tiny-sft"
+    torch.manual_seed(1)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False,
+                      task_type="CAUSAL_LM")
+    model = get_peft_model(base, lora)
+    with torch.no_grad():  # large enough to change greedy answers of the tiny model
+        for name, p in model.named_parameters():
+            if "lora_" in name:
+                p.normal_(0, 0.5)
+    model.save_pretrained(run)
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json"):
+        if (tiny_model_dir / name).is_file():
+            shutil.copy(tiny_model_dir / name, run / name)
+    (run / "run.json").write_text(json.dumps({
+        "status": "finished", "stage": "sft", "recipe": "recipes/debug/tiny_cpu.yaml",
+        "config": {"script": {"stage": "sft", "dataset_path": "recipes/debug/tiny/pairs"}, "training": {},
+                   "model": {"model_name_or_path": str(tiny_model_dir), "load_in_4bit": True}},
+        "git": {"sha": "0" * 40, "dirty": False},
+        "dataset": {"path": "recipes/debug/tiny/pairs", "rows": {"train": 24, "test": 8},
+                    "teacher_model": "Qwen/Qwen2.5-72B-Instruct"},
+        "libraries": {"torch": torch.__version__}, "global_step": 8, "metrics": {"train_loss": 1.0},
+    }))
+    (run / "README.md").write_text("---\nlibrary_name: peft\n---\n# Model Card for Model ID\n")
+    (run / "training_args.bin").write_bytes(b"\x80\x04pickle")
+    return run

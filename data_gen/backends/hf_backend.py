@@ -2,6 +2,7 @@
 
     backend = HFBackend("Qwen/Qwen2.5-7B-Instruct", sampling=Sampling(temperature=0.7, seed=0), batch_size=16)
     async for result in backend.generate(requests): ...
+    HFBackend("Qwen/Qwen2.5-0.5B-Instruct", sampling=s, adapter="checkpoints/run")   # a student: base + LoRA (peft)
 
 The prompt is the model's chat template rendered with the task's `tools` (`--chat-template` replaces it); a
 base model without a template gets the few-shot completion prompt of data_gen.prompting. Left padding, so
@@ -17,6 +18,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Iterable
 from itertools import islice
+from pathlib import Path
 
 from data_gen.backends.base import Request, Result, Sampling
 from data_gen.prompting import STOP, cut_at_stop, load_chat_template, render_prompt
@@ -52,6 +54,7 @@ class HFBackend:
         chat_template: str | None = None,
         prompt_style: str = "hermes",
         trust_remote_code: bool = False,
+        adapter: str | None = None,
     ):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -63,14 +66,24 @@ class HFBackend:
         self.device = pick_device(device)
         if dtype not in DTYPES:
             raise DistillError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        self.adapter = adapter
+        # A training run saves the tokenizer with the chat template it trained with beside its adapter: a
+        # student is evaluated with that template, not the base model's.
+        tok_source = adapter if adapter and (Path(adapter) / "tokenizer_config.json").is_file() else model
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=trust_remote_code)
+            self.tokenizer = AutoTokenizer.from_pretrained(tok_source, trust_remote_code=trust_remote_code)
             torch_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
             self.lm = AutoModelForCausalLM.from_pretrained(
                 model, dtype=torch_dtype, trust_remote_code=trust_remote_code
             )
         except OSError as e:  # not a folder with a model, not on the Hub, or offline without a cached copy
             raise DistillError(f"cannot load model {model!r}: {e}") from None
+        if adapter:
+            from peft import PeftModel
+
+            if not (Path(adapter) / "adapter_config.json").is_file():
+                raise DistillError(f"{adapter}: no adapter_config.json (expected a LoRA adapter folder)")
+            self.lm = PeftModel.from_pretrained(self.lm, adapter)
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token

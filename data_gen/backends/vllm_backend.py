@@ -3,6 +3,7 @@
     backend = VLLMBackend("Qwen/Qwen2.5-72B-Instruct", sampling=Sampling(temperature=0.7, seed=0),
                           engine_args={"tensor_parallel_size": 4, "max_model_len": 8192})
     async for result in backend.generate(requests): ...
+    VLLMBackend("Qwen/Qwen2.5-0.5B-Instruct", sampling=s, adapter="checkpoints/run")   # base + LoRA (LoRARequest)
 
 vLLM is imported only here, when `--backend vllm` is chosen. One engine prompt per task with
 `SamplingParams(n=<samples still missing>)`: vLLM shares the prompt's KV cache across the n samples and,
@@ -102,6 +103,7 @@ class VLLMBackend:
         chat_template: str | None = None,
         prompt_style: str = "hermes",
         engine_args: dict | None = None,
+        adapter: str | None = None,
     ):
         try:
             import vllm
@@ -118,7 +120,27 @@ class VLLMBackend:
         self.prompt_style = prompt_style
         self._vllm = vllm
         engine_args = dict(engine_args or {})
-        self.tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=engine_args.get("trust_remote_code", False))
+        self.adapter = adapter
+        self.lora = None
+        tok_source = model
+        if adapter:
+            # A LoRA adapter (a student) is applied per request; the engine must be built with LoRA enabled and
+            # a max rank at least the adapter's. The run's tokenizer (its training chat template) comes with it.
+            import json
+            from pathlib import Path
+
+            from vllm.lora.request import LoRARequest
+
+            try:
+                rank = json.loads((Path(adapter) / "adapter_config.json").read_text())["r"]
+            except (OSError, ValueError, KeyError):
+                raise DistillError(f"{adapter}: no readable adapter_config.json with a LoRA rank 'r'") from None
+            engine_args.setdefault("enable_lora", True)
+            engine_args.setdefault("max_lora_rank", max(16, int(rank)))
+            self.lora = LoRARequest("adapter", 1, str(adapter))
+            if (Path(adapter) / "tokenizer_config.json").is_file():
+                tok_source = adapter
+        self.tokenizer = AutoTokenizer.from_pretrained(tok_source, trust_remote_code=engine_args.get("trust_remote_code", False))
         load_chat_template(self.tokenizer, chat_template)
         if sampling.seed is not None:
             engine_args.setdefault("seed", sampling.seed)
@@ -133,7 +155,7 @@ class VLLMBackend:
             )
             start = time.perf_counter()
             # Blocks the event loop for the whole chunk; nothing else runs on it.
-            outputs = self.llm.generate(prompts, params, use_tqdm=False)
+            outputs = self.llm.generate(prompts, params, use_tqdm=False, lora_request=self.lora)
             latency = round(time.perf_counter() - start, 4)
             for result in results_from_outputs(chunk, outputs, latency, self.eos_texts):
                 yield result

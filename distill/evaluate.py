@@ -1,0 +1,202 @@
+"""`distill eval`: answer every task with a student (or any model) and score the answers with the verifier.
+
+    distill eval --model Qwen/Qwen2.5-0.5B-Instruct --adapter checkpoints/qwen05-dpo --tasks tasks.jsonl \\
+        --out checkpoints/qwen05-dpo/eval --temperature 0
+    distill eval --adapter checkpoints/qwen05-dpo --tasks tasks.jsonl --out checkpoints/qwen05-dpo/eval  # base from run.json
+    distill eval --backend openai --base-url http://127.0.0.1:8000/v1 --model Qwen/Qwen2.5-72B-Instruct \\
+        --tasks tasks.jsonl --out reports/teacher
+
+The answers come from the same backends as `distill generate` (data_gen.generate), the scores from the same
+verifier as `distill score` (eval.report.score_traces). The output folder holds:
+
+    traces.jsonl      the model's answers; appended, so rerunning the same command resumes after a crash
+    eval.json         what the folder evaluates (model, adapter and its weights' sha256, tasks fingerprint) and
+                      the wall clock of every run; a rerun with another model, adapter or task file is refused
+    report.json       DESIGN.md's eval report, plus `adapter_fingerprint`, `data_version` and `generation`
+                      (backend, batch size, wall-clock tokens/s, traces still missing)
+    verdicts.jsonl, summary.md, accuracy_by_category.png, errors.png
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+
+from eval.io import DistillError, write_json
+
+EVAL_INFO = "eval.json"
+TRACES = "traces.jsonl"
+
+
+def adapter_fingerprint(adapter: str | Path) -> str:
+    """sha256 of the adapter's weights file: a retrained adapter at the same path is a different student."""
+    folder = Path(adapter)
+    for name in ("adapter_model.safetensors", "adapter_model.bin"):
+        if (folder / name).is_file():
+            h = hashlib.sha256()
+            with open(folder / name, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+            return "sha256:" + h.hexdigest()
+    raise DistillError(f"{folder}: no adapter_model.safetensors (expected a LoRA adapter folder, e.g. checkpoints/<run>)")
+
+
+def base_model_of(adapter: str | Path) -> str:
+    """The base model an adapter was trained on: run.json's model_name_or_path, else adapter_config.json's."""
+    folder = Path(adapter)
+    run = folder / "run.json"
+    if run.is_file():
+        try:
+            name = json.loads(run.read_text())["config"]["model"]["model_name_or_path"]
+        except (ValueError, KeyError, TypeError):
+            name = None
+        if name:
+            return name
+    try:
+        name = json.loads((folder / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    except (OSError, ValueError):
+        name = None
+    if not name:
+        raise DistillError(f"{folder}: neither run.json nor adapter_config.json names the base model; pass --model")
+    return name
+
+
+def data_version(tasks) -> str | None:
+    """The tasks' `source` (e.g. 'bfcl-eval==2026.3.23'), joined when a file mixes several."""
+    sources = sorted({str(t.record["source"]) for t in tasks.values() if t.record.get("source")})
+    return ", ".join(sources) or None
+
+
+def _check_folder(out: Path, identity: dict) -> dict:
+    """Read out/eval.json, refusing a folder that evaluates something else (its traces would count as done)."""
+    path = out / EVAL_INFO
+    if not path.is_file():
+        if (out / TRACES).is_file():
+            raise DistillError(f"{out / TRACES} exists but {path} does not: not a `distill eval` folder; use another --out")
+        return {**identity, "runs": []}
+    try:
+        info = json.loads(path.read_text())
+    except ValueError as e:
+        raise DistillError(f"{path}: not valid JSON ({e})") from None
+    for key in ("model", "adapter_fingerprint", "tasks_fingerprint"):
+        if info.get(key) != identity[key]:
+            raise DistillError(
+                f"{path}: this folder holds an evaluation with {key} {info.get(key)!r}, not {identity[key]!r} "
+                f"(its traces would be reused); use another --out or remove the folder"
+            )
+    return {**info, **identity, "runs": info.get("runs", [])}
+
+
+def evaluate(
+    tasks_path: str | Path,
+    backend,
+    out_dir: str | Path,
+    *,
+    adapter: str | None = None,
+    samples: int = 1,
+    limit: int | None = None,
+    plots: bool = True,
+    progress: bool | None = None,
+) -> tuple[dict, object]:
+    """Generate `samples` answers per task with `backend` into out_dir/traces.jsonl (resuming what is there),
+    then score them into report.json & co. Returns (report, generate Summary)."""
+    from data_gen.generate import generate
+    from eval.report import score_traces
+    from eval.tasks import file_fingerprint, load_tasks
+
+    out = Path(out_dir)
+    tasks = load_tasks(tasks_path)
+    identity = {
+        "model": backend.model,
+        "adapter": str(adapter) if adapter else None,
+        "adapter_fingerprint": adapter_fingerprint(adapter) if adapter else None,
+        "tasks": str(tasks_path),
+        "tasks_fingerprint": file_fingerprint(tasks_path),
+        "backend": backend.name,
+        "batch_size": getattr(backend, "batch_size", None),
+        "sampling": backend.sampling.to_dict(),
+        "samples": samples,
+    }
+    info = _check_folder(out, identity)
+    started = time.time()
+    summary = generate(tasks_path, backend, out / TRACES, samples, limit=limit, progress=progress)
+    info["runs"].append({
+        "started_at": round(started, 3),
+        "written": summary.written,
+        "already": summary.already,
+        "failed": sum(summary.failed.values()),
+        "completion_tokens": summary.completion_tokens,
+        "wall_s": round(summary.elapsed_s, 4),
+    })
+    write_json(out / EVAL_INFO, info)
+
+    # Wall-clock rate over every run that generated something: with batching, many requests share one
+    # generate() call, so the per-request rate in `throughput` understates what the run achieved.
+    runs = [r for r in info["runs"] if r["written"]]
+    wall = sum(r["wall_s"] for r in runs)
+    tokens = sum(r["completion_tokens"] for r in runs)
+    generation = {
+        "backend": backend.name,
+        "batch_size": identity["batch_size"],
+        "samples": samples,
+        "sampling": identity["sampling"],
+        "traces_generated": sum(r["written"] for r in runs),
+        "completion_tokens": tokens,
+        "wall_s": round(wall, 4),
+        "completion_tokens_per_s": round(tokens / wall, 2) if wall > 0 else None,
+        "runs": len(info["runs"]),
+        "missing": summary.missing,  # requests that failed in the last run: the report is partial until 0
+    }
+    extra = {
+        "adapter_fingerprint": identity["adapter_fingerprint"],
+        "data_version": data_version(tasks),
+        "generation": generation,
+    }
+    reports = score_traces(tasks_path, [out / TRACES], out, model=backend.model, adapter=identity["adapter"],
+                           plots=plots, extra=extra)
+    return reports[backend.model], summary
+
+
+def eval_cli(args) -> int:
+    from data_gen.generate import backend_from_args
+
+    if args.adapter and not Path(args.adapter).is_dir():
+        raise DistillError(f"{args.adapter}: no such adapter folder")
+    if args.adapter and args.backend == "openai" and not args.model:
+        raise DistillError("--backend openai: pass --model, the name the server serves the adapter under")
+    if not args.model:
+        if not args.adapter:
+            raise DistillError("pass --model (and --adapter for a LoRA student)")
+        args.model = base_model_of(args.adapter)
+        print(f"distill eval: base model {args.model} (from {args.adapter})", file=sys.stderr)
+    if not Path(args.tasks).is_file():
+        raise DistillError(f"{args.tasks}: no such file")
+    if args.chat_template and not Path(args.chat_template).is_file():
+        raise DistillError(f"{args.chat_template}: no such chat template file")
+    from eval.tasks import file_fingerprint
+
+    # Refuse a folder that evaluates something else before spending minutes loading the model.
+    _check_folder(Path(args.out), {
+        "model": args.model,
+        "adapter_fingerprint": adapter_fingerprint(args.adapter) if args.adapter else None,
+        "tasks_fingerprint": file_fingerprint(args.tasks),
+    })
+    backend = backend_from_args(args)
+    report, summary = evaluate(args.tasks, backend, args.out, adapter=args.adapter, samples=args.samples,
+                               limit=args.limit, plots=not args.no_plots, progress=not args.no_progress)
+    print(summary.format(), file=sys.stderr)
+    gen, tp = report["generation"], report["throughput"]
+    print(
+        f"{report['model']}{' + ' + report['adapter'] if report['adapter'] else ''}: accuracy {report['accuracy']:.3f}, "
+        f"strict {report['strict_accuracy']:.3f}, schema-valid {report['schema_valid_rate']:.3f} over {report['n']} "
+        f"traces; {gen['completion_tokens_per_s']} tokens/s wall clock, latency p50 {tp['latency_p50_s']} s, "
+        f"p95 {tp['latency_p95_s']} s -> {Path(args.out) / 'report.json'}"
+    )
+    if summary.failed:
+        print(f"distill eval: {summary.missing} requests failed: the report is partial; rerun the same command to "
+              f"finish them", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,266 @@
+"""`distill fleet admit`: decide, category by category, whether an evaluated student joins the fleet.
+
+    distill fleet admit checkpoints/qwen05-dpo/eval --fleet fleet.yaml --min-accuracy 0.8 --min-schema-valid 0.95
+    distill fleet admit checkpoints/qwen05-dpo/eval --fleet fleet.yaml --relative-to reports/teacher --max-gap 0.05
+
+A category is admitted when every rule holds for it (each rule names its flag in the reasons):
+- at least --min-n traces of it were scored (a handful of tasks says little);
+- its --metric (strict accuracy by default: correct by BFCL's rules and valid against the tool schemas, what a
+  real API accepts) is at least --min-accuracy;
+- its schema-valid rate is at least --min-schema-valid;
+- with --relative-to, the teacher's report on the same task file has the category and the student's metric is
+  at most --max-gap below the teacher's.
+A report with traces still missing (a `distill eval` whose requests failed) admits nothing.
+
+The member is written to fleet.yaml (see distill.fleet for the schema) with every category's numbers and
+decision; re-admitting a name replaces its entry, keeping keys that other tools added. Exit status: 0 when the
+student is admitted for at least one category, 1 when it is refused for all (its old entry, if any, is removed:
+the fleet must not route to a student whose latest evaluation failed), 2 for bad input.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from distill.fleet import fleet_lock, load_fleet, relative_to_fleet, save_fleet
+from eval.compare import default_label, load_report
+from eval.io import DistillError, read_jsonl
+
+METRICS = ("strict_accuracy", "accuracy")
+# The keys admission writes on a member; any other key of an existing entry (e.g. `endpoint`) is kept.
+OWNED = ("name", "base_model", "adapter", "adapter_fingerprint", "parameters", "parameters_from", "cost",
+         "cost_basis", "categories", "by_category", "report", "verdicts", "tasks", "tasks_fingerprint",
+         "data_version", "admission")
+
+
+@dataclass
+class Thresholds:
+    metric: str = "strict_accuracy"
+    min_accuracy: float = 0.75
+    min_schema_valid: float = 0.9
+    min_n: int = 10
+    max_gap: float | None = None  # with a teacher report: most the metric may fall below the teacher's
+
+    def check(self) -> None:
+        if self.metric not in METRICS:
+            raise DistillError(f"--metric must be one of {', '.join(METRICS)}, got {self.metric!r}")
+        for name in ("min_accuracy", "min_schema_valid", "max_gap"):
+            v = getattr(self, name)
+            if v is not None and not 0 <= v <= 1:
+                raise DistillError(f"--{name.replace('_', '-')} is a share between 0 and 1, got {v}")
+
+
+def _category_stats(report_path: Path, report: dict) -> dict[str, dict]:
+    """Per-category n, accuracy, strict accuracy and schema-valid rate. Reports written before the schema-valid
+    rate was kept per category get it from their verdicts.jsonl."""
+    stats = {cat: dict(c) for cat, c in report["by_category"].items()}
+    if all("schema_valid_rate" in c for c in stats.values()):
+        return stats
+    counts: dict[str, list[int]] = {}
+    for _, v in read_jsonl(report_path.parent / "verdicts.jsonl"):
+        k = counts.setdefault(v["category"], [0, 0])
+        k[0] += 1
+        k[1] += bool(v["schema_valid"])
+    for cat, c in stats.items():
+        n, valid = counts.get(cat, (0, 0))
+        c["schema_valid_rate"] = round(valid / n, 6) if n else 0.0
+    return stats
+
+
+def decide(report_path: Path, report: dict, th: Thresholds, teacher: tuple[Path, dict] | None = None) -> dict[str, dict]:
+    """{category: {n, accuracy, strict_accuracy, schema_valid_rate, [teacher_<metric>], admitted, failed (the rules
+    it failed, by flag), reasons (each with its numbers)}}."""
+    th.check()
+    stats = _category_stats(report_path, report)
+    teacher_stats = None
+    if teacher is not None:
+        t_path, t_report = teacher
+        if t_report["tasks_fingerprint"] != report["tasks_fingerprint"]:
+            raise DistillError(
+                f"{t_path} scores another task file ({t_report.get('tasks')}, {t_report['tasks_fingerprint'][:19]}...) "
+                f"than {report_path} ({report.get('tasks')}, {report['tasks_fingerprint'][:19]}...): the gap would "
+                f"not mean anything; evaluate both on the same tasks"
+            )
+        teacher_stats = t_report["by_category"]
+    missing = (report.get("generation") or {}).get("missing") or 0
+    m = th.metric
+    out = {}
+    for cat, c in sorted(stats.items()):
+        failed: list[tuple[str, str]] = []  # (rule, why)
+        if missing:
+            failed.append(("complete report", f"the report is partial: {missing} requests failed in its `distill eval` (rerun it)"))
+        if c["n"] < th.min_n:
+            failed.append(("--min-n", f"only {c['n']} traces scored (< {th.min_n})"))
+        if c[m] < th.min_accuracy:
+            failed.append(("--min-accuracy", f"{m} {c[m]:.3f} < {th.min_accuracy:.3f}"))
+        if c["schema_valid_rate"] < th.min_schema_valid:
+            failed.append(("--min-schema-valid", f"schema_valid_rate {c['schema_valid_rate']:.3f} < {th.min_schema_valid:.3f}"))
+        entry = {k: c[k] for k in ("n", "accuracy", "strict_accuracy", "schema_valid_rate")}
+        if teacher_stats is not None:
+            t = teacher_stats.get(cat)
+            if t is None:
+                failed.append(("--relative-to", "the teacher's report has no traces of this category"))
+            else:
+                entry[f"teacher_{m}"] = t[m]
+                gap = t[m] - c[m]
+                if th.max_gap is not None and gap > th.max_gap + 1e-12:  # float noise must not refuse an equal gap
+                    failed.append(("--max-gap", f"{m} {c[m]:.3f} is {gap:.3f} below the teacher's {t[m]:.3f} (> {th.max_gap:.3f})"))
+        out[cat] = {**entry, "admitted": not failed, "failed": [rule for rule, _ in failed],
+                    "reasons": [f"{why} ({rule})" for rule, why in failed]}
+    return out
+
+
+def parameter_count(model: str, trust_remote_code: bool = False) -> int | None:
+    """Parameters of a model from its config alone: the architecture is built on the meta device, which
+    allocates no memory and reads no weights (a 1.5B model in about a second). None when the config cannot be
+    read (a name only a server knows, or a Hub id that is not cached offline)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        config = AutoConfig.from_pretrained(model, trust_remote_code=trust_remote_code)
+        with torch.device("meta"):
+            lm = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, KeyError):
+        return None
+    return sum(p.numel() for p in lm.parameters())  # tied embeddings are one parameter, counted once
+
+
+def _data_version(report: dict) -> str | None:
+    """The tasks' `source` (BFCL data version): recorded by `distill eval`; for a `distill score` report, read
+    from the tasks file when it is still the file that was scored."""
+    if report.get("data_version"):
+        return report["data_version"]
+    path = Path(str(report.get("tasks")))
+    if not path.is_file():
+        return None
+    from eval.tasks import file_fingerprint
+
+    if file_fingerprint(path) != report["tasks_fingerprint"]:
+        return None
+    sources = sorted({str(r["source"]) for _, r in read_jsonl(path) if r.get("source")})
+    return ", ".join(sources) or None
+
+
+def _local_or_id(fleet_path: Path, name: str | None) -> str | None:
+    """A local folder as a path relative to the fleet file; anything else (a Hub id) as it is."""
+    if name is None:
+        return None
+    return relative_to_fleet(fleet_path, name) if Path(name).exists() else name
+
+
+def member_entry(fleet_path: Path, report_path: Path, report: dict, decisions: dict, th: Thresholds, *, name: str,
+                 relative_to: Path | None, parameters: int | None, parameters_from: str, cost: float | None) -> dict:
+    if cost is None:
+        cost, basis = round(parameters / 1e9, 6), "parameters_in_billions"
+    else:
+        basis = "given"
+    verdicts = report_path.parent / "verdicts.jsonl"
+    return {
+        "name": name,
+        "base_model": _local_or_id(fleet_path, report["model"]),
+        "adapter": _local_or_id(fleet_path, report.get("adapter")),
+        "adapter_fingerprint": report.get("adapter_fingerprint"),
+        "parameters": parameters,
+        "parameters_from": parameters_from,
+        "cost": cost,
+        "cost_basis": basis,
+        "categories": [c for c, d in decisions.items() if d["admitted"]],
+        "by_category": decisions,
+        "report": relative_to_fleet(fleet_path, report_path),
+        "verdicts": relative_to_fleet(fleet_path, verdicts),
+        "tasks": _local_or_id(fleet_path, report.get("tasks")),
+        "tasks_fingerprint": report["tasks_fingerprint"],
+        "data_version": _data_version(report),
+        "admission": {
+            "metric": th.metric,
+            "min_accuracy": th.min_accuracy,
+            "min_schema_valid": th.min_schema_valid,
+            "min_n": th.min_n,
+            "relative_to": relative_to_fleet(fleet_path, relative_to) if relative_to else None,
+            "max_gap": th.max_gap,
+            "admitted_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        },
+    }
+
+
+def admit(report: str | Path, fleet: str | Path, th: Thresholds, *, relative_to: str | Path | None = None,
+          name: str | None = None, cost: float | None = None, parameters: int | None = None,
+          trust_remote_code: bool = False, dry_run: bool = False) -> tuple[dict, list[str]]:
+    """Decide and (unless dry_run) update the fleet file. Returns (the member entry, warnings)."""
+    fleet_path = Path(fleet)
+    report_path, rep = load_report(report)
+    if not (report_path.parent / "verdicts.jsonl").is_file():
+        raise DistillError(f"{report_path.parent / 'verdicts.jsonl'}: missing; the fleet keeps each member's per-task "
+                           f"verdicts (rescore with `distill score` or `distill eval`)")
+    if th.max_gap is not None and relative_to is None:
+        raise DistillError("--max-gap needs --relative-to TEACHER_REPORT")
+    teacher = load_report(relative_to) if relative_to is not None else None
+    if teacher is not None and th.max_gap is None:
+        raise DistillError("--relative-to needs --max-gap (how far below the teacher a category may be)")
+    if cost is not None and cost <= 0:
+        raise DistillError(f"--cost must be positive, got {cost}")
+    decisions = decide(report_path, rep, th, teacher)
+    name = name or default_label(rep)
+    if parameters is not None:
+        parameters_from = "--parameters"
+    else:
+        parameters = parameter_count(rep["model"], trust_remote_code)
+        parameters_from = "config"
+        if parameters is None and cost is None:
+            raise DistillError(f"cannot read the config of {rep['model']!r} to count its parameters (a served model, or "
+                               f"a Hub id not cached here): pass --parameters N or --cost C")
+    entry = member_entry(fleet_path, report_path, rep, decisions, th, name=name,
+                         relative_to=teacher[0] if teacher else None, parameters=parameters,
+                         parameters_from=parameters_from if parameters is not None else None, cost=cost)
+    warnings = []
+    with fleet_lock(fleet_path):
+        current = load_fleet(fleet_path)
+        others = [m for m in current["members"] if m["name"] != name]
+        old = next((m for m in current["members"] if m["name"] == name), None)
+        for m in others:
+            if m.get("tasks_fingerprint") not in (None, entry["tasks_fingerprint"]):
+                warnings.append(f"member {m['name']!r} was admitted on another task file ({m.get('tasks')}): their "
+                                f"accuracies do not compare")
+            if m.get("cost_basis") and m["cost_basis"] != entry["cost_basis"]:
+                warnings.append(f"member {m['name']!r} has cost basis {m['cost_basis']!r}, this one {entry['cost_basis']!r}: "
+                                f"the router compares costs, so give every member costs in one unit")
+        if entry["categories"]:
+            # Keep keys other tools added to the old entry (e.g. a serving endpoint); replace what admission owns.
+            merged = {**entry, **{k: v for k, v in (old or {}).items() if k not in OWNED}}
+            members = [merged if m["name"] == name else m for m in current["members"]] if old else [*current["members"], merged]
+        else:
+            members = others
+        if not dry_run and (entry["categories"] or old is not None):
+            save_fleet(fleet_path, {**current, "members": members})
+    entry["_replaced"] = old is not None
+    return entry, warnings
+
+
+def admit_cli(args) -> int:
+    th = Thresholds(metric=args.metric, min_accuracy=args.min_accuracy, min_schema_valid=args.min_schema_valid,
+                    min_n=args.min_n, max_gap=args.max_gap)
+    entry, warnings = admit(args.report, args.fleet, th, relative_to=args.relative_to, name=args.name, cost=args.cost,
+                            parameters=args.parameters, trust_remote_code=args.trust_remote_code, dry_run=args.dry_run)
+    replaced = entry.pop("_replaced")
+    for w in warnings:
+        print(f"distill fleet admit: warning: {w}", file=sys.stderr)
+    m = th.metric
+    print(f"{entry['name']}: {entry['base_model']}" + (f" + {entry['adapter']}" if entry["adapter"] else "")
+          + f", {entry['parameters'] or '?'} parameters, cost {entry['cost']} ({entry['cost_basis']})")
+    for cat, d in entry["by_category"].items():
+        verdict = "admitted" if d["admitted"] else "refused: " + "; ".join(d["reasons"])
+        print(f"  {cat:<28} n={d['n']:<5} {m} {d[m]:.3f}  schema-valid {d['schema_valid_rate']:.3f}  {verdict}")
+    where = "(dry run: nothing written)" if args.dry_run else f"-> {args.fleet}"
+    if entry["categories"]:
+        print(f"{'replaced' if replaced else 'admitted'} {entry['name']!r} for {len(entry['categories'])} of "
+              f"{len(entry['by_category'])} categories: {', '.join(entry['categories'])} {where}")
+        return 0
+    lacked = sorted({rule for d in entry["by_category"].values() for rule in d["failed"]})
+    print(f"refused {entry['name']!r} for every category (lacked: {', '.join(lacked)})"
+          + (f"; its previous entry was removed {where}" if replaced else f" {where}"))
+    return 1

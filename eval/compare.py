@@ -181,7 +181,7 @@ def plot(table: dict, path: Path) -> Path:
     top.set_ylim(0, 1)
     top.set_ylabel("accuracy")
     top.set_title("Accuracy by category")
-    top.legend(fontsize="small")
+    top.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))  # outside: never over a bar
     bottom.set_xticks(range(len(errs)), errs, rotation=20, ha="right")
     bottom.set_ylabel("share of traces")
     bottom.set_title("Errors by type")

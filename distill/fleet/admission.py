@@ -156,7 +156,7 @@ def _local_or_id(fleet_path: Path, name: str | None) -> str | None:
 def member_entry(fleet_path: Path, report_path: Path, report: dict, decisions: dict, th: Thresholds, *, name: str,
                  relative_to: Path | None, parameters: int | None, parameters_from: str, cost: float | None) -> dict:
     if cost is None:
-        cost, basis = round(parameters / 1e9, 6), "parameters_in_billions"
+        cost, basis = parameters / 1e9, "parameters_in_billions"
     else:
         basis = "given"
     verdicts = report_path.parent / "verdicts.jsonl"

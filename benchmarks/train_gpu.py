@@ -44,13 +44,31 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 SHAPES = {
-    "1.5b": dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
-                 num_key_value_heads=2, vocab_size=151936, max_position_embeddings=32768, rope_theta=1e6),
-    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                 num_key_value_heads=2, vocab_size=512, max_position_embeddings=4096, rope_theta=1e4),
+    "1.5b": dict(
+        hidden_size=1536,
+        intermediate_size=8960,
+        num_hidden_layers=28,
+        num_attention_heads=12,
+        num_key_value_heads=2,
+        vocab_size=151936,
+        max_position_embeddings=32768,
+        rope_theta=1e6,
+    ),
+    "tiny": dict(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=512,
+        max_position_embeddings=4096,
+        rope_theta=1e4,
+    ),
 }
-WORDS = ("city unit amount currency date time range value limit offset query filter region sensor account "
-         "order status price volume weight height width depth speed angle radius count label name code").split()
+WORDS = (
+    "city unit amount currency date time range value limit offset query filter region sensor account "
+    "order status price volume weight height width depth speed angle radius count label name code"
+).split()
 
 
 def build_model(path: Path, shape: str, *, weights: bool = True) -> None:
@@ -59,14 +77,24 @@ def build_model(path: Path, shape: str, *, weights: bool = True) -> None:
 
     from tests.tiny_model import build_tiny_model
 
-    build_tiny_model(path)  # tokenizer (ChatML + distill's Hermes tool template) and a tiny model, replaced below
+    build_tiny_model(
+        path
+    )  # tokenizer (ChatML + distill's Hermes tool template) and a tiny model, replaced below
     if not weights:
         return
     tok_vocab = json.loads((path / "config.json").read_text())["vocab_size"]
     cfg = dict(SHAPES[shape])
     cfg["vocab_size"] = max(cfg["vocab_size"], tok_vocab)
-    config = LlamaConfig(**cfg, attention_bias=True, tie_word_embeddings=True, rms_norm_eps=1e-6,
-                         eos_token_id=2, pad_token_id=0, bos_token_id=None, dtype="bfloat16")
+    config = LlamaConfig(
+        **cfg,
+        attention_bias=True,
+        tie_word_embeddings=True,
+        rms_norm_eps=1e-6,
+        eos_token_id=2,
+        pad_token_id=0,
+        bos_token_id=None,
+        dtype="bfloat16",
+    )
     torch.manual_seed(0)
     device = "cuda" if torch.cuda.is_available() and shape != "tiny" else "cpu"
     with torch.device(device):
@@ -78,13 +106,21 @@ def build_model(path: Path, shape: str, *, weights: bool = True) -> None:
 
 
 def _tool(rng: random.Random, i: int) -> dict:
-    props = {f"{rng.choice(WORDS)}_{j}": {"type": rng.choice(["string", "number", "integer"]),
-                                          "description": " ".join(rng.choices(WORDS, k=rng.randint(3, 9)))}
-             for j in range(rng.randint(2, 6))}
-    return {"type": "function", "function": {
-        "name": f"{rng.choice(WORDS)}_{rng.choice(WORDS)}_{i}",
-        "description": " ".join(rng.choices(WORDS, k=rng.randint(6, 20))),
-        "parameters": {"type": "object", "properties": props, "required": list(props)[:2]}}}
+    props = {
+        f"{rng.choice(WORDS)}_{j}": {
+            "type": rng.choice(["string", "number", "integer"]),
+            "description": " ".join(rng.choices(WORDS, k=rng.randint(3, 9))),
+        }
+        for j in range(rng.randint(2, 6))
+    }
+    return {
+        "type": "function",
+        "function": {
+            "name": f"{rng.choice(WORDS)}_{rng.choice(WORDS)}_{i}",
+            "description": " ".join(rng.choices(WORDS, k=rng.randint(6, 20))),
+            "parameters": {"type": "object", "properties": props, "required": list(props)[:2]},
+        },
+    }
 
 
 def _call(rng: random.Random, tool: dict, target_tokens: int, tok) -> dict:
@@ -113,7 +149,9 @@ def build_pairs(path: Path, model_dir: Path, n_train: int, n_test: int, seed: in
     rows = []
     for i in range(n_train + n_test):
         target, tools = rng.randint(200, 700), []
-        prompt = [{"role": "user", "content": "Please " + " ".join(rng.choices(WORDS, k=rng.randint(5, 20))) + "?"}]
+        prompt = [
+            {"role": "user", "content": "Please " + " ".join(rng.choices(WORDS, k=rng.randint(5, 20))) + "?"}
+        ]
         while len(tools) < 50:  # add tool schemas until the prompt reaches its target length
             tools.append(_tool(rng, len(tools)))
             text = tok.apply_chat_template(prompt, tools=tools, add_generation_prompt=True, tokenize=False)
@@ -125,22 +163,51 @@ def build_pairs(path: Path, model_dir: Path, n_train: int, n_test: int, seed: in
         right, wrong = rng.choice(tools), rng.choice(tools)
         chosen = _call(rng, right, rng.randint(20, 120), tok)
         rejected = _call(rng, wrong, rng.randint(20, 120), tok)
-        rows.append({"prompt": prompt,
-                     "chosen": [{"role": "assistant", "content": None, "tool_calls": [chosen]}],
-                     "rejected": [{"role": "assistant", "content": None, "tool_calls": [rejected]}],
-                     "tools": json.dumps(tools), "task_id": f"bench_{i}", "chosen_source": "teacher",
-                     "rejected_source": "synthetic", "rejected_error": "wrong_function"})
-    DatasetDict(train=Dataset.from_list(rows[:n_train]), test=Dataset.from_list(rows[n_train:])).save_to_disk(str(path))
+        rows.append(
+            {
+                "prompt": prompt,
+                "chosen": [{"role": "assistant", "content": None, "tool_calls": [chosen]}],
+                "rejected": [{"role": "assistant", "content": None, "tool_calls": [rejected]}],
+                "tools": json.dumps(tools),
+                "task_id": f"bench_{i}",
+                "chosen_source": "teacher",
+                "rejected_source": "synthetic",
+                "rejected_error": "wrong_function",
+            }
+        )
+    DatasetDict(train=Dataset.from_list(rows[:n_train]), test=Dataset.from_list(rows[n_train:])).save_to_disk(
+        str(path)
+    )
 
 
 def recipe(stage: str, model_dir: Path, pairs: Path, out: Path, steps: int, batch: int, tiny: bool) -> dict:
-    r = {"stage": stage, "model_name_or_path": str(model_dir), "dtype": "float32" if tiny else "bfloat16",
-         "dataset_path": str(pairs), "output_dir": str(out), "use_peft": True, "load_in_4bit": True,
-         "bnb_4bit_quant_type": "nf4", "use_bnb_nested_quant": True, "lora_r": 16, "lora_alpha": 32,
-         "lora_dropout": 0.05, "lora_target_modules": "all-linear", "max_length": 1024, "max_steps": steps,
-         "per_device_train_batch_size": batch, "learning_rate": 2e-4 if stage == "sft" else 2e-5,
-         "gradient_checkpointing": not tiny, "bf16": not tiny, "use_cpu": tiny, "logging_steps": 1,
-         "save_strategy": "no", "report_to": "none", "seed": 0, "max_truncated_share": 0.0}
+    r = {
+        "stage": stage,
+        "model_name_or_path": str(model_dir),
+        "dtype": "float32" if tiny else "bfloat16",
+        "dataset_path": str(pairs),
+        "output_dir": str(out),
+        "use_peft": True,
+        "load_in_4bit": True,
+        "bnb_4bit_quant_type": "nf4",
+        "use_bnb_nested_quant": True,
+        "lora_r": 16,
+        "lora_alpha": 32,
+        "lora_dropout": 0.05,
+        "lora_target_modules": "all-linear",
+        "max_length": 1024,
+        "max_steps": steps,
+        "per_device_train_batch_size": batch,
+        "learning_rate": 2e-4 if stage == "sft" else 2e-5,
+        "gradient_checkpointing": not tiny,
+        "bf16": not tiny,
+        "use_cpu": tiny,
+        "logging_steps": 1,
+        "save_strategy": "no",
+        "report_to": "none",
+        "seed": 0,
+        "max_truncated_share": 0.0,
+    }
     if stage == "dpo":
         r.update(beta=0.1, precompute_ref_log_probs=True)
     return r
@@ -159,18 +226,42 @@ def stock_dpo(config_path: str) -> None:
 
     c = json.loads(Path(config_path).read_text())
     tiny = c["tiny"]
-    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                               bnb_4bit_compute_dtype=torch.float32 if tiny else torch.bfloat16)
-    args = DPOConfig(output_dir=c["out"], max_steps=c["steps"], per_device_train_batch_size=c["batch"],
-                     learning_rate=2e-5, beta=0.1, max_length=1024, gradient_checkpointing=not tiny, bf16=not tiny,
-                     use_cpu=tiny, logging_steps=1, save_strategy="no", report_to="none", seed=0,
-                     precompute_ref_log_probs=c["precompute"],
-                     model_init_kwargs={"dtype": "float32" if tiny else "bfloat16"})
-    lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear", task_type="CAUSAL_LM")
+    quant = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.float32 if tiny else torch.bfloat16,
+    )
+    args = DPOConfig(
+        output_dir=c["out"],
+        max_steps=c["steps"],
+        per_device_train_batch_size=c["batch"],
+        learning_rate=2e-5,
+        beta=0.1,
+        max_length=1024,
+        gradient_checkpointing=not tiny,
+        bf16=not tiny,
+        use_cpu=tiny,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        seed=0,
+        precompute_ref_log_probs=c["precompute"],
+        model_init_kwargs={"dtype": "float32" if tiny else "bfloat16"},
+    )
+    lora = LoraConfig(
+        r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear", task_type="CAUSAL_LM"
+    )
     throughput = ThroughputCallback()
-    trainer = DPOTrainer(model=c["model"], args=args, train_dataset=load_from_disk(c["pairs"])["train"],
-                         processing_class=AutoTokenizer.from_pretrained(c["model"]), quantization_config=quant,
-                         peft_config=lora, callbacks=[throughput])
+    trainer = DPOTrainer(
+        model=c["model"],
+        args=args,
+        train_dataset=load_from_disk(c["pairs"])["train"],
+        processing_class=AutoTokenizer.from_pretrained(c["model"]),
+        quantization_config=quant,
+        peft_config=lora,
+        callbacks=[throughput],
+    )
     trainer.train()
     Path(c["result"]).write_text(json.dumps(throughput.summary()))
 
@@ -180,8 +271,9 @@ def run(name: str, cmd: list[str], log: Path) -> dict:
     with open(log, "a") as f:
         f.write(f"\n===== {name}: {' '.join(cmd)}\n")
         f.flush()
-        rc = subprocess.run(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"}).returncode
+        rc = subprocess.run(
+            cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+        ).returncode
     return {"rc": rc, "wall_s": round(time.time() - t0, 1)}
 
 
@@ -192,7 +284,9 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=None, help="optimizer steps per run (default 20; tiny 4)")
     ap.add_argument("--batch", type=int, default=8, help="sequences (pairs for DPO) per step")
     ap.add_argument("--runs", default="distill-sft,distill-dpo,trl-dpo,trl-dpo-precompute")
-    ap.add_argument("--work", default=None, help="scratch folder for model, data, runs (default: a temp folder)")
+    ap.add_argument(
+        "--work", default=None, help="scratch folder for model, data, runs (default: a temp folder)"
+    )
     ap.add_argument("--stock-dpo", default=None, help=argparse.SUPPRESS)  # internal: one stock TRL run
     a = ap.parse_args()
     if a.stock_dpo:
@@ -222,17 +316,32 @@ def main() -> int:
 
     tok = AutoTokenizer.from_pretrained(work / "model")
     rows = train_data.for_stage(load_from_disk(str(work / "pairs"))["train"], "dpo")
-    audit = preflight.audit_lengths(rows, tok, stage="dpo", max_length=1024, truncation_mode="keep_start",
-                                    max_truncated_share=0.0)
-    print("tokens: " + ", ".join(f"{k} p50 {audit[k]['p50']} max {audit[k]['max']}"
-                                 for k in ("prompt", "chosen", "rejected")))
-    results = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "shape": "tiny" if tiny else
-               "Qwen2.5-1.5B", "steps": steps, "batch": a.batch, "audit": audit, "runs": {},
-               "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-               "host": platform.platform(), "versions": {}}
+    audit = preflight.audit_lengths(
+        rows, tok, stage="dpo", max_length=1024, truncation_mode="keep_start", max_truncated_share=0.0
+    )
+    print(
+        "tokens: "
+        + ", ".join(
+            f"{k} p50 {audit[k]['p50']} max {audit[k]['max']}" for k in ("prompt", "chosen", "rejected")
+        )
+    )
+    results = {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "shape": "tiny" if tiny else "Qwen2.5-1.5B",
+        "steps": steps,
+        "batch": a.batch,
+        "audit": audit,
+        "runs": {},
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "host": platform.platform(),
+        "versions": {},
+    }
     for name in ("sft", "dpo"):
-        (work / f"{name}.yaml").write_text(yaml.safe_dump(recipe(name, work / "model", work / "pairs",
-                                                                 work / f"distill-{name}", steps, a.batch, tiny)))
+        (work / f"{name}.yaml").write_text(
+            yaml.safe_dump(
+                recipe(name, work / "model", work / "pairs", work / f"distill-{name}", steps, a.batch, tiny)
+            )
+        )
     if a.dry_run:
         print(f"dry run: recipes {work}/sft.yaml, {work}/dpo.yaml; nothing trained")
         return 0
@@ -246,23 +355,37 @@ def main() -> int:
             status.update(info.get("throughput", {}))
             results["versions"] = info.get("libraries", results["versions"])
         else:
-            cfg = {"model": str(work / "model"), "pairs": str(work / "pairs"), "out": str(work / name),
-                   "steps": steps, "batch": a.batch, "tiny": tiny, "precompute": name.endswith("precompute"),
-                   "result": str(work / f"{name}.json")}
+            cfg = {
+                "model": str(work / "model"),
+                "pairs": str(work / "pairs"),
+                "out": str(work / name),
+                "steps": steps,
+                "batch": a.batch,
+                "tiny": tiny,
+                "precompute": name.endswith("precompute"),
+                "result": str(work / f"{name}.json"),
+            }
             (work / f"{name}.config.json").write_text(json.dumps(cfg))
-            status = run(name, [sys.executable, __file__, "--stock-dpo", str(work / f"{name}.config.json")], log)
+            status = run(
+                name, [sys.executable, __file__, "--stock-dpo", str(work / f"{name}.config.json")], log
+            )
             if Path(cfg["result"]).is_file():
                 status.update(json.loads(Path(cfg["result"]).read_text()))
         results["runs"][name] = status
         if out_dir:  # rewritten after every run, so a run cut short leaves what it measured
             (out_dir / "train_gpu.json").write_text(json.dumps(results, indent=2))
 
-    lines = [f"{results['shape']} shape, QLoRA r16 all-linear, batch {a.batch}, {steps} steps, "
-             f"{results['gpu'] or 'CPU'}, {results['date'][:10]}",
-             "| run | exit | s/step | tokens/s | peak GiB | wall s |", "| --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        f"{results['shape']} shape, QLoRA r16 all-linear, batch {a.batch}, {steps} steps, "
+        f"{results['gpu'] or 'CPU'}, {results['date'][:10]}",
+        "| run | exit | s/step | tokens/s | peak GiB | wall s |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
     for name, r in results["runs"].items():
-        lines.append(f"| {name} | {r['rc']} | {r.get('median_step_s')} | {r.get('tokens_per_s')} | "
-                     f"{r.get('peak_gpu_mem_gib')} | {r['wall_s']} |")
+        lines.append(
+            f"| {name} | {r['rc']} | {r.get('median_step_s')} | {r.get('tokens_per_s')} | "
+            f"{r.get('peak_gpu_mem_gib')} | {r['wall_s']} |"
+        )
     table = "\n".join(lines)
     if out_dir:
         (out_dir / "train_gpu.md").write_text(table + "\n")

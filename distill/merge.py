@@ -25,8 +25,16 @@ from eval.io import DistillError, write_json
 logger = logging.getLogger(__name__)
 
 
-def merge(checkpoint: str | Path, out: str | Path, *, base: str | None = None, base_4bit: bool = False,
-          dtype: str = "bfloat16", device: str = "cpu", overwrite: bool = False) -> Path:
+def merge(
+    checkpoint: str | Path,
+    out: str | Path,
+    *,
+    base: str | None = None,
+    base_4bit: bool = False,
+    dtype: str = "bfloat16",
+    device: str = "cpu",
+    overwrite: bool = False,
+) -> Path:
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -36,14 +44,19 @@ def merge(checkpoint: str | Path, out: str | Path, *, base: str | None = None, b
 
     ckpt, out = Path(checkpoint), Path(out)
     if not (ckpt / "adapter_config.json").is_file():
-        raise DistillError(f"{ckpt}: no adapter_config.json (expected a training run folder or a LoRA adapter)")
+        raise DistillError(
+            f"{ckpt}: no adapter_config.json (expected a training run folder or a LoRA adapter)"
+        )
     if out.exists() and not overwrite:
         raise DistillError(f"--out {out} exists; pass --overwrite to replace it")
     run_path = ckpt / "run.json"
     run = json.loads(run_path.read_text()) if run_path.is_file() else None
     model_cfg = (run or {}).get("config", {}).get("model", {})
-    base = base or model_cfg.get("model_name_or_path") or json.loads(
-        (ckpt / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    base = (
+        base
+        or model_cfg.get("model_name_or_path")
+        or json.loads((ckpt / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    )
     if not base:
         raise DistillError(f"{ckpt}: no run.json or adapter base model; pass --base")
     trained_4bit = bool(model_cfg.get("load_in_4bit")) if run else base_4bit
@@ -59,12 +72,19 @@ def merge(checkpoint: str | Path, out: str | Path, *, base: str | None = None, b
         if not run:
             cfg.bnb_4bit_quant_type, cfg.use_bnb_nested_quant = "nf4", True
         quant = build_quantization_config(cfg, use_cpu=device == "cpu")
-        model = AutoModelForCausalLM.from_pretrained(base, revision=revision, quantization_config=quant,
-                                                     device_map=device, dtype=target, trust_remote_code=trust)
+        model = AutoModelForCausalLM.from_pretrained(
+            base,
+            revision=revision,
+            quantization_config=quant,
+            device_map=device,
+            dtype=target,
+            trust_remote_code=trust,
+        )
         model = model.dequantize(dtype=target)
     else:
-        model = AutoModelForCausalLM.from_pretrained(base, revision=revision, device_map=device, dtype=target,
-                                                     trust_remote_code=trust)
+        model = AutoModelForCausalLM.from_pretrained(
+            base, revision=revision, device_map=device, dtype=target, trust_remote_code=trust
+        )
     model = PeftModel.from_pretrained(model, str(ckpt)).merge_and_unload()
     model = model.to(target)
     tokenizer = AutoTokenizer.from_pretrained(str(ckpt), trust_remote_code=trust)
@@ -74,21 +94,43 @@ def merge(checkpoint: str | Path, out: str | Path, *, base: str | None = None, b
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        write_json(tmp / "merge.json", {"base": base, "adapter": str(ckpt), "dtype": dtype,
-                                        "dequantized_from_4bit": trained_4bit, "run": run})
+        write_json(
+            tmp / "merge.json",
+            {
+                "base": base,
+                "adapter": str(ckpt),
+                "dtype": dtype,
+                "dequantized_from_4bit": trained_4bit,
+                "run": run,
+            },
+        )
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    logger.info("merged %s into %s (%s%s) -> %s", ckpt, base, dtype, ", dequantised from 4-bit" if trained_4bit else "", out)
+    logger.info(
+        "merged %s into %s (%s%s) -> %s",
+        ckpt,
+        base,
+        dtype,
+        ", dequantised from 4-bit" if trained_4bit else "",
+        out,
+    )
     return out
 
 
 def merge_cli(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    out = merge(args.checkpoint, args.out, base=args.base, base_4bit=args.base_4bit, dtype=args.dtype,
-                device=args.device, overwrite=args.overwrite)
+    out = merge(
+        args.checkpoint,
+        args.out,
+        base=args.base,
+        base_4bit=args.base_4bit,
+        dtype=args.dtype,
+        device=args.device,
+        overwrite=args.overwrite,
+    )
     print(out)
     return 0

@@ -35,8 +35,10 @@ def _env_true(name: str) -> bool:
 def sharded(training_args) -> bool:
     """True under FSDP or DeepSpeed (set by `accelerate launch --config_file ...` or the training args):
     then the launcher places the weights, and each process must not pin the whole model to its GPU."""
-    return bool(training_args.fsdp or training_args.deepspeed) or _env_true("ACCELERATE_USE_FSDP") or _env_true(
-        "ACCELERATE_USE_DEEPSPEED"
+    return (
+        bool(training_args.fsdp or training_args.deepspeed)
+        or _env_true("ACCELERATE_USE_FSDP")
+        or _env_true("ACCELERATE_USE_DEEPSPEED")
     )
 
 
@@ -128,7 +130,9 @@ def load_student(model_args, training_args, *, init_adapter: str | None = None):
     try:
         model = AutoModelForCausalLM.from_pretrained(model_args.model_name_or_path, **kwargs)
     except OSError as e:
-        raise DistillError(f"model_name_or_path: cannot load {model_args.model_name_or_path!r}: {e}") from None
+        raise DistillError(
+            f"model_name_or_path: cannot load {model_args.model_name_or_path!r}: {e}"
+        ) from None
     if cpu and quant is not None and quant.load_in_4bit:
         _disable_avx512bf16(model)
 
@@ -139,10 +143,16 @@ def load_student(model_args, training_args, *, init_adapter: str | None = None):
 
     config_path = Path(init_adapter) / "adapter_config.json"
     if not config_path.is_file():
-        raise DistillError(f"init_adapter: {init_adapter} holds no adapter_config.json (train the SFT stage first)")
+        raise DistillError(
+            f"init_adapter: {init_adapter} holds no adapter_config.json (train the SFT stage first)"
+        )
     base = json.loads(config_path.read_text()).get("base_model_name_or_path")
     if base and base != model_args.model_name_or_path:
-        logger.warning("init_adapter %s was trained on %s, this recipe loads %s", init_adapter, base,
-                       model_args.model_name_or_path)
+        logger.warning(
+            "init_adapter %s was trained on %s, this recipe loads %s",
+            init_adapter,
+            base,
+            model_args.model_name_or_path,
+        )
     model = PeftModel.from_pretrained(model, init_adapter, is_trainable=True)
     return model, None

@@ -20,36 +20,49 @@ import json
 import logging
 import math
 
+from trl.data_utils import common_prefix_length  # TRL's own rule for where a completion starts
+
 from eval.io import DistillError
 
 logger = logging.getLogger(__name__)
 
 CHECK_TOOLS = [
-    {"type": "function", "function": {
-        "name": "get_weather", "description": "Get the current weather for a city",
-        "parameters": {"type": "object", "properties": {
-            "city": {"type": "string"}, "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
-            "required": ["city"]}}},
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Get the current weather for a city",
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    "city": {"type": "string"},
+                    "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
+                },
+                "required": ["city"],
+            },
+        },
+    },
 ]
 CHECK_USER = {"role": "user", "content": "What's the weather in Paris in celsius?"}
-CHECK_CALL = {"role": "assistant", "content": None, "tool_calls": [
-    {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris", "unit": "celsius"}}}]}
+CHECK_CALL = {
+    "role": "assistant",
+    "content": None,
+    "tool_calls": [
+        {
+            "type": "function",
+            "function": {"name": "get_weather", "arguments": {"city": "Paris", "unit": "celsius"}},
+        }
+    ],
+}
 CHECK_RESULT = {"role": "tool", "name": "get_weather", "content": '{"temperature": 21, "unit": "celsius"}'}
 CHECK_ANSWER = {"role": "assistant", "content": "It is 21 degrees celsius in Paris."}
 FIX = "set chat_template: hermes_tool (or another tool-capable template) in the recipe"
 
 
 def _render(tokenizer, messages, **kwargs):
-    return tokenizer.apply_chat_template(messages, tools=kwargs.pop("tools", CHECK_TOOLS), tokenize=False, **kwargs)
-
-
-def common_prefix_length(a, b) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
+    return tokenizer.apply_chat_template(
+        messages, tools=kwargs.pop("tools", CHECK_TOOLS), tokenize=False, **kwargs
+    )
 
 
 def check_chat_template(tokenizer, *, source: str, stop_ids: set[int]) -> None:
@@ -62,9 +75,10 @@ def check_chat_template(tokenizer, *, source: str, stop_ids: set[int]) -> None:
         call = _render(tokenizer, [CHECK_USER, CHECK_CALL])
         full = _render(tokenizer, [CHECK_USER, CHECK_CALL, CHECK_RESULT, CHECK_ANSWER])
     except Exception as e:  # jinja's TemplateError, or a TypeError inside a template that assumed other input
-        raise DistillError(f"{source}: the chat template fails on a tool-call conversation "
-                           f"({type(e).__name__}: {e}); {FIX}") from None
-    completion = call[common_prefix_length(prompt, call):]
+        raise DistillError(
+            f"{source}: the chat template fails on a tool-call conversation ({type(e).__name__}: {e}); {FIX}"
+        ) from None
+    completion = call[common_prefix_length(prompt, call) :]
     problems = []
     if "Get the current weather" not in prompt:
         problems.append("the tools are not rendered into the prompt")
@@ -76,19 +90,23 @@ def check_chat_template(tokenizer, *, source: str, stop_ids: set[int]) -> None:
         problems.append("the call's arguments are not rendered as a JSON object")
     if "None" in completion:
         problems.append("content: null is rendered as the text 'None'")
-    if "temperature" not in full[len(call):] or "21 degrees" not in full:
+    if "temperature" not in full[len(call) :] or "21 degrees" not in full:
         problems.append("the tool result or the answer after it is not rendered")
     ids = tokenizer.apply_chat_template([CHECK_USER, CHECK_CALL], tools=CHECK_TOOLS, tokenize=True)
-    prompt_ids = tokenizer.apply_chat_template([CHECK_USER], tools=CHECK_TOOLS, tokenize=True,
-                                               add_generation_prompt=True)
+    prompt_ids = tokenizer.apply_chat_template(
+        [CHECK_USER], tools=CHECK_TOOLS, tokenize=True, add_generation_prompt=True
+    )
     ids, prompt_ids = _ids(ids), _ids(prompt_ids)
-    if not stop_ids & set(ids[common_prefix_length(prompt_ids, ids):]):
+    if not stop_ids & set(ids[common_prefix_length(prompt_ids, ids) :]):
         names = [tokenizer.convert_ids_to_tokens(i) for i in sorted(stop_ids)]
-        problems.append(f"the assistant turn does not end with a stop token ({', '.join(names)}), so the "
-                        "student would never learn to stop")
+        problems.append(
+            f"the assistant turn does not end with a stop token ({', '.join(names)}), so the "
+            "student would never learn to stop"
+        )
     if problems:
-        raise DistillError(f"{source}: the chat template is not fit for tool calling: {'; '.join(problems)}; "
-                           f"{FIX}")
+        raise DistillError(
+            f"{source}: the chat template is not fit for tool calling: {'; '.join(problems)}; {FIX}"
+        )
 
 
 def _ids(out) -> list[int]:
@@ -104,20 +122,42 @@ def percentiles(values: list[int]) -> dict:
     def rank(q):  # nearest-rank percentile: the smallest value with at least q of the values at or below it
         return s[max(1, math.ceil(q * len(s) - 1e-9)) - 1]
 
-    return {"p50": rank(0.50), "p90": rank(0.90), "p99": rank(0.99), "max": s[-1],
-            "mean": round(sum(s) / len(s), 1)}
+    return {
+        "p50": rank(0.50),
+        "p90": rank(0.90),
+        "p99": rank(0.99),
+        "max": s[-1],
+        "mean": round(sum(s) / len(s), 1),
+    }
 
 
-def audit_lengths(rows, tokenizer, *, stage: str, max_length: int, truncation_mode: str,
-                  max_truncated_share: float, max_rows: int = 0, split: str = "train") -> dict:
+def audit_lengths(
+    rows,
+    tokenizer,
+    *,
+    stage: str,
+    max_length: int,
+    truncation_mode: str,
+    max_truncated_share: float,
+    max_rows: int = 0,
+    split: str = "train",
+) -> dict:
     """Token lengths of `rows` (shaped by train_data.for_stage) as TRL will tokenize them; raise DistillError
     when more than `max_truncated_share` of them would lose completion tokens at `max_length`."""
     n_total = len(rows)
     if n_total == 0:
         raise DistillError(f"split {split!r} is empty")
     # An even spread keeps the sample's shape when rows are ordered by task or source.
-    idx = range(n_total) if not max_rows or n_total <= max_rows else [i * n_total // max_rows for i in range(max_rows)]
-    comp_cols = ["chosen", "rejected"] if stage == "dpo" else (["completion"] if "completion" in rows.column_names else [])
+    idx = (
+        range(n_total)
+        if not max_rows or n_total <= max_rows
+        else [i * n_total // max_rows for i in range(max_rows)]
+    )
+    comp_cols = (
+        ["chosen", "rejected"]
+        if stage == "dpo"
+        else (["completion"] if "completion" in rows.column_names else [])
+    )
     prompt_lens, comp_lens, totals = [], {c: [] for c in comp_cols}, []
     lost_rows = dropped = 0
     for i in idx:
@@ -125,18 +165,30 @@ def audit_lengths(rows, tokenizer, *, stage: str, max_length: int, truncation_mo
         tools = json.loads(row["tools"]) if isinstance(row["tools"], str) else row["tools"]
         try:
             if comp_cols:
-                p = _ids(tokenizer.apply_chat_template(row["prompt"], tools=tools, tokenize=True,
-                                                       add_generation_prompt=True))
-                fulls = {c: _ids(tokenizer.apply_chat_template(row["prompt"] + row[c], tools=tools, tokenize=True))
-                         for c in comp_cols}
+                p = _ids(
+                    tokenizer.apply_chat_template(
+                        row["prompt"], tools=tools, tokenize=True, add_generation_prompt=True
+                    )
+                )
+                fulls = {
+                    c: _ids(tokenizer.apply_chat_template(row["prompt"] + row[c], tools=tools, tokenize=True))
+                    for c in comp_cols
+                }
             else:  # sft messages: the prompt is every turn before the last (the chosen answer)
-                p = _ids(tokenizer.apply_chat_template(row["messages"][:-1], tools=tools, tokenize=True,
-                                                       add_generation_prompt=True))
-                fulls = {"completion": _ids(tokenizer.apply_chat_template(row["messages"], tools=tools,
-                                                                          tokenize=True))}
+                p = _ids(
+                    tokenizer.apply_chat_template(
+                        row["messages"][:-1], tools=tools, tokenize=True, add_generation_prompt=True
+                    )
+                )
+                fulls = {
+                    "completion": _ids(
+                        tokenizer.apply_chat_template(row["messages"], tools=tools, tokenize=True)
+                    )
+                }
         except Exception as e:
-            raise DistillError(f"split {split!r} row {i}: the chat template fails on it ({type(e).__name__}: "
-                               f"{e})") from None
+            raise DistillError(
+                f"split {split!r} row {i}: the chat template fails on it ({type(e).__name__}: {e})"
+            ) from None
         prompt_len = min(common_prefix_length(p, f) for f in fulls.values())
         prompt_lens.append(prompt_len)
         lost = False
@@ -152,14 +204,30 @@ def audit_lengths(rows, tokenizer, *, stage: str, max_length: int, truncation_mo
         dropped += truncation_mode == "keep_start" and prompt_len >= max_length
     n = len(prompt_lens)
     audit = {
-        "split": split, "rows": n_total, "measured": n, "max_length": max_length,
-        "truncation_mode": truncation_mode, "prompt": percentiles(prompt_lens),
-        **{c: percentiles(v) for c, v in comp_lens.items()}, "total": percentiles(totals),
-        "truncated_rows": lost_rows, "truncated_share": round(lost_rows / n, 4), "prompt_fills_max_length": dropped,
+        "split": split,
+        "rows": n_total,
+        "measured": n,
+        "max_length": max_length,
+        "truncation_mode": truncation_mode,
+        "prompt": percentiles(prompt_lens),
+        **{c: percentiles(v) for c, v in comp_lens.items()},
+        "total": percentiles(totals),
+        "truncated_rows": lost_rows,
+        "truncated_share": round(lost_rows / n, 4),
+        "prompt_fills_max_length": dropped,
     }
-    logger.info("token-length audit (%s, %d of %d rows, max_length %d):%s", split, n, n_total, max_length,
-                "".join(f"\n  {k:<10} p50 {v['p50']:>6} p90 {v['p90']:>6} p99 {v['p99']:>6} max {v['max']:>6}"
-                        for k, v in audit.items() if isinstance(v, dict)))
+    logger.info(
+        "token-length audit (%s, %d of %d rows, max_length %d):%s",
+        split,
+        n,
+        n_total,
+        max_length,
+        "".join(
+            f"\n  {k:<10} p50 {v['p50']:>6} p90 {v['p90']:>6} p99 {v['p99']:>6} max {v['max']:>6}"
+            for k, v in audit.items()
+            if isinstance(v, dict)
+        ),
+    )
     if lost_rows / n > max_truncated_share:
         raise DistillError(
             f"{lost_rows} of {n} measured {split} rows ({100 * lost_rows / n:.1f}%) would lose completion tokens "
@@ -184,4 +252,3 @@ def stop_token_ids(tokenizer, model_name_or_path: str, revision: str | None = No
         eos = None
     ids |= set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
     return ids
-

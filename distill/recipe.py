@@ -43,14 +43,18 @@ class DistillArguments:
 
     stage: str = field(
         default="sft",
-        metadata={"help": "Training stage: 'sft' (supervised on prompt + chosen) or 'dpo' (chosen vs rejected).",
-                  "choices": list(STAGES)},
+        metadata={
+            "help": "Training stage: 'sft' (supervised on prompt + chosen) or 'dpo' (chosen vs rejected).",
+            "choices": list(STAGES),
+        },
     )
     dataset_path: str | None = field(
         default=None,
-        metadata={"help": "Preference dataset: a folder written by `datasets.save_to_disk` (what `distill pairs` "
-                  "writes) or a Hub dataset id. Columns prompt, chosen, rejected, tools. One dataset feeds both "
-                  "stages: SFT trains on prompt + chosen."},
+        metadata={
+            "help": "Preference dataset: a folder written by `datasets.save_to_disk` (what `distill pairs` "
+            "writes) or a Hub dataset id. Columns prompt, chosen, rejected, tools. One dataset feeds both "
+            "stages: SFT trains on prompt + chosen."
+        },
     )
     dataset_train_split: str = field(default="train", metadata={"help": "Split to train on."})
     dataset_test_split: str = field(
@@ -58,30 +62,40 @@ class DistillArguments:
     )
     init_adapter: str | None = field(
         default=None,
-        metadata={"help": "LoRA adapter folder to continue from (e.g. the SFT run's checkpoints/<run>); its "
-                  "lora_* settings replace the recipe's. For DPO the reference is a frozen copy of this adapter."},
+        metadata={
+            "help": "LoRA adapter folder to continue from (e.g. the SFT run's checkpoints/<run>); its "
+            "lora_* settings replace the recipe's. For DPO the reference is a frozen copy of this adapter."
+        },
     )
     chat_template: str | None = field(
         default=None,
-        metadata={"help": "Chat template to train with: the name of one shipped in distill/templates "
-                  "(hermes_tool, gemma3_tool) or a path to a .jinja file. Unset: the student's own template, "
-                  "which must pass the tool-call check. Saved with the tokenizer in the checkpoint."},
+        metadata={
+            "help": "Chat template to train with: the name of one shipped in distill/templates "
+            "(hermes_tool, gemma3_tool) or a path to a .jinja file. Unset: the student's own template, "
+            "which must pass the tool-call check. Saved with the tokenizer in the checkpoint."
+        },
     )
     sft_format: str = field(
         default="completion",
-        metadata={"help": "How SFT sees a pair: 'completion' (prompt + completion=chosen; loss on the answer "
-                  "only, with any chat template) or 'messages' (one conversation; set assistant_only_loss: true, "
-                  "which needs {% generation %} markers or a template TRL knows).",
-                  "choices": ["completion", "messages"]},
+        metadata={
+            "help": "How SFT sees a pair: 'completion' (prompt + completion=chosen; loss on the answer "
+            "only, with any chat template) or 'messages' (one conversation; set assistant_only_loss: true, "
+            "which needs {%% generation %%} markers or a template TRL knows).",
+            "choices": ["completion", "messages"],
+        },
     )
     max_truncated_share: float = field(
         default=0.01,
-        metadata={"help": "Largest share (0-1) of pairs allowed to lose completion tokens to max_length; above "
-                  "it training refuses to start (TRL would truncate them silently)."},
+        metadata={
+            "help": "Largest share (0-1) of pairs allowed to lose completion tokens to max_length; above "
+            "it training refuses to start (TRL would truncate them silently)."
+        },
     )
     audit_max_rows: int = field(
         default=5000,
-        metadata={"help": "Rows the token-length audit tokenizes (an even spread over the split); 0 = all rows."},
+        metadata={
+            "help": "Rows the token-length audit tokenizes (an even spread over the split); 0 = all rows."
+        },
     )
     resume: bool = field(
         default=True,
@@ -199,12 +213,16 @@ def validate(recipe: Recipe) -> None:
     if not m.model_name_or_path:
         raise DistillError(f"{where}: key 'model_name_or_path' is required (a Hub id or a local folder)")
     if not s.dataset_path:
-        raise DistillError(f"{where}: key 'dataset_path' is required (a save_to_disk folder or a Hub dataset id)")
+        raise DistillError(
+            f"{where}: key 'dataset_path' is required (a save_to_disk folder or a Hub dataset id)"
+        )
     if not m.use_peft:
         # distill trains LoRA adapters only: the DPO reference is the base with the adapter disabled.
         raise DistillError(f"{where}: key 'use_peft' must be true (distill trains LoRA adapters)")
     if not 0.0 <= s.max_truncated_share <= 1.0:
-        raise DistillError(f"{where}: key 'max_truncated_share' is a share between 0 and 1, got {s.max_truncated_share}")
+        raise DistillError(
+            f"{where}: key 'max_truncated_share' is a share between 0 and 1, got {s.max_truncated_share}"
+        )
     if s.audit_max_rows < 0:
         raise DistillError(f"{where}: key 'audit_max_rows' must be >= 0 (0 = all rows)")
     if s.chat_template is not None:
@@ -214,13 +232,19 @@ def validate(recipe: Recipe) -> None:
         logger.info("init_adapter %s has no adapter_config.json yet", s.init_adapter)
     if s.stage == "sft":
         if getattr(t, "chat_template_path", None):
-            raise DistillError(f"{where}: use distill's key 'chat_template' instead of 'chat_template_path', so "
-                               "the pre-flight checks see the template that trains")
+            raise DistillError(
+                f"{where}: use distill's key 'chat_template' instead of 'chat_template_path', so "
+                "the pre-flight checks see the template that trains"
+            )
         if t.assistant_only_loss and s.sft_format == "completion":
-            raise DistillError(f"{where}: assistant_only_loss needs sft_format: messages (with sft_format: "
-                               "completion the loss is on the answer already)")
+            raise DistillError(
+                f"{where}: assistant_only_loss needs sft_format: messages (with sft_format: "
+                "completion the loss is on the answer already)"
+            )
     if not t.max_length:
-        raise DistillError(f"{where}: key 'max_length' must be set (tokens); the audit measures pairs against it")
+        raise DistillError(
+            f"{where}: key 'max_length' must be set (tokens); the audit measures pairs against it"
+        )
     reports = [t.report_to] if isinstance(t.report_to, str) else list(t.report_to or [])
     if "tensorboard" in reports and importlib.util.find_spec("tensorboard") is None:
         logger.warning("report_to: tensorboard is not installed, logging to trainer_state.json only")

@@ -70,10 +70,20 @@ def config_dict(obj) -> dict:
 def git_info(root: Path = REPO_ROOT) -> dict | None:
     """The commit distill ran from, and whether the tree had uncommitted changes to tracked files."""
     try:
-        sha = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
-                             timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+        sha = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None  # installed from a wheel, or no git
     return {"sha": sha, "dirty": bool(dirty)}
@@ -92,8 +102,14 @@ def library_versions() -> dict:
 def hardware(training_args=None) -> dict:
     import torch
 
-    info = {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "device": "cpu", "gpus": [], "cuda": torch.version.cuda}
+    info = {
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": "cpu",
+        "gpus": [],
+        "cuda": torch.version.cuda,
+    }
     use_cpu = bool(getattr(training_args, "use_cpu", False))
     if torch.cuda.is_available() and not use_cpu:
         info["device"] = "cuda"
@@ -150,8 +166,11 @@ def start_info(recipe, data, *, audit: dict, resumed_from: str | None) -> dict:
         "overrides": recipe.overrides,
         "command": sys.argv,
         "env_keys_from_recipe": env_keys,  # names only: values may be secrets
-        "config": {"script": config_dict(recipe.script), "training": config_dict(recipe.training),
-                   "model": config_dict(recipe.model)},
+        "config": {
+            "script": config_dict(recipe.script),
+            "training": config_dict(recipe.training),
+            "model": config_dict(recipe.model),
+        },
         "git": git_info(),
         "dataset": {
             "path": recipe.script.dataset_path,
@@ -211,9 +230,14 @@ class ThroughputCallback(_callback_base()):
     def summary(self) -> dict:
         import torch
 
-        timed = self.step_times[self.skip:] or self.step_times
-        out = {"steps_run": len(self.step_times), "steps_timed": len(timed), "median_step_s": round(statistics.median(timed), 4) if timed else None,
-               "tokens_per_s": None, "peak_gpu_mem_gib": None}
+        timed = self.step_times[self.skip :] or self.step_times
+        out = {
+            "steps_run": len(self.step_times),
+            "steps_timed": len(timed),
+            "median_step_s": round(statistics.median(timed), 4) if timed else None,
+            "tokens_per_s": None,
+            "peak_gpu_mem_gib": None,
+        }
         # num_tokens is cumulative over the run (this process's non-padding tokens times the world size);
         # the rate between the first logged step after warm-up and the last leaves warm-up out.
         after = [t for t in self.tokens if t[0] > self.skip] or self.tokens

@@ -68,8 +68,13 @@ def run_stage(recipe, *, end: bool = True):
     if s.resume and finished_at_step is not None and (t.max_steps <= 0 or finished_at_step >= t.max_steps):
         # Resuming from a checkpoint at the last step trains one step too many (transformers 5.24), and a rerun
         # of a chain after a crash in DPO should go straight to DPO.
-        logger.warning("%s already holds a finished %s run (step %d): nothing to train; remove the folder or set "
-                       "another output_dir to train again", t.output_dir, s.stage, finished_at_step)
+        logger.warning(
+            "%s already holds a finished %s run (step %d): nothing to train; remove the folder or set "
+            "another output_dir to train again",
+            t.output_dir,
+            s.stage,
+            finished_at_step,
+        )
         return None
     resumed_from, resumed_at = t.resume_from_checkpoint, None
     if resumed_from is None and s.resume:
@@ -77,8 +82,9 @@ def run_stage(recipe, *, end: bool = True):
     if resumed_from:
         logger.info("resuming from %s at step %s", resumed_from, resumed_at)
 
-    tokenizer = AutoTokenizer.from_pretrained(m.model_name_or_path, revision=m.model_revision,
-                                              trust_remote_code=t.trust_remote_code)
+    tokenizer = AutoTokenizer.from_pretrained(
+        m.model_name_or_path, revision=m.model_revision, trust_remote_code=t.trust_remote_code
+    )
     source = f"{m.model_name_or_path} (its own chat template)"
     if s.chat_template:
         tokenizer.chat_template, source = resolve_chat_template(s.chat_template)
@@ -90,18 +96,36 @@ def run_stage(recipe, *, end: bool = True):
     splits = {"train": s.dataset_train_split}
     if t.eval_strategy != "no":
         splits["eval"] = s.dataset_test_split
-    rows = {key: train_data.for_stage(train_data.get_split(data, name, s.dataset_path), s.stage, s.sft_format, name)
-            for key, name in splits.items()}
-    audit = preflight.audit_lengths(rows["train"], tokenizer, stage=s.stage, max_length=t.max_length,
-                                    truncation_mode=t.truncation_mode, max_truncated_share=s.max_truncated_share,
-                                    max_rows=s.audit_max_rows, split=s.dataset_train_split)
+    rows = {
+        key: train_data.for_stage(
+            train_data.get_split(data, name, s.dataset_path), s.stage, s.sft_format, name
+        )
+        for key, name in splits.items()
+    }
+    audit = preflight.audit_lengths(
+        rows["train"],
+        tokenizer,
+        stage=s.stage,
+        max_length=t.max_length,
+        truncation_mode=t.truncation_mode,
+        max_truncated_share=s.max_truncated_share,
+        max_rows=s.audit_max_rows,
+        split=s.dataset_train_split,
+    )
 
     model, peft_config = modeling.load_student(m, t, init_adapter=s.init_adapter)
 
     trainer_cls = SFTTrainer if s.stage == "sft" else DPOTrainer
     throughput = run_info.ThroughputCallback()
-    trainer = trainer_cls(model=model, args=t, train_dataset=rows["train"], eval_dataset=rows.get("eval"),
-                          processing_class=tokenizer, peft_config=peft_config, callbacks=[throughput])
+    trainer = trainer_cls(
+        model=model,
+        args=t,
+        train_dataset=rows["train"],
+        eval_dataset=rows.get("eval"),
+        processing_class=tokenizer,
+        peft_config=peft_config,
+        callbacks=[throughput],
+    )
     info = run_info.start_info(recipe, data, audit=audit, resumed_from=resumed_from)
     info["resumed_at_step"] = resumed_at
     if trainer.is_world_process_zero():
@@ -120,8 +144,13 @@ def run_stage(recipe, *, end: bool = True):
     trainer.save_state()
     trainer.save_metrics("all", metrics)
     if trainer.is_world_process_zero():
-        info.update(status="finished", global_step=trainer.state.global_step, metrics=metrics,
-                    throughput=throughput.summary(), finished_at=run_info.now())
+        info.update(
+            status="finished",
+            global_step=trainer.state.global_step,
+            metrics=metrics,
+            throughput=throughput.summary(),
+            finished_at=run_info.now(),
+        )
         run_info.write_run_info(t.output_dir, info)
         logger.info("saved %s adapter, tokenizer and run.json to %s", s.stage, t.output_dir)
     if end and hasattr(trainer, "end"):  # Trainer.end() arrived in transformers 5.18
@@ -133,8 +162,11 @@ def last_complete_checkpoint(output_dir: str) -> tuple[str | None, int | None]:
     """(folder, step) of the newest checkpoint-<step> whose trainer_state.json, the file the Trainer writes last,
     is whole. A run killed while writing a checkpoint leaves a partial folder, which transformers'
     get_last_checkpoint would pick and then fail to load."""
-    folders = sorted(Path(output_dir).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1])
-                     if p.name.split("-")[-1].isdigit() else -1, reverse=True)
+    folders = sorted(
+        Path(output_dir).glob("checkpoint-*"),
+        key=lambda p: int(p.name.split("-")[-1]) if p.name.split("-")[-1].isdigit() else -1,
+        reverse=True,
+    )
     for folder in folders:
         try:
             return str(folder), json.loads((folder / "trainer_state.json").read_text())["global_step"]
@@ -160,7 +192,8 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE)
         return 0 if argv else 2
     if argv[0] == "--list-keys":
-        make_parser(argv[1] if len(argv) > 1 else "sft", prog=f"recipe keys ({argv[1:] or 'sft'})").print_help()
+        stage = argv[1] if len(argv) > 1 else "sft"
+        make_parser(stage, prog=f"keys of a stage: {stage} recipe (YAML key: value, or --key value)").print_help()
         return 0
     chain = "--chain" in argv
     if chain:
@@ -170,11 +203,15 @@ def main(argv: list[str] | None = None) -> int:
     if chain and len(paths) < 2:
         raise DistillError("--chain takes two or more recipes (e.g. sft.yaml dpo.yaml)")
     if not chain and len(paths) != 1:
-        raise DistillError(f"expected one recipe, got {len(paths)} ({' '.join(paths) or 'none'}); "
-                           "use --chain to train several stages in a row")
+        raise DistillError(
+            f"expected one recipe, got {len(paths)} ({' '.join(paths) or 'none'}); "
+            "use --chain to train several stages in a row"
+        )
     if chain and any(o.split("=")[0] in ("--output_dir", "--init_adapter") for o in overrides):
-        raise DistillError("--output_dir and --init_adapter differ per stage: set them in each recipe, not as "
-                           "flags with --chain")
+        raise DistillError(
+            "--output_dir and --init_adapter differ per stage: set them in each recipe, not as "
+            "flags with --chain"
+        )
 
     # Parse every recipe before the first trains, so a typo in the DPO recipe does not wait for SFT to finish.
     recipes = [parse_recipe([paths[0], *overrides])]

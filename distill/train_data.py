@@ -39,15 +39,21 @@ def load_pairs(dataset_path: str):
         try:
             data = load_from_disk(str(path))
         except FileNotFoundError as e:
-            raise DistillError(f"dataset_path: {path} is not a folder written by save_to_disk ({e})") from None
+            raise DistillError(
+                f"dataset_path: {path} is not a folder written by save_to_disk ({e})"
+            ) from None
         if not isinstance(data, DatasetDict):
-            raise DistillError(f"dataset_path: {path} holds one split; expected train/test splits (a DatasetDict)")
+            raise DistillError(
+                f"dataset_path: {path} holds one split; expected train/test splits (a DatasetDict)"
+            )
         return data
     try:
         return load_dataset(dataset_path)
     except Exception as e:  # the Hub client raises many types; all mean "could not get it"
-        raise DistillError(f"dataset_path: {dataset_path!r} is neither a local folder nor a loadable Hub "
-                           f"dataset ({type(e).__name__}: {e})") from None
+        raise DistillError(
+            f"dataset_path: {dataset_path!r} is neither a local folder nor a loadable Hub "
+            f"dataset ({type(e).__name__}: {e})"
+        ) from None
 
 
 def get_split(data, name: str, dataset_path: str):
@@ -56,13 +62,17 @@ def get_split(data, name: str, dataset_path: str):
     split = data[name]
     missing = [c for c in REQUIRED if c not in split.column_names]
     if missing:
-        raise DistillError(f"dataset_path: {dataset_path} split {name!r} lacks column(s) {', '.join(missing)}; "
-                           "expected TRL's conversational preference format with a tools column")
+        raise DistillError(
+            f"dataset_path: {dataset_path} split {name!r} lacks column(s) {', '.join(missing)}; "
+            "expected TRL's conversational preference format with a tools column"
+        )
     tools_type = getattr(split.features["tools"], "dtype", None)
     if tools_type not in ("string", "large_string"):
-        raise DistillError(f"dataset_path: {dataset_path}: column 'tools' must hold JSON strings (as nested "
-                           "structs Arrow merges the fields of different tools' schemas), got "
-                           f"{split.features['tools']}")
+        raise DistillError(
+            f"dataset_path: {dataset_path}: column 'tools' must hold JSON strings (as nested "
+            "structs Arrow merges the fields of different tools' schemas), got "
+            f"{split.features['tools']}"
+        )
     return split
 
 
@@ -78,8 +88,10 @@ def clean_messages(messages: list[dict], where: str) -> list[dict]:
                     try:
                         fn["arguments"] = json.loads(fn["arguments"])
                     except json.JSONDecodeError as e:
-                        raise DistillError(f"{where}: tool-call arguments are not valid JSON ({e.msg}): "
-                                           f"{fn['arguments'][:80]!r}") from None
+                        raise DistillError(
+                            f"{where}: tool-call arguments are not valid JSON ({e.msg}): "
+                            f"{fn['arguments'][:80]!r}"
+                        ) from None
                 calls.append({**call, "function": fn} if "function" in call else fn)
             message["tool_calls"] = calls
         out.append(message)
@@ -99,8 +111,12 @@ def for_stage(split, stage: str, sft_format: str = "completion", name: str = "tr
         prompt = clean_messages(row["prompt"], where)
         chosen = clean_messages(row["chosen"], where)
         if stage == "dpo":
-            return {"prompt": prompt, "chosen": chosen, "rejected": clean_messages(row["rejected"], where),
-                    "tools": row["tools"]}
+            return {
+                "prompt": prompt,
+                "chosen": chosen,
+                "rejected": clean_messages(row["rejected"], where),
+                "tools": row["tools"],
+            }
         if sft_format == "completion":
             return {"prompt": prompt, "completion": chosen, "tools": row["tools"]}
         return {"messages": prompt + chosen, "tools": row["tools"]}
@@ -110,5 +126,10 @@ def for_stage(split, stage: str, sft_format: str = "completion", name: str = "tr
     else:
         columns = ["prompt", "completion"] if sft_format == "completion" else ["messages"]
     features = Features({**{c: Json() for c in columns}, "tools": Value("string")})
-    return split.map(convert, with_indices=True, remove_columns=split.column_names, features=features,
-                     desc=f"Preparing {name} rows for {stage}")
+    return split.map(
+        convert,
+        with_indices=True,
+        remove_columns=split.column_names,
+        features=features,
+        desc=f"Preparing {name} rows for {stage}",
+    )

@@ -14,7 +14,9 @@ from distill.recipe import parse_recipe, resolve_chat_template
 from eval.io import DistillError
 
 ROOT = Path(__file__).resolve().parents[1]
-RECIPES = sorted(p.relative_to(ROOT) for p in (ROOT / "recipes").glob("*/*.yaml") if p.parent.name != "accelerate")
+RECIPES = sorted(
+    p.relative_to(ROOT) for p in (ROOT / "recipes").glob("*/*.yaml") if p.parent.name != "accelerate"
+)
 STUDENTS = sorted({p.parent.name for p in RECIPES if p.parent.name != "debug"})
 ACCELERATE = sorted((ROOT / "recipes" / "accelerate").glob("*.yaml"))
 
@@ -50,8 +52,9 @@ def test_recipe_parses_and_builds_qlora_configs(path, bf16_gpu):
     text = path.read_text()
     header = "".join(line for line in text.splitlines(keepends=True) if line.startswith("#"))
     assert "Hardware:" in header, f"{path}: the header states its hardware assumptions"
-    assert re.search(rf"(accelerate launch|distill train).*{re.escape(str(path))}", header), \
+    assert re.search(rf"(accelerate launch|distill train).*{re.escape(str(path))}", header), (
         f"{path}: the header gives the exact launch command for this file"
+    )
 
     recipe = parse_recipe([str(path)])
     stage = recipe.script.stage
@@ -75,8 +78,12 @@ def test_recipe_parses_and_builds_qlora_configs(path, bf16_gpu):
     assert isinstance(lora, LoraConfig) and lora.target_modules == "all-linear"
 
     if stage == "dpo":
-        sft = parse_recipe([str(path.with_name(path.name.replace("_dpo", "").replace("dpo.yaml", "sft.yaml")))])
-        assert recipe.script.init_adapter == sft.training.output_dir, "DPO starts from this folder's SFT adapter"
+        sft = parse_recipe(
+            [str(path.with_name(path.name.replace("_dpo", "").replace("dpo.yaml", "sft.yaml")))]
+        )
+        assert recipe.script.init_adapter == sft.training.output_dir, (
+            "DPO starts from this folder's SFT adapter"
+        )
         assert recipe.training.precompute_ref_log_probs
 
 
@@ -95,14 +102,25 @@ def _write(tmp_path, data: dict, name="r.yaml") -> str:
     return str(p)
 
 
-BASE = {"stage": "sft", "model_name_or_path": "some/model", "dataset_path": "data/pairs", "use_peft": True,
-        "load_in_4bit": True, "max_length": 256, "use_cpu": True, "bf16": False}
+BASE = {
+    "stage": "sft",
+    "model_name_or_path": "some/model",
+    "dataset_path": "data/pairs",
+    "use_peft": True,
+    "load_in_4bit": True,
+    "max_length": 256,
+    "use_cpu": True,
+    "bf16": False,
+}
 
 
 def test_unknown_key_names_file_key_and_suggestion(tmp_path):
     path = _write(tmp_path, {**BASE, "learning_rat": 1e-4})
-    with pytest.raises(DistillError, match=r"r\.yaml: unknown key\(s\) for stage sft: 'learning_rat' \(did you "
-                                           r"mean 'learning_rate'\?\)"):
+    with pytest.raises(
+        DistillError,
+        match=r"r\.yaml: unknown key\(s\) for stage sft: 'learning_rat' \(did you "
+        r"mean 'learning_rate'\?\)",
+    ):
         parse_recipe([path])
 
 
@@ -122,15 +140,18 @@ def test_flags_override_the_file_and_unknown_flags_fail(tmp_path):
         parse_recipe([path, "--learning_rate", "fast"])
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"stage": "ppo"}, "key 'stage' must be one of sft, dpo"),
-    ({"model_name_or_path": None}, "'model_name_or_path' is required"),
-    ({"dataset_path": None}, "'dataset_path' is required"),
-    ({"use_peft": False}, "'use_peft' must be true"),
-    ({"max_truncated_share": 1.5}, "'max_truncated_share' is a share between 0 and 1"),
-    ({"chat_template": "no_such_template"}, "neither a template shipped with distill"),
-    ({"assistant_only_loss": True}, "assistant_only_loss needs sft_format: messages"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"stage": "ppo"}, "key 'stage' must be one of sft, dpo"),
+        ({"model_name_or_path": None}, "'model_name_or_path' is required"),
+        ({"dataset_path": None}, "'dataset_path' is required"),
+        ({"use_peft": False}, "'use_peft' must be true"),
+        ({"max_truncated_share": 1.5}, "'max_truncated_share' is a share between 0 and 1"),
+        ({"chat_template": "no_such_template"}, "neither a template shipped with distill"),
+        ({"assistant_only_loss": True}, "assistant_only_loss needs sft_format: messages"),
+    ],
+)
 def test_bad_values_are_errors_naming_the_key(tmp_path, change, message):
     data = {k: v for k, v in {**BASE, **change}.items() if v is not None}
     with pytest.raises(DistillError, match=re.escape(message)):
@@ -149,14 +170,26 @@ def test_missing_and_malformed_files(tmp_path):
 def test_train_and_merge_help_explain_themselves(capsys):
     from distill.cli import main
 
-    for command, words in (("train", ["--chain", "recipe", "override", "resumes", "--list-keys"]),
-                           ("merge", ["--out", "dequantised", "run.json", "--base-4bit"])):
+    for command, words in (
+        ("train", ["--chain", "recipe", "override", "resumes", "--list-keys"]),
+        ("merge", ["--out", "dequantised", "run.json", "--base-4bit"]),
+    ):
         with pytest.raises(SystemExit) as exit_info:
             main([command, "--help"])
         assert exit_info.value.code == 0
         out = capsys.readouterr().out
         for word in words:
             assert word in out, (command, word)
+
+
+def test_list_keys_prints_every_key_with_help(capsys):
+    from distill.train import main
+
+    assert main(["--list-keys", "dpo"]) == 0
+    out = capsys.readouterr().out
+    for key in ("--max_truncated_share", "--init_adapter", "--beta", "--precompute_ref_log_probs", "--lora_r"):
+        assert key in out
+    assert "lose completion tokens" in " ".join(out.split()), "distill's own keys carry their help"
 
 
 def test_cli_train_error_exits_2_with_a_message(tmp_path, capsys):

@@ -29,8 +29,11 @@ def base_state(model) -> dict[str, torch.Tensor]:
     model without adapters."""
     if hasattr(model, "get_base_model"):
         model = model.get_base_model()
-    return {k.replace(".base_layer", ""): v.detach().clone() for k, v in model.state_dict().items()
-            if "lora_" not in k}
+    return {
+        k.replace(".base_layer", ""): v.detach().clone()
+        for k, v in model.state_dict().items()
+        if "lora_" not in k
+    }
 
 
 def assert_same_base(trained, fresh):
@@ -46,8 +49,22 @@ def runs(tmp_path_factory, tiny_model_dir, tiny_pairs_dir):
     local = _local(tiny_model_dir, tiny_pairs_dir)
     sft = parse_recipe([str(SFT_RECIPE), *local, "--output_dir", str(out / "sft"), "--max_steps", "4"])
     sft_trainer = run_stage(sft)
-    dpo = parse_recipe([str(DPO_RECIPE), *local, "--output_dir", str(out / "dpo"), "--max_steps", "4",
-                        "--init_adapter", str(out / "sft"), "--eval_strategy", "steps", "--eval_steps", "4"])
+    dpo = parse_recipe(
+        [
+            str(DPO_RECIPE),
+            *local,
+            "--output_dir",
+            str(out / "dpo"),
+            "--max_steps",
+            "4",
+            "--init_adapter",
+            str(out / "sft"),
+            "--eval_strategy",
+            "steps",
+            "--eval_steps",
+            "4",
+        ]
+    )
     dpo_trainer = run_stage(dpo)
     return {"sft": (sft, sft_trainer), "dpo": (dpo, dpo_trainer), "out": out}
 
@@ -77,9 +94,14 @@ def test_dpo_from_the_sft_adapter_trains_it_and_keeps_the_base(runs):
     assert len(_losses(trainer)) == 4 and all(math.isfinite(x) for x in _losses(trainer))
     assert _losses(trainer, "rewards/accuracies") and _losses(trainer, "eval_rewards/accuracies")
     sft_dir, dpo_dir = Path(runs["sft"][0].training.output_dir), Path(recipe.training.output_dir)
-    before, after = load_file(sft_dir / "adapter_model.safetensors"), load_file(dpo_dir / "adapter_model.safetensors")
+    before, after = (
+        load_file(sft_dir / "adapter_model.safetensors"),
+        load_file(dpo_dir / "adapter_model.safetensors"),
+    )
     assert before.keys() == after.keys()
-    assert all(not torch.equal(before[k], after[k]) for k in before), "DPO moved every LoRA tensor of the SFT adapter"
+    assert all(not torch.equal(before[k], after[k]) for k in before), (
+        "DPO moved every LoRA tensor of the SFT adapter"
+    )
     assert not (dpo_dir / "ref").exists(), "the frozen reference copy is not part of the result"
     fresh, _ = modeling.load_student(recipe.model, recipe.training)
     assert_same_base(trainer.model, fresh)
@@ -91,8 +113,16 @@ def test_checkpoint_folder_and_run_json(runs, tiny_pairs_dir):
     for stage in ("sft", "dpo"):
         recipe, trainer = runs[stage]
         out = Path(recipe.training.output_dir)
-        for name in ("adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "chat_template.jinja",
-                     "run.json", "trainer_state.json", "all_results.json", "checkpoint-4/trainer_state.json"):
+        for name in (
+            "adapter_config.json",
+            "adapter_model.safetensors",
+            "tokenizer.json",
+            "chat_template.jinja",
+            "run.json",
+            "trainer_state.json",
+            "all_results.json",
+            "checkpoint-4/trainer_state.json",
+        ):
             assert (out / name).is_file(), f"{stage}: {name}"
         assert list((out / "runs").glob("*/events.out.tfevents.*")), "TensorBoard logs"
         info = json.loads((out / "run.json").read_text())
@@ -132,22 +162,37 @@ def test_merge_dequantises_before_merging(runs, tmp_path):
     base, _ = modeling.load_student(recipe.model, recipe.training)
     trained = PeftModel.from_pretrained(base, ckpt).eval()  # what training computed: 4-bit base + adapter
     merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged").eval()
-    naive = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(recipe.model.model_name_or_path),
-                                      ckpt).merge_and_unload().eval()
+    naive = (
+        PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(recipe.model.model_name_or_path), ckpt)
+        .merge_and_unload()
+        .eval()
+    )
     with torch.no_grad():
         want, got, wrong = trained(x).logits, merged(x).logits, naive(x).logits
     assert (want - got).abs().max() < 1e-4
-    assert (want - wrong).abs().max() > 100 * (want - got).abs().max(), "merging into unquantised weights drifts"
+    assert (want - wrong).abs().max() > 100 * (want - got).abs().max(), (
+        "merging into unquantised weights drifts"
+    )
     assert main(["merge", ckpt, "--out", str(tmp_path / "merged")]) == 2, "refuses to overwrite"
 
 
-def test_chain_cli_trains_both_stages_and_a_rerun_skips_them(tmp_path, monkeypatch, caplog, tiny_model_dir,
-                                                             tiny_pairs_dir):
+def test_chain_cli_trains_both_stages_and_a_rerun_skips_them(
+    tmp_path, monkeypatch, caplog, tiny_model_dir, tiny_pairs_dir
+):
     from distill.cli import main
 
     monkeypatch.chdir(tmp_path)
-    argv = ["train", "--chain", str(SFT_RECIPE), str(DPO_RECIPE), *_local(tiny_model_dir, tiny_pairs_dir),
-            "--max_steps", "2", "--save_steps", "2"]
+    argv = [
+        "train",
+        "--chain",
+        str(SFT_RECIPE),
+        str(DPO_RECIPE),
+        *_local(tiny_model_dir, tiny_pairs_dir),
+        "--max_steps",
+        "2",
+        "--save_steps",
+        "2",
+    ]
     assert main(argv) == 0
     sft, dpo = tmp_path / "checkpoints" / "tiny-cpu-sft", tmp_path / "checkpoints" / "tiny-cpu-dpo"
     dpo_info = json.loads((dpo / "run.json").read_text())
@@ -173,9 +218,22 @@ def test_chain_refuses_per_stage_flags_and_checks_every_recipe_first(tmp_path, c
 
 
 def test_sft_messages_format_with_assistant_only_loss(tmp_path, tiny_model_dir, tiny_pairs_dir):
-    recipe = parse_recipe([str(SFT_RECIPE), *_local(tiny_model_dir, tiny_pairs_dir), "--output_dir",
-                           str(tmp_path / "m"), "--max_steps", "1", "--sft_format", "messages",
-                           "--assistant_only_loss", "true", "--save_strategy", "no"])
+    recipe = parse_recipe(
+        [
+            str(SFT_RECIPE),
+            *_local(tiny_model_dir, tiny_pairs_dir),
+            "--output_dir",
+            str(tmp_path / "m"),
+            "--max_steps",
+            "1",
+            "--sft_format",
+            "messages",
+            "--assistant_only_loss",
+            "true",
+            "--save_strategy",
+            "no",
+        ]
+    )
     trainer = run_stage(recipe)
     assert math.isfinite(_losses(trainer)[0])
     row = trainer.train_dataset[0]

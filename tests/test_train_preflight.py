@@ -46,8 +46,13 @@ def test_qwen_templates_pass(tok, name):
 def test_distill_templates_pass(tok):
     tok.chat_template = resolve_chat_template("hermes_tool")[0]
     check(tok)
-    gemma = with_tokens(tok, resolve_chat_template("gemma3_tool")[0], eos="<eos>", bos="<bos>",
-                        extra=["<start_of_turn>", "<end_of_turn>"])
+    gemma = with_tokens(
+        tok,
+        resolve_chat_template("gemma3_tool")[0],
+        eos="<eos>",
+        bos="<bos>",
+        extra=["<start_of_turn>", "<end_of_turn>"],
+    )
     # gemma-3 stops on <end_of_turn> (its generation_config), not on its tokenizer's <eos>
     with pytest.raises(DistillError, match="does not end with a stop token"):
         check(gemma)
@@ -55,18 +60,28 @@ def test_distill_templates_pass(tok):
 
 
 def test_llama_template_passes_with_llama_tokens(tok):
-    llama = with_tokens(tok, (TRL_TEMPLATES / "llama3_2.jinja").read_text(), eos="<|eot_id|>",
-                        bos="<|begin_of_text|>", extra=["<|start_header_id|>", "<|end_header_id|>"])
+    llama = with_tokens(
+        tok,
+        (TRL_TEMPLATES / "llama3_2.jinja").read_text(),
+        eos="<|eot_id|>",
+        bos="<|begin_of_text|>",
+        extra=["<|start_header_id|>", "<|end_header_id|>"],
+    )
     check(llama)
 
 
 def test_templates_without_tool_support_are_refused_with_the_fix(tok):
     tok.chat_template = (TRL_TEMPLATES / "gemma3.jinja").read_text()  # Gemma 3's own: no tools, no tool role
-    with pytest.raises(DistillError, match=r"test-template: the chat template fails on a tool-call conversation.*"
-                                           r"Conversation roles must alternate.*set chat_template: hermes_tool"):
+    with pytest.raises(
+        DistillError,
+        match=r"test-template: the chat template fails on a tool-call conversation.*"
+        r"Conversation roles must alternate.*set chat_template: hermes_tool",
+    ):
         check(tok)
-    tok.chat_template = ("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
-                         "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")  # plain ChatML
+    tok.chat_template = (
+        "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )  # plain ChatML
     with pytest.raises(DistillError) as e:
         check(tok)
     for problem in ("tools are not rendered", "tool call is not rendered"):
@@ -78,14 +93,16 @@ def test_templates_without_tool_support_are_refused_with_the_fix(tok):
 
 def test_double_encoded_arguments_are_refused(tok):
     tok.chat_template = resolve_chat_template("hermes_tool")[0].replace(
-        "{{- tool_call.arguments | tojson }}", "{{- tool_call.arguments | tojson | tojson }}")
+        "{{- tool_call.arguments | tojson }}", "{{- tool_call.arguments | tojson | tojson }}"
+    )
     with pytest.raises(DistillError, match="arguments are rendered as a quoted JSON string"):
         check(tok)
 
 
 def test_a_turn_without_stop_token_is_refused(tok):
     tok.chat_template = resolve_chat_template("hermes_tool")[0].replace(
-        "{{- '<|im_end|>\\n' }}\n        {%- endgeneration %}", "{{- '\\n' }}\n        {%- endgeneration %}")
+        "{{- '<|im_end|>\\n' }}\n        {%- endgeneration %}", "{{- '\\n' }}\n        {%- endgeneration %}"
+    )
     with pytest.raises(DistillError, match="would never learn to stop"):
         check(tok)
 
@@ -108,16 +125,23 @@ def test_for_stage_gives_templates_the_messages_as_written(tiny_pairs_dir, tok):
 
     qwen = (TRL_TEMPLATES / "qwen2_5.jinja").read_text()
     tools = json.loads(weather["tools"])
-    rendered = tok.apply_chat_template(weather["prompt"] + weather["chosen"], tools=tools, tokenize=False,
-                                       chat_template=qwen)
+    rendered = tok.apply_chat_template(
+        weather["prompt"] + weather["chosen"], tools=tools, tokenize=False, chat_template=qwen
+    )
     assert '"arguments": {"city": ' in rendered
-    raw_rendered = tok.apply_chat_template(raw[0]["prompt"] + raw[0]["chosen"], tools=tools, tokenize=False,
-                                           chat_template=qwen)
+    raw_rendered = tok.apply_chat_template(
+        raw[0]["prompt"] + raw[0]["chosen"], tools=tools, tokenize=False, chat_template=qwen
+    )
     assert '"arguments": "{\\"city\\"' in raw_rendered, "uncleaned, Qwen's template double-encodes arguments"
-    llama = (TRL_TEMPLATES / "llama3_2.jinja").read_text()  # any message with a tool_calls key is a call to it
-    rendered = tok.apply_chat_template(weather["prompt"] + weather["rejected"], tools=tools, tokenize=False,
-                                       chat_template=llama)
-    assert rendered.endswith("assistant<|end_header_id|>\n\n" + weather["rejected"][0]["content"] + "<|eot_id|>")
+    llama = (
+        TRL_TEMPLATES / "llama3_2.jinja"
+    ).read_text()  # any message with a tool_calls key is a call to it
+    rendered = tok.apply_chat_template(
+        weather["prompt"] + weather["rejected"], tools=tools, tokenize=False, chat_template=llama
+    )
+    assert rendered.endswith(
+        "assistant<|end_header_id|>\n\n" + weather["rejected"][0]["content"] + "<|eot_id|>"
+    )
 
 
 def test_for_stage_sft_formats(tiny_pairs_dir):
@@ -155,7 +179,13 @@ def test_bad_arguments_and_bad_datasets_name_the_row_or_column(tmp_path, tiny_pa
 
 
 def test_percentiles():
-    assert preflight.percentiles(list(range(1, 101))) == {"p50": 50, "p90": 90, "p99": 99, "max": 100, "mean": 50.5}
+    assert preflight.percentiles(list(range(1, 101))) == {
+        "p50": 50,
+        "p90": 90,
+        "p99": 99,
+        "max": 100,
+        "mean": 50.5,
+    }
     assert preflight.percentiles([7])["p99"] == 7
 
 
@@ -170,32 +200,46 @@ def test_audit_measures_what_the_trainer_tokenizes(tiny_pairs_dir, tok):
     prompt = tok.apply_chat_template(row["prompt"], tools=tools, add_generation_prompt=True)
     full = tok.apply_chat_template(row["prompt"] + row["chosen"], tools=tools)
     prompt, full = preflight._ids(prompt), preflight._ids(full)
-    audit = preflight.audit_lengths(rows, tok, stage="dpo", max_length=4096, truncation_mode="keep_start",
-                                    max_truncated_share=0.0)
-    assert full[:len(prompt)] == prompt
+    audit = preflight.audit_lengths(
+        rows, tok, stage="dpo", max_length=4096, truncation_mode="keep_start", max_truncated_share=0.0
+    )
+    assert full[: len(prompt)] == prompt
     assert audit["prompt"]["max"] == len(prompt) and audit["chosen"]["max"] == len(full) - len(prompt)
     assert audit["truncated_rows"] == 0 and audit["measured"] == 1
 
 
 def test_audit_fails_loudly_when_pairs_would_lose_completion_tokens(tiny_pairs_dir, tok):
     rows = _dpo_rows(tiny_pairs_dir)
-    full = preflight.audit_lengths(rows, tok, stage="dpo", max_length=100_000, truncation_mode="keep_start",
-                                   max_truncated_share=0.0)
+    full = preflight.audit_lengths(
+        rows, tok, stage="dpo", max_length=100_000, truncation_mode="keep_start", max_truncated_share=0.0
+    )
     cut = full["total"]["p50"]
     expected = sum(1 for t in _totals(rows, tok) if t > cut)
     with pytest.raises(DistillError) as e:
-        preflight.audit_lengths(rows, tok, stage="dpo", max_length=cut, truncation_mode="keep_start",
-                                max_truncated_share=0.05)
-    assert f"{expected} of 24 measured train rows" in str(e.value) and "max_truncated_share=0.05" in str(e.value)
-    allowed = preflight.audit_lengths(rows, tok, stage="dpo", max_length=cut, truncation_mode="keep_start",
-                                      max_truncated_share=1.0)
+        preflight.audit_lengths(
+            rows, tok, stage="dpo", max_length=cut, truncation_mode="keep_start", max_truncated_share=0.05
+        )
+    assert f"{expected} of 24 measured train rows" in str(e.value) and "max_truncated_share=0.05" in str(
+        e.value
+    )
+    allowed = preflight.audit_lengths(
+        rows, tok, stage="dpo", max_length=cut, truncation_mode="keep_start", max_truncated_share=1.0
+    )
     assert allowed["truncated_rows"] == expected
     # keep_end cuts the prompt's head: completions survive while they alone fit
-    kept = preflight.audit_lengths(rows, tok, stage="dpo", max_length=cut, truncation_mode="keep_end",
-                                   max_truncated_share=0.0)
+    kept = preflight.audit_lengths(
+        rows, tok, stage="dpo", max_length=cut, truncation_mode="keep_end", max_truncated_share=0.0
+    )
     assert kept["truncated_rows"] == 0
-    sampled = preflight.audit_lengths(rows, tok, stage="dpo", max_length=100_000, truncation_mode="keep_start",
-                                      max_truncated_share=0.0, max_rows=5)
+    sampled = preflight.audit_lengths(
+        rows,
+        tok,
+        stage="dpo",
+        max_length=100_000,
+        truncation_mode="keep_start",
+        max_truncated_share=0.0,
+        max_rows=5,
+    )
     assert sampled["measured"] == 5 and sampled["rows"] == 24
 
 
@@ -203,17 +247,24 @@ def _totals(rows, tok):
     out = []
     for r in rows:
         tools = json.loads(r["tools"])
-        out.append(max(len(preflight._ids(tok.apply_chat_template(r["prompt"] + r[c], tools=tools)))
-                       for c in ("chosen", "rejected")))
+        out.append(
+            max(
+                len(preflight._ids(tok.apply_chat_template(r["prompt"] + r[c], tools=tools)))
+                for c in ("chosen", "rejected")
+            )
+        )
     return out
 
 
 def test_audit_names_a_row_the_template_cannot_render(tiny_pairs_dir, tok):
     tok.chat_template = (TRL_TEMPLATES / "llama3_2.jinja").read_text()  # one call per turn only
     rows = _dpo_rows(tiny_pairs_dir)
-    with pytest.raises(DistillError, match=r"split 'train' row 2: the chat template fails on it.*single tool-calls"):
-        preflight.audit_lengths(rows, tok, stage="dpo", max_length=4096, truncation_mode="keep_start",
-                                max_truncated_share=0.0)
+    with pytest.raises(
+        DistillError, match=r"split 'train' row 2: the chat template fails on it.*single tool-calls"
+    ):
+        preflight.audit_lengths(
+            rows, tok, stage="dpo", max_length=4096, truncation_mode="keep_start", max_truncated_share=0.0
+        )
 
 
 def test_stop_token_ids_read_generation_config(tmp_path, tok):

@@ -16,8 +16,13 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SFT_RECIPE = "recipes/debug/tiny_cpu.yaml"
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-       "PYTHONUNBUFFERED": "1"}
+ENV = {
+    **os.environ,
+    "OMP_NUM_THREADS": "1",
+    "HF_HUB_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "PYTHONUNBUFFERED": "1",
+}
 
 
 def _tail(path: Path) -> str:
@@ -27,9 +32,24 @@ def _tail(path: Path) -> str:
 @pytest.mark.slow
 def test_a_killed_run_resumes_at_its_last_complete_checkpoint(tmp_path, tiny_model_dir, tiny_pairs_dir):
     out, log = tmp_path / "run", tmp_path / "train.log"
-    cmd = [sys.executable, "-m", "distill.train", SFT_RECIPE, "--model_name_or_path", str(tiny_model_dir),
-           "--dataset_path", str(tiny_pairs_dir), "--output_dir", str(out), "--max_steps", "8", "--save_steps", "2",
-           "--save_total_limit", "10"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "distill.train",
+        SFT_RECIPE,
+        "--model_name_or_path",
+        str(tiny_model_dir),
+        "--dataset_path",
+        str(tiny_pairs_dir),
+        "--output_dir",
+        str(out),
+        "--max_steps",
+        "8",
+        "--save_steps",
+        "2",
+        "--save_total_limit",
+        "10",
+    ]
     with open(log, "w") as f:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=f, stderr=subprocess.STDOUT)
     try:
@@ -43,8 +63,9 @@ def test_a_killed_run_resumes_at_its_last_complete_checkpoint(tmp_path, tiny_mod
         proc.kill()
         proc.wait()
     assert proc.returncode == -signal.SIGKILL
-    steps = sorted(int(p.name.split("-")[1]) for p in out.glob("checkpoint-*")
-                   if (p / "trainer_state.json").is_file())
+    steps = sorted(
+        int(p.name.split("-")[1]) for p in out.glob("checkpoint-*") if (p / "trainer_state.json").is_file()
+    )
     killed_at = steps[-1]
     assert killed_at < 8 and not (out / "adapter_model.safetensors").exists(), "killed before the end"
     assert json.loads((out / "run.json").read_text())["status"] == "running"
@@ -57,7 +78,9 @@ def test_a_killed_run_resumes_at_its_last_complete_checkpoint(tmp_path, tiny_mod
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
     info = json.loads((out / "run.json").read_text())
     assert info["status"] == "finished" and info["global_step"] == 8
-    assert info["resumed_from"] == str(out / f"checkpoint-{killed_at}") and info["resumed_at_step"] == killed_at
+    assert (
+        info["resumed_from"] == str(out / f"checkpoint-{killed_at}") and info["resumed_at_step"] == killed_at
+    )
     assert info["throughput"]["steps_run"] == 8 - killed_at, "the rerun trained only the steps left"
     state = json.loads((out / "trainer_state.json").read_text())
     assert [h["step"] for h in state["log_history"] if "loss" in h] == list(range(1, 9))
@@ -73,10 +96,29 @@ def _free_port() -> int:
 @pytest.mark.slow
 def test_accelerate_two_process_gloo_ddp_runs_the_tiny_recipe(tmp_path):
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "--main_process_port", str(_free_port()),
-           "-m", "distill.train", SFT_RECIPE, "--output_dir", str(out), "--max_steps", "3"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(_free_port()),
+        "-m",
+        "distill.train",
+        SFT_RECIPE,
+        "--output_dir",
+        str(out),
+        "--max_steps",
+        "3",
+    ]
     run = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=400)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     info = json.loads((out / "run.json").read_text())

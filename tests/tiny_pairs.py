@@ -18,20 +18,49 @@ import sys
 from pathlib import Path
 
 TOOLS = {
-    "get_weather": {"type": "function", "function": {
-        "name": "get_weather", "description": "Get the current weather for a city",
-        "parameters": {"type": "object", "properties": {
-            "city": {"type": "string", "description": "City name"},
-            "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}}, "required": ["city"]}}},
-    "calculate_area": {"type": "function", "function": {
-        "name": "calculate_area", "description": "Area of a triangle",
-        "parameters": {"type": "object", "properties": {
-            "base": {"type": "integer"}, "height": {"type": "number"}}, "required": ["base", "height"]}}},
-    "convert_currency": {"type": "function", "function": {
-        "name": "convert_currency", "description": "Convert an amount between currencies",
-        "parameters": {"type": "object", "properties": {
-            "amount": {"type": "number"}, "from": {"type": "string"}, "to": {"type": "string"}},
-            "required": ["amount", "from", "to"]}}},
+    "get_weather": {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Get the current weather for a city",
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    "city": {"type": "string", "description": "City name"},
+                    "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
+                },
+                "required": ["city"],
+            },
+        },
+    },
+    "calculate_area": {
+        "type": "function",
+        "function": {
+            "name": "calculate_area",
+            "description": "Area of a triangle",
+            "parameters": {
+                "type": "object",
+                "properties": {"base": {"type": "integer"}, "height": {"type": "number"}},
+                "required": ["base", "height"],
+            },
+        },
+    },
+    "convert_currency": {
+        "type": "function",
+        "function": {
+            "name": "convert_currency",
+            "description": "Convert an amount between currencies",
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    "amount": {"type": "number"},
+                    "from": {"type": "string"},
+                    "to": {"type": "string"},
+                },
+                "required": ["amount", "from", "to"],
+            },
+        },
+    },
 }
 CITIES = ["Paris", "Tokyo", "Lima", "Oslo", "Cairo", "Quito"]
 
@@ -47,8 +76,16 @@ Built by tests/tiny_pairs.py for distill's tests and recipes/debug. Teacher mode
 
 
 def _call(*calls) -> list[dict]:
-    return [{"role": "assistant", "content": None, "tool_calls": [
-        {"type": "function", "function": {"name": name, "arguments": json.dumps(args)}} for name, args in calls]}]
+    return [
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {"type": "function", "function": {"name": name, "arguments": json.dumps(args)}}
+                for name, args in calls
+            ],
+        }
+    ]
 
 
 def _text(content: str) -> list[dict]:
@@ -57,7 +94,9 @@ def _text(content: str) -> list[dict]:
 
 def make_row(i: int, rng: random.Random) -> dict:
     kind = i % 4
-    system = [{"role": "system", "content": "You are a careful assistant that calls tools."}] if i % 3 == 0 else []
+    system = (
+        [{"role": "system", "content": "You are a careful assistant that calls tools."}] if i % 3 == 0 else []
+    )
     if kind == 0:
         city = rng.choice(CITIES)
         prompt = [{"role": "user", "content": f"What's the weather in {city} in celsius?"}]
@@ -66,7 +105,9 @@ def make_row(i: int, rng: random.Random) -> dict:
         tools = ["get_weather", "convert_currency"]
     elif kind == 1:
         base, height = rng.randint(2, 30), rng.randint(2, 30)
-        prompt = [{"role": "user", "content": f"Find the area of a triangle with base {base} and height {height}."}]
+        prompt = [
+            {"role": "user", "content": f"Find the area of a triangle with base {base} and height {height}."}
+        ]
         chosen = _call(("calculate_area", {"base": base, "height": height}))
         rejected, source, error = _call(("calculate_area", {"base": base})), "synthetic", "schema_violation"
         tools = ["calculate_area"]
@@ -83,9 +124,16 @@ def make_row(i: int, rng: random.Random) -> dict:
         rejected = _text('<tool_call>\n{"name": "convert_currency", "arguments": {"amount": ' + str(amount))
         source, error = "synthetic", "malformed"
         tools = ["convert_currency", "calculate_area"]
-    return {"prompt": system + prompt, "chosen": chosen, "rejected": rejected,
-            "tools": json.dumps([TOOLS[t] for t in tools]), "task_id": f"tiny_{i}",
-            "chosen_source": "teacher", "rejected_source": source, "rejected_error": error}
+    return {
+        "prompt": system + prompt,
+        "chosen": chosen,
+        "rejected": rejected,
+        "tools": json.dumps([TOOLS[t] for t in tools]),
+        "task_id": f"tiny_{i}",
+        "chosen_source": "teacher",
+        "rejected_source": source,
+        "rejected_error": error,
+    }
 
 
 def build_tiny_pairs(path: str | Path, *, n_train: int = 24, n_test: int = 8, seed: int = 0) -> Path:
@@ -94,7 +142,9 @@ def build_tiny_pairs(path: str | Path, *, n_train: int = 24, n_test: int = 8, se
     rng = random.Random(seed)
     rows = [make_row(i, rng) for i in range(n_train + n_test)]
     path = Path(path)
-    DatasetDict(train=Dataset.from_list(rows[:n_train]), test=Dataset.from_list(rows[n_train:])).save_to_disk(str(path))
+    DatasetDict(train=Dataset.from_list(rows[:n_train]), test=Dataset.from_list(rows[n_train:])).save_to_disk(
+        str(path)
+    )
     (path / "README.md").write_text(CARD)
     return path
 

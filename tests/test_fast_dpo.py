@@ -75,7 +75,7 @@ def lora():
 
 def common_args(tmp_path, **overrides):
     args = dict(output_dir=str(tmp_path / "out"), use_cpu=True, bf16=False, report_to=[], seed=0,
-                per_device_train_batch_size=8, max_length=1024, activation_checkpointing=False,
+                per_device_train_batch_size=8, max_length=1024, gradient_checkpointing=False,
                 logging_steps=1, save_strategy="no")
     return {**args, **overrides}
 
@@ -286,7 +286,7 @@ def test_training_runs_over_every_pack_each_epoch_and_evaluates(tiny_model_dir, 
     trainer = fast_trainer(load_model(tiny_model_dir), dataset, tokenizer, tmp_path, peft=True,
                            eval_dataset=Dataset.from_list(tool_preference_rows(4, offset=8)),
                            pack_tokens=700, num_train_epochs=2, learning_rate=1e-3,
-                           activation_checkpointing=True)
+                           gradient_checkpointing=True)
     pairs = trainer._stores["train"].pairs
     n_packs = len(plan_packs([packed_length(p) for p in pairs], 700))
     assert n_packs > 1

@@ -40,7 +40,13 @@ def test_fast_trainer_matches_trl_on_cuda(tiny_model_dir, tmp_path):
     from datasets import Dataset
     from transformers import AutoTokenizer
 
-    from tests.test_fast_dpo import fast_trainer, load_model, perturb_adapter, tool_preference_rows, trl_trainer
+    from tests.test_fast_dpo import (
+        fast_trainer,
+        load_model,
+        perturb_adapter,
+        tool_preference_rows,
+        trl_trainer,
+    )
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     dataset = Dataset.from_list(tool_preference_rows(8))

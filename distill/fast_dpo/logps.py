@@ -21,7 +21,6 @@ from dataclasses import dataclass
 import torch
 
 
-
 @dataclass
 class SequenceLogps:
     """`logps[s]` and `counts[s]` for sequence s in [chosen 0..K-1, rejected 0..K-1]. `entropy_sum` and

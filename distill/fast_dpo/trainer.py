@@ -14,9 +14,10 @@ the data loader (packs instead of padded batches), the loss computation (one pac
 log-probs from the cache) and the reference precompute.
 
 Differences from the stock trainer, all deliberate:
-- A step's batch is one row of `pack_tokens` tokens holding however many pairs fit (about 14 for prompts of
+- A step's batch is one pack of `pack_tokens` tokens holding however many pairs fit (about 14 for prompts of
   450 and completions of 70 at 8192), not `per_device_train_batch_size` pairs. The loss is the mean over the
-  pairs of the pack, as TRL's is over the pairs of its batch.
+  pairs of the pack, as TRL's is over the pairs of its batch. With flex attention a pack is one row; with
+  SDPA, whose dense mask costs the square of the row, it is laid out as rows of about DENSE_ROW_TOKENS.
 - Packs are fixed once (first-fit decreasing over lengths); each epoch visits them in a new random order.
 - Supported: loss types in losses.SUPPORTED_LOSS_TYPES with loss_weights, beta, label_smoothing; PEFT (fresh
   adapter, or an SFT adapter with TRL's "ref" copy), a separate ref_model, full fine-tuning. Refused with a
@@ -26,6 +27,7 @@ Differences from the stock trainer, all deliberate:
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import time
 from dataclasses import dataclass, field
@@ -45,6 +47,8 @@ from .attention import attention_mask, resolve_backend, use_backend
 from .logps import ensure_fused_lm_head, sequence_logps
 from .losses import check_loss_config, preference_loss
 from .packing import Pair, collate_rows, packed_length, plan_packs, truncate_pair
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -96,6 +100,11 @@ class FastDPOConfig(DPOConfig):
     )
 
 
+# Row length for dense-mask attention: about the longest pair of tool-calling data (prompts to 700 tokens,
+# completions to 120), so rows hold one to a few pairs and little of the T^2 mask is wasted.
+DENSE_ROW_TOKENS = 1024
+
+
 def default_cache_dir() -> Path:
     root = os.environ.get("DISTILL_CACHE") or Path.home() / ".cache" / "distill"
     return Path(root) / "ref_logps"
@@ -118,7 +127,7 @@ def pairs_from_dataset(dataset, max_length: int | None) -> list[Pair]:
     columns = dataset.select_columns(["prompt_ids", "chosen_ids", "rejected_ids"]).to_dict()
     return [
         Pair(*truncate_pair(p, c, r, max_length), index=i)
-        for i, (p, c, r) in enumerate(zip(columns["prompt_ids"], columns["chosen_ids"], columns["rejected_ids"]))
+        for i, (p, c, r) in enumerate(zip(columns["prompt_ids"], columns["chosen_ids"], columns["rejected_ids"], strict=True))
     ]
 
 
@@ -165,9 +174,16 @@ class PackedCollator:
     share_prompt: bool
     pad_to: int | None = None
     pad_to_multiple_of: int | None = None
+    row_tokens: int | None = None  # split a pack into rows of about this many tokens (dense attention)
 
     def __call__(self, pairs: list[Pair]) -> dict[str, torch.Tensor]:
-        rows = [pairs] if self.packing else [[p] for p in pairs]
+        if not self.packing:
+            rows = [[p] for p in pairs]
+        elif self.row_tokens is None:
+            rows = [pairs]
+        else:
+            lengths = [packed_length(p, share_prompt=self.share_prompt) for p in pairs]
+            rows = [[pairs[i] for i in row] for row in plan_packs(lengths, max(self.row_tokens, *lengths))]
         batch = collate_rows(
             rows,
             pad_id=self.pad_id,
@@ -227,6 +243,12 @@ class FastDPOTrainer(DPOTrainer):
                 self._stores[name] = PairStore(pairs_from_dataset(ds, args.max_length))
         elif self.eval_dataset is not None:
             self._stores["eval"] = PairStore(pairs_from_dataset(self.eval_dataset, args.max_length))
+        if args.packing:
+            pairs = self._stores["train"].pairs
+            n_packs = len(plan_packs([packed_length(p, share_prompt=args.share_prompt) for p in pairs], args.pack_tokens))
+            logger.info("fast DPO: %d pairs in %d packs of %d tokens (%.1f pairs per step and device; "
+                        "per_device_train_batch_size is not used)", len(pairs), n_packs, args.pack_tokens,
+                        len(pairs) / n_packs)
         self.ref_cache_hits: dict[str, bool] = {}
         self.ref_seconds = 0.0  # fingerprinting plus the reference pass (or the cache read), for benchmarks
         if self._cache_ref:
@@ -306,7 +328,9 @@ class FastDPOTrainer(DPOTrainer):
     # ---- data ----------------------------------------------------------------------------------------------
 
     def _collator(self, store: PairStore, *, packing: bool) -> PackedCollator:
-        # Flex attention is compiled for a shape: a fixed row width compiles once. SDPA takes any width.
+        # Flex attention skips masked-out blocks, so one row of pack_tokens costs what its documents cost, and
+        # it is compiled for a shape: a fixed width compiles once. A dense mask makes attention cost the square
+        # of the row, so with SDPA a pack is laid out as several shorter rows (same pairs, same loss).
         flex = self._backend == "flex"
         return PackedCollator(
             store=store,
@@ -315,6 +339,7 @@ class FastDPOTrainer(DPOTrainer):
             share_prompt=self.args.share_prompt,
             pad_to=self.args.pack_tokens if flex and packing else None,
             pad_to_multiple_of=128 if flex and not packing else None,
+            row_tokens=None if flex else DENSE_ROW_TOKENS,
         )
 
     def _dataloader(self, store: PairStore, *, shuffle: bool, batch_size: int) -> DataLoader:

@@ -12,8 +12,9 @@
       categories: [simple_python, irrelevance]  # the categories it is admitted for
       by_category:                              # every category of its report, with the decision
         simple_python: {n: 400, accuracy: 0.93, strict_accuracy: 0.91, schema_valid_rate: 0.98,
-                        admitted: true, reasons: []}
-        parallel: {n: 200, ..., admitted: false, reasons: ["strict_accuracy 0.620 < 0.750 (--min-accuracy)"]}
+                        admitted: true, failed: [], reasons: []}
+        parallel: {n: 200, ..., admitted: false, failed: [--min-accuracy],
+                   reasons: ["strict_accuracy 0.620 < 0.750 (--min-accuracy)"]}
       report: ../checkpoints/qwen05-dpo/eval/report.json
       verdicts: ../checkpoints/qwen05-dpo/eval/verdicts.jsonl    # per-task verdicts, for a router that learns
       tasks: tasks.jsonl

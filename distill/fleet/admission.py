@@ -207,7 +207,9 @@ def admit(report: str | Path, fleet: str | Path, th: Thresholds, *, relative_to:
     decisions = decide(report_path, rep, th, teacher)
     name = name or default_label(rep)
     if parameters is not None:
-        parameters_from = "--parameters"
+        if parameters <= 0:
+            raise DistillError(f"--parameters must be positive, got {parameters}")
+        parameters, parameters_from = int(parameters), "--parameters"
     else:
         parameters = parameter_count(rep["model"], trust_remote_code)
         parameters_from = "config"

@@ -187,7 +187,13 @@ def test_list_keys_prints_every_key_with_help(capsys):
 
     assert main(["--list-keys", "dpo"]) == 0
     out = capsys.readouterr().out
-    for key in ("--max_truncated_share", "--init_adapter", "--beta", "--precompute_ref_log_probs", "--lora_r"):
+    for key in (
+        "--max_truncated_share",
+        "--init_adapter",
+        "--beta",
+        "--precompute_ref_log_probs",
+        "--lora_r",
+    ):
         assert key in out
     assert "lose completion tokens" in " ".join(out.split()), "distill's own keys carry their help"
 
@@ -199,3 +205,25 @@ def test_cli_train_error_exits_2_with_a_message(tmp_path, capsys):
     assert "distill train: error:" in capsys.readouterr().err
     assert main(["train", "a.yaml", "b.yaml"]) == 2
     assert "use --chain" in capsys.readouterr().err
+
+
+def test_gpu_benchmark_dry_run_builds_data_and_valid_recipes(tmp_path, monkeypatch, capsys, bf16_gpu):
+    """benchmarks/train_gpu.py runs in one go on a GPU machine; here its data building and recipes are checked."""
+    import importlib.util
+    import sys
+
+    from datasets import load_from_disk
+
+    spec = importlib.util.spec_from_file_location("train_gpu", ROOT / "benchmarks" / "train_gpu.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    monkeypatch.setattr(
+        sys, "argv", ["train_gpu.py", "--dry-run", "--steps", "2", "--batch", "3", "--work", str(tmp_path)]
+    )
+    assert bench.main() == 0
+    assert "nothing trained" in capsys.readouterr().out
+    pairs = load_from_disk(str(tmp_path / "pairs"))
+    assert pairs["train"].num_rows == 6 and set(pairs["train"].column_names) >= {"prompt", "chosen", "tools"}
+    for stage in ("sft", "dpo"):
+        recipe = parse_recipe([str(tmp_path / f"{stage}.yaml")])
+        assert recipe.script.stage == stage and recipe.model.load_in_4bit and recipe.training.bf16

@@ -241,3 +241,32 @@ def test_sft_messages_format_with_assistant_only_loss(tmp_path, tiny_model_dir, 
     # assistant-only: the tool schemas and the question are masked out of the loss, the answer is not
     assert 0 < len(trained_on) < len(row["input_ids"]) / 2
     assert trainer.processing_class.decode(trained_on).startswith("<tool_call>")
+
+
+def test_dpo_with_a_fresh_adapter_uses_the_base_as_its_reference(tmp_path, tiny_model_dir, tiny_pairs_dir):
+    recipe = parse_recipe(
+        [
+            str(DPO_RECIPE),
+            *_local(tiny_model_dir, tiny_pairs_dir),
+            "--output_dir",
+            str(tmp_path / "d"),
+            "--max_steps",
+            "2",
+            "--learning_rate",
+            "0",
+            "--save_strategy",
+            "no",
+            "--precompute_ref_log_probs",
+            "false",
+            "--lora_r",
+            "4",
+        ]
+    )
+    recipe.script.init_adapter = None  # a fresh LoRA adapter, as `trl dpo --use_peft` would make
+    trainer = run_stage(recipe)
+    assert trainer.ref_model is None, "no second model"
+    assert list(trainer.model.peft_config) == ["default"], "no reference copy of the adapter either"
+    trainable = {n for n, p in trainer.model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n for n in trainable)
+    # A fresh adapter starts as the identity (lora_B = 0) and lr 0 keeps it there: policy == base == reference.
+    assert _losses(trainer) == pytest.approx([math.log(2)] * 2, abs=1e-3)

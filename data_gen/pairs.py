@@ -54,14 +54,19 @@ class PairsConfig:
 @dataclass
 class _Candidate:
     key: str  # canonical form, for de-duplication
-    message: dict
+    answer: Answer  # turned into a message only if selected
     source: str
     error: str
 
 
+# One encoder, built once: json.dumps with non-default options builds a new encoder on every call.
+_KEY_JSON = json.JSONEncoder(sort_keys=True, ensure_ascii=False)
+_ARGS_JSON = json.JSONEncoder(ensure_ascii=False)
+
+
 def _canonical(answer_calls: list[dict] | None, text: str | None) -> str:
     if answer_calls is not None:
-        return "calls:" + json.dumps(answer_calls, sort_keys=True, ensure_ascii=False)
+        return "calls:" + _KEY_JSON.encode(answer_calls)
     return "text:" + (text or "").strip()
 
 
@@ -71,7 +76,7 @@ def assistant_message(answer: Answer) -> dict:
             "role": "assistant",
             "content": None,
             "tool_calls": [
-                {"type": "function", "function": {"name": c["name"], "arguments": json.dumps(c["arguments"], ensure_ascii=False)}}
+                {"type": "function", "function": {"name": c["name"], "arguments": _ARGS_JSON.encode(c["arguments"])}}
                 for c in answer.calls
             ],
         }
@@ -147,7 +152,7 @@ def _output_key(trace: dict) -> str:
     tc = trace["tool_calls"]
     if not tc:  # null (malformed) or [] (no call): the raw text is the answer
         return f"tc:{tc!r}:" + str(trace.get("raw"))
-    return "tc:" + json.dumps(tc, sort_keys=True, ensure_ascii=False)
+    return "calls:" + _KEY_JSON.encode(tc)  # the same string as _canonical() of these calls
 
 
 def _group(traces: list[dict]) -> dict[str, list[dict]]:
@@ -162,27 +167,29 @@ class _TaskPool:
 
     def __init__(self, task: Task, stats: Counter):
         self.task, self.stats = task, stats
-        self.chosen: list[tuple[str, dict, str]] = []  # (canonical key, message, source)
+        self.chosen: list[tuple[str, Answer, str]] = []  # (canonical key, answer, source)
         self.rejected: dict[str, list[_Candidate]] = defaultdict(list)  # by source
         self._seen_rejected: set[str] = set()
 
-    def add_chosen(self, answer: Answer, source: str) -> None:
-        key = _canonical(answer.calls, answer.text) if answer.calls else "text:<abstain>"
+    def add_chosen(self, answer: Answer, source: str, key: str | None = None) -> None:
+        if not answer.calls:
+            key = "text:<abstain>"
+        key = key or _canonical(answer.calls, answer.text)
         if all(key != k for k, _, _ in self.chosen):
-            self.chosen.append((key, assistant_message(answer), source))
+            self.chosen.append((key, answer, source))
 
-    def add_rejected(self, answer: Answer, source: str, error: str) -> None:
+    def add_rejected(self, answer: Answer, source: str, error: str, key: str | None = None) -> None:
         if error == "malformed" and not self.task.expected:
             # BFCL counts an unreadable answer to an irrelevance task as a correct abstention (our verifier does
             # not); a rejected answer must be wrong by both, so these are left out.
             self.stats["malformed_on_irrelevance_skipped"] += 1
             return
-        key = _canonical(answer.calls, answer.text)
+        key = key or _canonical(answer.calls, answer.text)
         if key in self._seen_rejected:
             self.stats["rejected_duplicates_dropped"] += 1
             return
         self._seen_rejected.add(key)
-        self.rejected[source].append(_Candidate(key, assistant_message(answer), source, error))
+        self.rejected[source].append(_Candidate(key, answer, source, error))
 
     def add_traces(self, traces: list[dict], source: str) -> None:
         """Verify each distinct output once: strictly correct teacher answers become chosen, wrong ones rejected."""
@@ -196,10 +203,12 @@ class _TaskPool:
             seen_outputs.add(okey)
             parsed = parse_trace(trace)
             correct, schema_valid, error, _ = judge(self.task, parsed)
+            # recorded tool_calls taken as they are: their output key is already their canonical form
+            key = okey if parsed.calls is not None and parsed.calls is trace.get("tool_calls") else None
             if not correct:
-                self.add_rejected(_trace_answer(trace, parsed), source, error)
+                self.add_rejected(_trace_answer(trace, parsed), source, error, key)
             elif source == "teacher" and schema_valid and parsed.status != MALFORMED:
-                self.add_chosen(_trace_answer(trace, parsed), "teacher")
+                self.add_chosen(_trace_answer(trace, parsed), "teacher", key)
 
     def drop_rejected_equal_to_chosen(self) -> None:
         chosen_keys = {k for k, _, _ in self.chosen}
@@ -209,17 +218,14 @@ class _TaskPool:
             self.rejected[source] = kept
 
 
-def _chosen_calls(message: dict) -> list[dict]:
-    return [{"name": tc["function"]["name"], "arguments": json.loads(tc["function"]["arguments"])} for tc in message.get("tool_calls") or []]
-
-
 def _rows(task: Task, chosen: list, selected: list[_Candidate], split: str) -> list[dict]:
     tools_json = json.dumps(task.tools, ensure_ascii=False)
+    chosen_messages = [assistant_message(answer) for _, answer, _ in chosen]
     return [
         {
             "prompt": task.messages,
-            "chosen": [chosen[i % len(chosen)][1]],
-            "rejected": [cand.message],
+            "chosen": [chosen_messages[i % len(chosen)]],
+            "rejected": [assistant_message(cand.answer)],
             "tools": tools_json,
             "task_id": task.id,
             "category": task.category,
@@ -262,7 +268,7 @@ def mine_pairs(
             stats["tasks_without_chosen"] += 1
             continue
         if config.synthetic > 0:
-            calls = _chosen_calls(pool.chosen[0][1])
+            calls = pool.chosen[0][1].calls or []
             for _op, answer, error, _detail in synthetic_negatives(task, calls, config.synthetic, rng):
                 pool.add_rejected(answer, "synthetic", error)
         pool.drop_rejected_equal_to_chosen()

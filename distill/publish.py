@@ -109,7 +109,6 @@ def eval_results(report: dict) -> list:
                 metric_type="accuracy",
                 metric_name=metric_name,
                 metric_value=r[key],
-                source_name="distill eval",
             ))
     return results
 

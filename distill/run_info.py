@@ -56,15 +56,22 @@ def jsonable(value):
     return str(value)  # torch.dtype, Path, configs
 
 
+def redact(value, key: str = ""):
+    """Mask secrets at any depth: Hub token fields, and any string that looks like a Hub token."""
+    if isinstance(value, dict):
+        return {k: redact(v, str(k)) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [redact(v, key) for v in value]
+    if value and (
+        key in SECRET_FIELDS or (isinstance(value, str) and re.match(r"hf_[A-Za-z0-9]{8,}", value))
+    ):
+        return "<redacted>"
+    return value
+
+
 def config_dict(obj) -> dict:
-    """A dataclass's fields as JSON values, secrets masked (Hub tokens; any value that looks like one)."""
-    out = {}
-    for f in dataclasses.fields(obj):
-        value = getattr(obj, f.name)
-        if f.name in SECRET_FIELDS or (isinstance(value, str) and re.match(r"hf_[A-Za-z0-9]{8,}", value)):
-            value = "<redacted>" if value else value
-        out[f.name] = jsonable(value)
-    return out
+    """A dataclass's fields as JSON values, secrets masked."""
+    return {f.name: jsonable(redact(getattr(obj, f.name), f.name)) for f in dataclasses.fields(obj)}
 
 
 def git_info(root: Path = REPO_ROOT) -> dict | None:

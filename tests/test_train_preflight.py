@@ -272,3 +272,20 @@ def test_stop_token_ids_read_generation_config(tmp_path, tok):
 
     GenerationConfig(eos_token_id=[tok.eos_token_id, 7]).save_pretrained(tmp_path)
     assert preflight.stop_token_ids(tok, str(tmp_path)) == {tok.eos_token_id, 7}
+
+
+def test_run_json_config_masks_tokens_at_any_depth():
+    from trl import DPOConfig
+
+    from distill.run_info import config_dict
+
+    args = DPOConfig(
+        output_dir="x",
+        use_cpu=True,
+        bf16=False,
+        hub_token="hf_abcdefghijklmnop",
+        model_init_kwargs={"token": "hf_abcdefghijklmnop", "revision": "main"},
+    )
+    config = config_dict(args)
+    assert "hf_abcdefghijklmnop" not in json.dumps(config)
+    assert config["hub_token"] == "<redacted>" and config["model_init_kwargs"]["revision"] == "main"

@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import math
 import os
 import platform
 import random
@@ -268,8 +269,11 @@ def run_config(config, shape, model_dir, dataset, tokenizer, opts, work: Path, s
     t_end, tok_end = marks[-1]
     steps = len(marks) - 1 - opts.warmup
     step_s = (t_end - t_warm) / steps
+    durations = sorted(marks[i + 1][0] - marks[i][0] for i in range(opts.warmup, len(marks) - 1))
     tokens_per_s = (tok_end - tok_warm) / (t_end - t_warm)
     row = {"model": shape, "config": config, "steps_timed": steps, "s_per_step": round(step_s, 4),
+           # a slow step among fast ones is a recompilation or an allocator stall, not the steady state
+           "median_step_s": round(durations[len(durations) // 2], 4), "max_step_s": round(durations[-1], 4),
            "tokens_per_step": round((tok_end - tok_warm) / steps), "tokens_per_s": round(tokens_per_s, 1),
            "peak_gib": peak_gib(), "init_peak_gib": init_peak, "load_s": round(load_s, 2),
            "init_s": round(init_s, 2), "warmup_s": round(t_warm - marks[0][0], 2)}
@@ -306,7 +310,7 @@ def correctness_check(model_dir, dataset, tokenizer, opts, work: Path) -> dict:
         with torch.no_grad():
             for name, p in model.named_parameters():
                 if "lora_B" in name:
-                    p.copy_((torch.randn(p.shape, generator=g) * 0.02).to(p.dtype))
+                    p.copy_((torch.randn(p.shape, generator=g) * 0.05).to(p.dtype))
 
     out = {}
     for config in ("stock", "fast"):
@@ -333,12 +337,16 @@ def correctness_check(model_dir, dataset, tokenizer, opts, work: Path) -> dict:
     ref_diff = (out["fast"]["ref_logps"] - out["stock"]["ref_logps"]).abs()
     scale = out["stock"]["ref_logps"].abs().mean().item()
     loss_diff = abs(out["fast"]["loss"] - out["stock"]["loss"])
-    # fp32 on CPU agrees to ~1e-6; bf16 autocast and different attention kernels on GPU to ~1e-2 relative
-    tol = 1e-4 if opts.tiny else 2e-2
+    # fp32 on CPU agrees to ~1e-6 (tests/test_fast_dpo.py checks 1e-5). In bf16, per-token log-probs differ by
+    # ~1e-2 between attention kernels (padded SDPA vs flex), sums of ~100 tokens by ~0.1 nats against |logp| of
+    # ~1,000 for a random model: 2e-3 of |logp| for the reference, 5e-3 absolute for the loss.
+    ref_tol, loss_tol = (1e-5, 1e-5) if opts.tiny else (2e-3, 5e-3)
     return {"stock_loss": out["stock"]["loss"], "fast_loss": out["fast"]["loss"], "abs_loss_diff": loss_diff,
+            # how far the loss is from log 2 (policy == reference), i.e. whether the check says anything
+            "stock_loss_minus_log2": out["stock"]["loss"] - math.log(2),
             "max_abs_ref_logp_diff": ref_diff.max().item(), "mean_abs_ref_logp": scale,
-            "tolerance_rel": tol,
-            "passed": loss_diff <= tol * max(abs(out["stock"]["loss"]), 1e-3) and ref_diff.max().item() <= tol * scale}
+            "ref_tolerance_rel": ref_tol, "loss_tolerance_abs": loss_tol,
+            "passed": loss_diff <= loss_tol and ref_diff.max().item() <= ref_tol * scale}
 
 
 # ---- report ------------------------------------------------------------------------------------------------
@@ -378,7 +386,8 @@ def table(results: dict) -> str:
             lines.append(f"{r['model']:<6} {r['config']:<17} {r.get('error') or r.get('skipped')}")
     c = results.get("correctness")
     if c:
-        lines.append(f"correctness: stock loss {c['stock_loss']:.6f}, fast loss {c['fast_loss']:.6f}, max |ref logp "
+        lines.append(f"correctness ({c.get('model')}): stock loss {c['stock_loss']:.6f} (log 2 "
+                     f"{c.get('stock_loss_minus_log2', float('nan')):+.4f}), fast loss {c['fast_loss']:.6f}, max |ref logp "
                      f"diff| {c['max_abs_ref_logp_diff']:.4g} (mean |logp| {c['mean_abs_ref_logp']:.1f}): "
                      f"{'PASS' if c['passed'] else 'FAIL'}")
     return "\n".join(lines)

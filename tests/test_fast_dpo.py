@@ -312,3 +312,14 @@ def test_unsupported_settings_are_refused(tiny_model_dir, tokenizer, dataset, tm
             fast_trainer(load_model(tiny_model_dir), dataset, tokenizer, tmp_path, **bad)
     with pytest.raises(DistillError, match="do not fit"):
         fast_trainer(load_model(tiny_model_dir), dataset, tokenizer, tmp_path, pack_tokens=50)
+
+
+def test_precompute_ref_log_probs_means_the_cache_and_leaves_the_config_alone(tiny_model_dir, tokenizer, dataset,
+                                                                             tmp_path):
+    """Recipes written for the stock trainer set precompute_ref_log_probs; under fast: true it selects the
+    packed cache, not TRL's padded pass, and the recorded config still says what the recipe said."""
+    trainer = fast_trainer(load_model(tiny_model_dir), dataset, tokenizer, tmp_path, precompute_ref_log_probs=True)
+    assert trainer.args.precompute_ref_log_probs is True and trainer.ref_cache_hits == {"train": False}
+    assert "ref_chosen_logps" not in trainer.train_dataset.column_names  # TRL's padded pass did not run
+    batch = next(iter(trainer.get_train_dataloader()))
+    assert "ref_chosen_logps" in batch

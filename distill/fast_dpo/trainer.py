@@ -223,9 +223,7 @@ class FastDPOTrainer(DPOTrainer):
     def __init__(self, model, ref_model=None, args: FastDPOConfig | None = None, *a, **kw):
         args = args if args is not None else FastDPOConfig(output_dir="fast-dpo")
         check_args(args)
-        # TRL's precompute would run its padded pass over the whole dataset; the cache below replaces it
         self._cache_ref = args.cache_ref_logps or args.precompute_ref_log_probs
-        args.precompute_ref_log_probs = False
         super().__init__(model, ref_model, args, *a, **kw)
         if self._is_vision_dataset:
             raise DistillError("fast DPO handles text preference data only")
@@ -256,6 +254,11 @@ class FastDPOTrainer(DPOTrainer):
                 self._fill_reference(name, store)
 
     # ---- reference log-probs -------------------------------------------------------------------------------
+
+    def _precompute_ref_logps(self, dataset, name, batch_size):
+        """TRL's precompute (run by its constructor and evaluate() when precompute_ref_log_probs is set) would
+        make a padded, prompt-twice pass over the data; the cache filled below replaces it."""
+        return dataset
 
     def _ref_adapter(self) -> str | None:
         """TRL's convention: a PEFT model that came with an adapter gets a frozen "ref" copy of it."""
@@ -329,16 +332,20 @@ class FastDPOTrainer(DPOTrainer):
 
     def _collator(self, store: PairStore, *, packing: bool) -> PackedCollator:
         # Flex attention skips masked-out blocks, so one row of pack_tokens costs what its documents cost, and
-        # it is compiled for a shape: a fixed width compiles once. A dense mask makes attention cost the square
-        # of the row, so with SDPA a pack is laid out as several shorter rows (same pairs, same loss).
+        # it is compiled for a shape: a fixed width compiles once (without packing: the longest pair's width, as
+        # a width per batch would recompile). A dense mask makes attention cost the square of the row, so with
+        # SDPA a pack is laid out as several shorter rows (same pairs, same loss).
         flex = self._backend == "flex"
+        pad_to = None
+        if flex:
+            longest = max(packed_length(p, share_prompt=self.args.share_prompt) for p in store.pairs)
+            pad_to = self.args.pack_tokens if packing else -(-longest // 128) * 128
         return PackedCollator(
             store=store,
             pad_id=self._tokenizer.pad_token_id,
             packing=packing,
             share_prompt=self.args.share_prompt,
-            pad_to=self.args.pack_tokens if flex and packing else None,
-            pad_to_multiple_of=128 if flex and not packing else None,
+            pad_to=pad_to,
             row_tokens=None if flex else DENSE_ROW_TOKENS,
         )
 

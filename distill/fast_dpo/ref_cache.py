@@ -36,7 +36,7 @@ def _hash_tensors(items: Iterable[tuple[str, torch.Tensor]]) -> str:
         t = tensor.detach()
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}\n".encode())
         # Raw bytes, whatever the dtype (bf16 and 4-bit packed weights have no numpy equivalent)
-        h.update(t.contiguous().reshape(-1).view(torch.uint8).cpu().numpy().tobytes())
+        h.update(t.contiguous().reshape(-1).view(torch.uint8).cpu().numpy())
     return h.hexdigest()
 
 

@@ -133,6 +133,7 @@ def model_card(repo_id: str, run: dict, report: dict | None, *, base_model: str,
     ds = run.get("dataset") or {}
     model_cfg = (run.get("config") or {}).get("model") or {}
     libs = run.get("libraries") or {}
+    git = run.get("git") or {}
     quant = "QLoRA (4-bit NF4 base)" if model_cfg.get("load_in_4bit") else "LoRA"
     base_ref = f"[`{base_model}`](https://huggingface.co/{base_model})" if HUB_ID.match(base_model) else f"`{base_model}`"
     lines = [
@@ -159,9 +160,9 @@ def model_card(repo_id: str, run: dict, report: dict | None, *, base_model: str,
         f"| stage | {stage or '-'} |",
         f"| teacher | {('`' + ds['teacher_model'] + '`') if ds.get('teacher_model') else '-'} |",
         f"| preference data | {', '.join(f'`{d}`' for d in datasets) if datasets else ('`' + str(ds.get('path')) + '` (local)' if ds.get('path') else '-')} |",
-        f"| rows | {ds.get('rows') or '-'} |",
+        f"| rows | {', '.join(f'{k} {v}' for k, v in (ds.get('rows') or {}).items()) or '-'} |",
         f"| steps | {run.get('global_step', '-')} |",
-        f"| git commit | {(run.get('git') or {}).get('sha', '-')} |",
+        f"| git commit | {git.get('sha', '-')}{' (with uncommitted changes)' if git.get('dirty') else ''} |",
         f"| libraries | {', '.join(f'{k} {v}' for k, v in libs.items() if v) or '-'} |",
         "",
         "How it was made, in full (resolved recipe, dataset fingerprints, hardware): `run.json`.",
@@ -174,7 +175,8 @@ def model_card(repo_id: str, run: dict, report: dict | None, *, base_model: str,
         tp = report.get("throughput") or {}
         gen = report.get("generation") or {}
         lines += [
-            f"Scored by distill's verifier on `{report.get('tasks')}` ({report.get('tasks_fingerprint')}"
+            # the task file's name only: the full path is the publishing machine's business
+            f"Scored by distill's verifier on `{Path(str(report.get('tasks'))).name}` ({report.get('tasks_fingerprint')}"
             + (f", {report['data_version']}" if report.get("data_version") else "") + f"), {report['n']} answers"
             + (f", sampling {json.dumps(gen['sampling'])}" if gen.get("sampling") else "") + ". Files: `eval/`.",
             "",
@@ -184,10 +186,13 @@ def model_card(repo_id: str, run: dict, report: dict | None, *, base_model: str,
         ]
         lines += [f"| {cat} | {c['n']} | {pct(c['accuracy'])} | {pct(c['strict_accuracy'])} |"
                   for cat, c in report["by_category"].items()]
+        speed = ""
+        if tp.get("latency_p50_s") is not None:
+            speed += f"; latency p50 {tp['latency_p50_s']} s, p95 {tp['latency_p95_s']} s"
+        if gen.get("completion_tokens_per_s"):
+            speed += f"; {gen['completion_tokens_per_s']} tokens/s ({gen['backend']} backend, batch size {gen['batch_size']})"
         lines += ["", f"Schema-valid rate {pct(report['schema_valid_rate'])}, format-valid rate "
-                      f"{pct(report['format_valid_rate'])}; latency p50 {tp.get('latency_p50_s')} s, p95 "
-                      f"{tp.get('latency_p95_s')} s; {gen.get('completion_tokens_per_s', '-')} tokens/s "
-                      f"({gen.get('backend', '-')} backend)."]
+                      f"{pct(report['format_valid_rate'])}{speed}."]
     else:
         lines.append("Not evaluated (published with --no-eval).")
     body = "\n".join(lines) + "\n"

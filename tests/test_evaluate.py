@@ -191,3 +191,55 @@ def test_served_model_failed_requests_make_a_partial_report_and_exit_1(tmp_path,
     report = json.loads((out / "report.json").read_text())
     assert report["n"] == 5 and report["generation"]["missing"] == 0
     assert report["generation"]["backend"] == "openai"
+
+
+def test_vllm_backend_applies_the_adapter_per_request(tiny_adapter_dir, tiny_model_dir, monkeypatch, tmp_path):
+    """vLLM needs a GPU, so its module is replaced by a recorder of what distill asks of it: an engine built with
+    LoRA enabled and a large enough rank, every generate() call carrying the adapter's LoRARequest, and prompts
+    rendered with the adapter's tokenizer (its training chat template)."""
+    import sys
+    import types
+
+    from data_gen.backends.base import Request, Sampling
+
+    calls = {}
+
+    class LLM:
+        def __init__(self, model, **engine_args):
+            calls["engine"] = {"model": model, **engine_args}
+
+        def generate(self, prompts, params, use_tqdm=False, lora_request=None):
+            calls.setdefault("generate", []).append((prompts, lora_request))
+            out = types.SimpleNamespace(index=0, text="It is sunny.", finish_reason="stop", token_ids=[1, 2, 3])
+            return [types.SimpleNamespace(outputs=[out], prompt_token_ids=p["prompt_token_ids"]) for p in prompts]
+
+    class LoRARequest:
+        def __init__(self, name, lora_id, path):
+            self.name, self.id, self.path = name, lora_id, path
+
+    vllm = types.ModuleType("vllm")
+    vllm.LLM, vllm.SamplingParams = LLM, lambda **kw: kw
+    lora_mod, request_mod = types.ModuleType("vllm.lora"), types.ModuleType("vllm.lora.request")
+    request_mod.LoRARequest = LoRARequest
+    monkeypatch.setitem(sys.modules, "vllm", vllm)
+    monkeypatch.setitem(sys.modules, "vllm.lora", lora_mod)
+    monkeypatch.setitem(sys.modules, "vllm.lora.request", request_mod)
+
+    student = tmp_path / "student"
+    shutil.copytree(tiny_adapter_dir, student)
+    (student / "chat_template.jinja").write_text("STUDENT " + (student / "chat_template.jinja").read_text())
+    from data_gen.backends.vllm_backend import VLLMBackend
+
+    backend = VLLMBackend(str(tiny_model_dir), sampling=Sampling(temperature=0), adapter=str(student))
+    assert calls["engine"]["enable_lora"] is True and calls["engine"]["max_lora_rank"] >= 4  # the fixture's r
+    req = Request("t0", 0, [{"role": "user", "content": "hi"}], [])
+
+    async def collect():
+        return [r async for r in backend.generate([req])]
+
+    import asyncio
+
+    results = asyncio.run(collect())
+    prompts, lora = calls["generate"][0]
+    assert lora.path == str(student) and results[0].raw == "It is sunny."
+    assert backend.tokenizer.decode(prompts[0]["prompt_token_ids"]).startswith("STUDENT")

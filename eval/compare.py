@@ -79,7 +79,7 @@ def compare(paths: list[str | os.PathLike], labels: list[str] | None = None, all
         return None if c is None else c.get(key)
 
     columns = []
-    for (path, r), label in zip(loaded, labels):
+    for (path, r), label in zip(loaded, labels, strict=True):
         gen = r.get("generation") or {}
         tp = r.get("throughput") or {}
         columns.append({

@@ -36,7 +36,7 @@ def test_compare_writes_markdown_json_and_png_with_gaps(reports, tmp_path, capsy
     labels = [c["label"] for c in table["columns"]]
     assert labels == ["Qwen/Qwen2.5-72B-Instruct", "ckpt_a", "ckpt_b"]  # students named by their adapter folder
     reps = [json.loads((d / "report.json").read_text()) for d in (teacher, s1, s2)]
-    for col, rep in zip(table["columns"], reps):
+    for col, rep in zip(table["columns"], reps, strict=True):
         assert col["overall"]["accuracy"] == rep["accuracy"]
         for cat in ("simple", "irrelevance"):
             assert col["by_category"][cat]["accuracy"] == rep["by_category"][cat]["accuracy"]

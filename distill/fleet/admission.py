@@ -20,7 +20,6 @@ the fleet must not route to a student whose latest evaluation failed), 2 for bad
 
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import dataclass
 from datetime import datetime, timezone

@@ -51,8 +51,8 @@ class DistillArguments:
     dataset_path: str | None = field(
         default=None,
         metadata={
-            "help": "Preference dataset: a folder written by `datasets.save_to_disk` (what `distill pairs` "
-            "writes) or a Hub dataset id. Columns prompt, chosen, rejected, tools. One dataset feeds both "
+            "help": "Preference dataset: the folder `distill pairs --out` wrote, a folder written by "
+            "`datasets.save_to_disk`, or a Hub dataset id. Columns prompt, chosen, rejected, tools. One dataset feeds both "
             "stages: SFT trains on prompt + chosen."
         },
     )

@@ -128,28 +128,40 @@ def hardware(training_args=None) -> dict:
 
 
 def teacher_model(dataset_path: str, data=None) -> tuple[str | None, str | None]:
-    """The teacher named by the dataset: the card's YAML header (`teacher_model:` or `teacher:`), a
-    'teacher model: X' line in the card, or the same keys in the dataset's info.description as JSON.
-    Returns (model, where it was found)."""
-    card = Path(dataset_path) / "README.md"
-    if card.is_file():
+    """The teacher named by the dataset, and where: `distill pairs`' pairs_stats.json (teacher.models), then the
+    dataset card README.md (a `teacher_model:`/`teacher:` key in its YAML header, or a 'Teacher: X' line), each
+    looked for in dataset_path and the folder above it (`distill pairs` puts the dataset in OUT/dataset), then
+    the same keys in the dataset's info.description as JSON."""
+    path = Path(dataset_path)
+    folders = [path, path.parent] if path.name == "dataset" else [path]
+    for folder in folders:
+        stats = folder / "pairs_stats.json"
+        if stats.is_file():
+            try:
+                models = json.loads(stats.read_text()).get("teacher", {}).get("models", {})
+            except (ValueError, AttributeError):
+                models = {}
+            if models:
+                return ", ".join(models), str(stats)
+    for folder in folders:
+        card = folder / "README.md"
+        if not card.is_file():
+            continue
         text = card.read_text(encoding="utf-8", errors="replace")
         m = re.match(r"^---\n(.*?)\n---", text, re.S)
-        if m:
-            try:
-                header = yaml.safe_load(m.group(1)) or {}
-            except yaml.YAMLError:
-                header = {}
-            for key in ("teacher_model", "teacher"):
-                if isinstance(header, dict) and isinstance(header.get(key), str):
-                    return header[key], str(card)
+        try:
+            header = yaml.safe_load(m.group(1)) if m else {}
+        except yaml.YAMLError:
+            header = {}
+        for key in ("teacher_model", "teacher"):
+            if isinstance(header, dict) and isinstance(header.get(key), str):
+                return header[key], str(card)
         m = re.search(r"teacher(?:[ _]model)?\**\s*[:|]\s*`?([\w./:-]+)`?", text, re.I)
         if m:
             return m.group(1), str(card)
     for split in (data or {}).values():
-        desc = split.info.description or ""
         try:
-            meta = json.loads(desc)
+            meta = json.loads(split.info.description or "")
         except ValueError:
             continue
         for key in ("teacher_model", "teacher"):

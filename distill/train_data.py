@@ -31,10 +31,13 @@ REQUIRED = ("prompt", "chosen", "rejected", "tools")
 
 
 def load_pairs(dataset_path: str):
-    """A DatasetDict from a `save_to_disk` folder, or from the Hub when no such folder exists."""
+    """A DatasetDict from the folder `distill pairs --out` wrote (its dataset/ subfolder), a `save_to_disk`
+    folder, or the Hub when no such folder exists."""
     from datasets import DatasetDict, load_dataset, load_from_disk
 
     path = Path(dataset_path)
+    if (path / "dataset" / "dataset_dict.json").is_file():
+        path = path / "dataset"
     if path.exists():
         try:
             data = load_from_disk(str(path))

@@ -270,3 +270,74 @@ def test_dpo_with_a_fresh_adapter_uses_the_base_as_its_reference(tmp_path, tiny_
     assert trainable and all("lora_" in n for n in trainable)
     # A fresh adapter starts as the identity (lora_B = 0) and lr 0 keeps it there: policy == base == reference.
     assert _losses(trainer) == pytest.approx([math.log(2)] * 2, abs=1e-3)
+
+
+def test_trains_on_what_distill_pairs_writes(tmp_path, tiny_model_dir):
+    """The real producer: `distill pairs` output (OUT/dataset, card, pairs_stats.json) goes straight into a recipe."""
+    from distill.cli import main
+    from tests.tiny_pairs import CITIES, TOOLS
+
+    tasks, traces = [], []
+    for i, city in enumerate(CITIES * 2):
+        tid = f"weather_{i}"
+        tasks.append(
+            {
+                "id": tid,
+                "category": "simple",
+                "tools": [TOOLS["get_weather"], TOOLS["calculate_area"]],
+                "messages": [{"role": "user", "content": f"What's the weather in {city} in celsius?"}],
+                "expected": [{"name": "get_weather", "arguments": {"city": [city], "unit": ["celsius", ""]}}],
+            }
+        )
+        for sample, (answer_city, text) in enumerate(
+            [(city, None), ("Atlantis", None), (None, "It is sunny.")]
+        ):
+            raw = text or (
+                '<tool_call>\n{"name": "get_weather", "arguments": {"city": "'
+                + answer_city
+                + '", "unit": "celsius"}}\n</tool_call>'
+            )
+            traces.append({"task_id": tid, "model": "org/teacher-72b", "sample": sample, "raw": raw})
+    (tmp_path / "tasks.jsonl").write_text("".join(json.dumps(t) + "\n" for t in tasks))
+    (tmp_path / "traces.jsonl").write_text("".join(json.dumps(t) + "\n" for t in traces))
+    pairs = tmp_path / "pairs"
+    assert (
+        main(
+            [
+                "pairs",
+                "--tasks",
+                str(tmp_path / "tasks.jsonl"),
+                "--traces",
+                str(tmp_path / "traces.jsonl"),
+                "--out",
+                str(pairs),
+                "--synthetic",
+                "1",
+                "--test-size",
+                "0.25",
+            ]
+        )
+        == 0
+    )
+
+    recipe = parse_recipe(
+        [
+            str(SFT_RECIPE),
+            "--model_name_or_path",
+            str(tiny_model_dir),
+            "--dataset_path",
+            str(pairs),
+            "--output_dir",
+            str(tmp_path / "run"),
+            "--max_steps",
+            "2",
+            "--save_strategy",
+            "no",
+        ]
+    )
+    trainer = run_stage(recipe)
+    assert math.isfinite(_losses(trainer)[0])
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert info["dataset"]["teacher_model"] == "org/teacher-72b"
+    assert info["dataset"]["teacher_model_from"] == str(pairs / "pairs_stats.json")
+    assert set(info["dataset"]["rows"]) == {"train", "test"}

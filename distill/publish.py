@@ -286,7 +286,8 @@ def validate(folder: Path, *, expect_results: bool) -> None:
                 raise DistillError(f"{path}: contains a Hugging Face token; remove it before publishing")
 
 
-def upload(folder: Path, repo_id: str, *, private: bool = False, repo_type: str = "model") -> str:
+def upload(folder: Path, repo_id: str, *, private: bool = False, repo_type: str = "model",
+           commit_message: str = "distill publish") -> str:
     """create_repo (if needed) and upload_folder; returns the commit URL."""
     from huggingface_hub import HfApi
 
@@ -297,7 +298,7 @@ def upload(folder: Path, repo_id: str, *, private: bool = False, repo_type: str 
     try:
         api.create_repo(repo_id, private=private, exist_ok=True, repo_type=repo_type)
         info = api.upload_folder(repo_id=repo_id, folder_path=str(folder), repo_type=repo_type,
-                                 commit_message=f"distill publish {folder.name}")
+                                 commit_message=commit_message)
     except Exception as e:  # HTTP, connection and validation errors alike: said once, without the token
         raise DistillError(f"upload to {repo_id} failed: {_scrub(f'{type(e).__name__}: {e}', token)}") from None
     return str(getattr(info, "commit_url", info))
@@ -355,6 +356,7 @@ def publish_cli(args) -> int:
     base = _read_json(folder / "adapter_config.json")["base_model_name_or_path"]
     if not HUB_ID.match(base) or Path(base).exists():
         raise DistillError(f"base model {base!r} is a local folder: pass --base-model HUB_ID (the Hub id it is a copy of)")
-    url = upload(folder, args.repo_id, private=args.private)
+    url = upload(folder, args.repo_id, private=args.private,
+                 commit_message=f"distill publish {Path(args.checkpoint).resolve().name}")
     print(f"uploaded {folder} -> {url}")
     return 0

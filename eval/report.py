@@ -139,7 +139,8 @@ def summary_markdown(report: dict) -> str:
     if gen.get("wall_s"):  # written by `distill eval`: the rate the whole (batched) run achieved
         lines.append(
             f"Generation wall clock: {gen['completion_tokens']} completion tokens in {gen['wall_s']} s, "
-            f"{gen['completion_tokens_per_s']} tokens/s ({gen['backend']} backend, batch size {gen['batch_size']})."
+            f"{gen['completion_tokens_per_s']} tokens/s ({gen['backend']} backend"
+            + (f", batch size {gen['batch_size']})." if gen.get("batch_size") else ").")
         )
     return "\n".join(lines) + "\n"
 

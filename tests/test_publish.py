@@ -148,6 +148,7 @@ def test_upload_creates_the_repo_and_uploads_the_staged_folder_token_never_print
     assert (create, repo, upload, repo2) == ("create_repo", "me/tiny-fc", "upload_folder", "me/tiny-fc")
     assert kw["private"] is True and kw["exist_ok"] is True and kw["repo_type"] == "model"
     assert ukw["folder_path"] == str(checkpoint / "publish") and "README.md" in ukw["files"]
+    assert ukw["commit_message"] == "distill publish tiny-sft"
     assert "training_args.bin" not in ukw["files"]
     assert token == token2 == TOKEN  # the token from HF_TOKEN reached huggingface_hub ...
     assert TOKEN not in out.out + out.err  # ... and nothing printed it

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from data_gen.backends.base import Request, Result, Sampling
 from data_gen.prompting import STOP, cut_at_stop, load_chat_template, render_prompt
+from distill.local_models import resolve_model
 from eval.io import DistillError
 
 DTYPES = ("auto", "bfloat16", "float16", "float32")
@@ -69,12 +70,14 @@ class HFBackend:
         self.adapter = adapter
         # A training run saves the tokenizer with the chat template it trained with beside its adapter: a
         # student is evaluated with that template, not the base model's.
-        tok_source = adapter if adapter and (Path(adapter) / "tokenizer_config.json").is_file() else model
+        # A .gguf file or pkg: name loads from its converted folder (distill.local_models); traces keep the name.
+        path = resolve_model(model)
+        tok_source = adapter if adapter and (Path(adapter) / "tokenizer_config.json").is_file() else path
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(tok_source, trust_remote_code=trust_remote_code)
             torch_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
             self.lm = AutoModelForCausalLM.from_pretrained(
-                model, dtype=torch_dtype, trust_remote_code=trust_remote_code
+                path, dtype=torch_dtype, trust_remote_code=trust_remote_code
             )
         except OSError as e:  # not a folder with a model, not on the Hub, or offline without a cached copy
             raise DistillError(f"cannot load model {model!r}: {e}") from None

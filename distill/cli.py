@@ -471,6 +471,56 @@ def _add_publish(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--stage-dir", default=None, help="folder to stage into, replaced atomically (default: CHECKPOINT/publish)")
 
 
+def _add_compose(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "compose",
+        help="add multi-call tasks made by joining single-call tasks (composed_parallel, composed_parallel_multiple)",
+        description="Join the questions of k single-call tasks into one request and their expected calls into one "
+        "parallel answer (one tool called k times: composed_parallel; several tools: composed_parallel_multiple), "
+        "with the union of their tools, and write --tasks plus the composed tasks to --out. A source task needs one "
+        "user message and one expected call; combinations whose tools clash by name, or whose joined answer key "
+        "the verifier would not accept, are skipped. Ids say what was joined (composed:ID1+ID2) and "
+        "`composed_from` lists the sources. Compose training tasks only: a composed task contains its sources' "
+        "questions.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="example:\n  distill import bfcl --categories live_simple,live_multiple --out train.jsonl\n"
+        "  distill compose --tasks train.jsonl --k 2-3 --share 0.3 --seed 0 --out train_composed.jsonl",
+    )
+    p.add_argument("--tasks", required=True, help="tasks .jsonl file; all of its tasks are written to --out too")
+    p.add_argument("--out", required=True, help="output tasks .jsonl file (written atomically)")
+    p.add_argument("--k", default="2-3", help="tasks joined per composed task, N or MIN-MAX, drawn uniformly "
+                   "(default: %(default)s)")
+    p.add_argument("--share", type=float, default=0.3, help="fraction of --out that is composed, in [0, 1): 0.3 adds "
+                   "3 composed tasks per 7 input tasks (default: %(default)s)")
+    p.add_argument("--parallel-share", type=float, default=0.5, help="fraction of composed tasks drawn from tasks "
+                   "that call the same tool (composed_parallel); the rest join any tasks (default: %(default)s)")
+    p.add_argument("--categories", default=None, help="comma-separated categories to compose from (default: every "
+                   "single-call task in --tasks)")
+    p.add_argument("--max-tools", type=int, default=None, help="skip combinations offering more tools than this, to "
+                   "bound prompt length (default: no limit)")
+    p.add_argument("--seed", type=int, default=0, help="seed for drawing and joining; same seed, same output "
+                   "(default: %(default)s)")
+
+
+def _add_models(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "models",
+        help="local GGUF models: list the packaged ones, convert one now (pkg:NAME or a .gguf file)",
+        description="Every command that takes a model (--model, model_name_or_path) also accepts a .gguf file or a "
+        "model packaged on PyPI by its pkg: name; it is converted once to a bf16 safetensors folder in "
+        "$DISTILL_CACHE/models (default ~/.cache/distill/models) and reused. `prepare` does that conversion now and "
+        "prints the folder, which any from_pretrained loads.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n  distill models list\n  distill models prepare pkg:smollm2-135m-instruct\n"
+        "  distill models prepare models/my-model.Q4_K_M.gguf",
+    )
+    p.add_argument("action", choices=["list", "prepare"], help="list: the packaged models and their state; prepare: "
+                   "convert the named models (if not done yet) and print their folders, one per line")
+    p.add_argument("names", nargs="*", metavar="NAME", help="with prepare: pkg:NAME or path/to/model.gguf")
+    p.add_argument("--cache-dir", default=None,
+                   help="folder for converted models (default: $DISTILL_CACHE/models or ~/.cache/distill/models)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="distill",
@@ -492,6 +542,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_compare(sub)
     _add_fleet(sub)
     _add_publish(sub)
+    _add_compose(sub)
+    _add_models(sub)
     return parser
 
 
@@ -540,6 +592,14 @@ def run(args: argparse.Namespace) -> int:
         from distill.publish import publish_cli
 
         return publish_cli(args)
+    if args.command == "compose":
+        from data_gen.compose import compose_cli
+
+        return compose_cli(args)
+    if args.command == "models":
+        from distill.local_models import models_cli
+
+        return models_cli(args)
     raise AssertionError(f"unhandled command {args.command}")
 
 

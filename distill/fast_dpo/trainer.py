@@ -17,7 +17,7 @@ Differences from the stock trainer, all deliberate:
 - A step's batch is one pack of `pack_tokens` tokens holding however many pairs fit (about 14 for prompts of
   450 and completions of 70 at 8192), not `per_device_train_batch_size` pairs. The loss is the mean over the
   pairs of the pack, as TRL's is over the pairs of its batch. With flex attention a pack is one row; with
-  SDPA, whose dense mask costs the square of the row, it is laid out as rows of about DENSE_ROW_TOKENS.
+  SDPA, whose dense mask costs the square of the row, it is laid out as rows no longer than its longest pair.
 - Packs are fixed once (first-fit decreasing over lengths); each epoch visits them in a new random order.
 - Supported: loss types in losses.SUPPORTED_LOSS_TYPES with loss_weights, beta, label_smoothing; PEFT (fresh
   adapter, or an SFT adapter with TRL's "ref" copy), a separate ref_model, full fine-tuning. Refused with a
@@ -100,11 +100,6 @@ class FastDPOConfig(DPOConfig):
     )
 
 
-# Row length for dense-mask attention: about the longest pair of tool-calling data (prompts to 700 tokens,
-# completions to 120), so rows hold one to a few pairs and little of the T^2 mask is wasted.
-DENSE_ROW_TOKENS = 1024
-
-
 def default_cache_dir() -> Path:
     root = os.environ.get("DISTILL_CACHE") or Path.home() / ".cache" / "distill"
     return Path(root) / "ref_logps"
@@ -166,7 +161,9 @@ class PairBatchSampler(Sampler):
 
 @dataclass
 class PackedCollator:
-    """Pairs (one batch from PairBatchSampler) to the tensors of collate_rows, plus cached reference log-probs."""
+    """Pairs (one batch from PairBatchSampler) to the tensors of collate_rows, plus cached reference log-probs.
+    With split_rows the pairs are regrouped into rows, so the batch order differs from the input order:
+    `pair_index` says which pair each position of the per-pair tensors is."""
 
     store: PairStore
     pad_id: int
@@ -174,16 +171,17 @@ class PackedCollator:
     share_prompt: bool
     pad_to: int | None = None
     pad_to_multiple_of: int | None = None
-    row_tokens: int | None = None  # split a pack into rows of about this many tokens (dense attention)
+    split_rows: bool = False  # lay a pack out as rows no longer than its longest pair (dense attention)
 
     def __call__(self, pairs: list[Pair]) -> dict[str, torch.Tensor]:
         if not self.packing:
             rows = [[p] for p in pairs]
-        elif self.row_tokens is None:
+        elif not self.split_rows:
             rows = [pairs]
         else:
+            # Rows of at most the longest pair: each pair's T^2 block is computed at most about twice over
             lengths = [packed_length(p, share_prompt=self.share_prompt) for p in pairs]
-            rows = [[pairs[i] for i in row] for row in plan_packs(lengths, max(self.row_tokens, *lengths))]
+            rows = [[pairs[i] for i in row] for row in plan_packs(lengths, max(lengths))]
         batch = collate_rows(
             rows,
             pad_id=self.pad_id,
@@ -346,7 +344,7 @@ class FastDPOTrainer(DPOTrainer):
             packing=packing,
             share_prompt=self.args.share_prompt,
             pad_to=pad_to,
-            row_tokens=None if flex else DENSE_ROW_TOKENS,
+            split_rows=not flex,
         )
 
     def _dataloader(self, store: PairStore, *, shuffle: bool, batch_size: int) -> DataLoader:

@@ -212,7 +212,7 @@ def _build(name_or_path: str, tmp: Path, final: Path) -> None:
     convert_gguf(gguf, tmp)
     if gguf.parent == tmp:
         gguf.unlink()
-    provenance.update(_versions(), converted_in_s=round(time.perf_counter() - start, 1), format=FORMAT)
+    provenance.update(versions=_versions(), converted_in_s=round(time.perf_counter() - start, 1), format=FORMAT)
     (tmp / INFO_FILE).write_text(json.dumps(provenance, indent=2) + "\n")
     _say(f"converted {name_or_path} in {provenance['converted_in_s']:.0f} s")
 

@@ -117,7 +117,8 @@ def test_gguf_converts_to_a_folder_that_computes_what_the_gguf_does(tiny_model_d
     config = json.loads((folder / "config.json").read_text())
     assert "quantization_config" not in config and config["dtype"] == "bfloat16"
     info = json.loads((folder / local_models.INFO_FILE).read_text())
-    assert info["source"] == str(tiny_gguf) and info["format"] == local_models.FORMAT
+    assert info["source"] == str(tiny_gguf) and info["gguf"] == str(tiny_gguf.resolve())
+    assert info["format"] == local_models.FORMAT and info["versions"]["transformers"]
     assert not list(cache.glob(".*.tmp-*")), "temporary folder left behind"
 
     original = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)

@@ -159,7 +159,11 @@ def resolve_model(name_or_path: str, *, cache_dir: str | os.PathLike | None = No
 def _convert_locked(name_or_path: str, folder: Path) -> None:
     from filelock import FileLock, Timeout
 
-    folder.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DistillError(f"cannot create the model cache {folder.parent} ({e.strerror}); set DISTILL_CACHE to a "
+                           "writable folder") from None
     lock = FileLock(str(folder.parent / f".{folder.name}.lock"))
     try:
         lock.acquire(timeout=0)
@@ -186,8 +190,8 @@ def _convert_locked(name_or_path: str, folder: Path) -> None:
 
 
 def _build(name_or_path: str, tmp: Path, final: Path) -> None:
-    """Convert into `tmp` (renamed to `final` by the caller): the GGUF (assembled into tmp first for a chunked package), then model, tokenizer and
-    distill_model.json; the GGUF copy is removed again."""
+    """Convert into `tmp` (renamed to `final` by the caller): model, tokenizer and distill_model.json. A chunked
+    package's GGUF is assembled inside tmp first and removed again."""
     start = time.perf_counter()
     tmp.mkdir(parents=True)
     provenance: dict = {"source": name_or_path}
@@ -207,7 +211,7 @@ def _build(name_or_path: str, tmp: Path, final: Path) -> None:
     provenance["gguf"] = str(gguf) if gguf.parent != tmp else f"assembled by {provenance['package']}"
     size_mb = gguf.stat().st_size / 2**20
     _say(f"converting {name_or_path} ({gguf.name}, {size_mb:.0f} MB) to a bf16 safetensors folder, once; "
-         f"transformers reads GGUF slowly (about a minute for a 250 MB model on a laptop CPU). Later runs reuse "
+         f"transformers reads GGUF slowly (minutes for a 250 MB model on a 2-core CPU). Later runs reuse "
          f"{final}")
     convert_gguf(gguf, tmp)
     if gguf.parent == tmp:

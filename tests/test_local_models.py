@@ -292,6 +292,8 @@ def test_errors_name_what_is_wrong(tmp_path, monkeypatch):
     with pytest.raises(DistillError, match=r"broken\.gguf"):
         resolve_model(str(not_gguf), cache_dir=tmp_path / "cache")
     assert not [p for p in (tmp_path / "cache").iterdir() if not p.name.endswith(".lock")]
+    with pytest.raises(DistillError, match=r"cannot create the model cache .*set DISTILL_CACHE"):
+        resolve_model(str(not_gguf), cache_dir=not_gguf / "cache")  # a file where the folder should be
 
 
 def test_cache_location_follows_distill_cache(monkeypatch, tmp_path):

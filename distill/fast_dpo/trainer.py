@@ -63,8 +63,8 @@ class FastDPOConfig(DPOConfig):
     )
     pack_tokens: int = field(
         default=8192,
-        metadata={"help": "Tokens per packed row, i.e. per step and device (pairs cost prompt + chosen + rejected "
-                  "+ 1 tokens). Every pair must fit; peak memory grows with it."},
+        metadata={"help": "Tokens per pack, i.e. per step and device (a pair costs prompt + chosen + rejected + 1 "
+                  "tokens). Every pair must fit; peak memory grows with it."},
     )
     packing: bool = field(
         default=True,

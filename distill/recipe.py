@@ -114,7 +114,11 @@ class Recipe:
 
 def make_parser(stage: str, prog: str = "distill train"):
     """The TrlParser for one stage: (DistillArguments, SFTConfig|DPOConfig, ModelConfig)."""
-    from trl import DPOConfig, ModelConfig, SFTConfig, TrlParser
+    from trl import ModelConfig, SFTConfig, TrlParser
+
+    # FastDPOConfig is TRL's DPOConfig plus the fast path's keys (`fast: true` and its settings, all off by
+    # default), so every DPO recipe parses the same with or without them.
+    from distill.fast_dpo import FastDPOConfig
 
     if stage not in STAGES:
         raise DistillError(f"stage must be one of {', '.join(STAGES)}, got {stage!r}")
@@ -125,7 +129,7 @@ def make_parser(stage: str, prog: str = "distill train"):
         def error(self, message):
             raise DistillError(message)
 
-    config_cls = SFTConfig if stage == "sft" else DPOConfig
+    config_cls = SFTConfig if stage == "sft" else FastDPOConfig
     return RecipeParser((DistillArguments, config_cls, ModelConfig), prog=prog)
 
 

@@ -118,7 +118,14 @@ def run_stage(recipe, *, end: bool = True):
 
     model, peft_config = modeling.load_student(m, t, init_adapter=s.init_adapter)
 
-    trainer_cls = SFTTrainer if s.stage == "sft" else DPOTrainer
+    if s.stage == "sft":
+        trainer_cls = SFTTrainer
+    elif t.fast:  # same loss as DPOTrainer: prompt once per pair, packed rows, cached reference (distill.fast_dpo)
+        from distill.fast_dpo import FastDPOTrainer
+
+        trainer_cls = FastDPOTrainer
+    else:
+        trainer_cls = DPOTrainer
     throughput = run_info.ThroughputCallback()
     trainer = trainer_cls(
         model=model,

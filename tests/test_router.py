@@ -1,0 +1,152 @@
+"""The cluster router on a fleet whose strengths are known by construction (tests/fleet_world.py): each small member
+is the best on one domain, the teacher is good everywhere and dear. Accuracies below are computed from the
+construction (which member answers which task right), not from the verdicts the router was fit on."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from distill.cli import main
+from distill.fleet import load_fleet, save_fleet
+from distill.fleet.cascade import fleet_members
+from distill.fleet.router import _EMBEDDERS, load_router, query_text, registered_router
+from tests.fleet_world import DOMAINS, MEMBERS, build_world, correct_by_construction
+
+SPECIALIST = {"weather": "weather-small", "math": "math-small", "flights": "flights-mid"}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    return build_world(tmp_path_factory.mktemp("router_world"))
+
+
+def heldout(world):
+    return [t for t in world.tasks.values() if t["id"] in {json.loads(x)["id"] for x in world.heldout.read_text().splitlines()}]
+
+
+def routed_accuracy(world, router, alpha):
+    tasks = heldout(world)
+    emb = router.embed([query_text(t["messages"], t["tools"]) for t in tasks])
+    picks = [router.decide(e, alpha=alpha).pick.name for e in emb]
+    acc = np.mean([correct_by_construction(p, t) for p, t in zip(picks, tasks, strict=True)])
+    return acc, picks, tasks
+
+
+def test_default_minilm_router_beats_every_member_and_approaches_the_oracle(world, tmp_path, capsys):
+    out = tmp_path / "router"
+    assert main(["fleet", "fit", "--fleet", str(world.fleet), "--tasks", str(world.calib), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "embedder minilm" in printed and "4 members" in printed
+    router = load_router(out, fleet_members(world.fleet))
+    assert router.meta["embedder"] == "minilm" and router.alpha == 0.9
+    acc, picks, tasks = routed_accuracy(world, router, alpha=router.alpha)
+
+    singles = {m: np.mean([correct_by_construction(m, t) for t in tasks]) for m in MEMBERS}
+    oracle = np.mean([any(correct_by_construction(m, t) for m in MEMBERS) for t in tasks])
+    assert acc > max(singles.values()) + 0.05, (acc, singles)
+    assert acc >= oracle - 0.05, (acc, oracle)
+    # each domain goes to the member built to be best at it (cheaper than the teacher, nearly as good or better)
+    for d in DOMAINS:
+        mine = [p for p, t in zip(picks, tasks, strict=True) if t["category"] == d]
+        assert mine.count(SPECIALIST[d]) >= 0.9 * len(mine), (d, mine)
+    # the router is recorded in the fleet file, and the members admission wrote are untouched
+    assert registered_router(world.fleet).resolve() == out.resolve()
+    fleet = load_fleet(world.fleet)
+    assert fleet["router"]["alpha"] == 0.9 and [m["name"] for m in fleet["members"]] == list(MEMBERS)
+
+
+def test_alpha_trades_accuracy_for_cost(tmp_path):
+    # every member admitted everywhere, so only alpha decides between them
+    members = {name: (acc, cost, list(DOMAINS)) for name, (acc, cost, _) in MEMBERS.items()}
+    world = build_world(tmp_path / "w", members=members)
+    assert main(["fleet", "fit", "--fleet", str(world.fleet), "--tasks", str(world.calib), "--out",
+                 str(tmp_path / "r"), "--embedder", "minilm-static"]) == 0
+    router = load_router(tmp_path / "r", fleet_members(world.fleet))
+    costs, accs = [], []
+    for a in (0.0, 0.3, 0.6, 0.9, 1.0):
+        acc, picks, _ = routed_accuracy(world, router, a)
+        costs.append(np.mean([MEMBERS[p][1] for p in picks]))
+        accs.append(acc)
+        if a == 0.0:
+            assert set(picks) == {"weather-small"}  # the cheapest member, whatever it knows
+    assert costs == sorted(costs), costs  # more weight on accuracy never buys a cheaper fleet
+    assert accs[-2] > accs[0] + 0.3
+
+
+def test_static_embedder_routes_like_minilm_and_loading_reads_no_model(world, tmp_path):
+    out = tmp_path / "router"
+    assert main(["fleet", "fit", "--fleet", str(world.fleet), "--tasks", str(world.calib), "--out", str(out),
+                 "--embedder", "minilm-static", "--no-register", "--clusters", "6"]) == 0
+    router = load_router(out, fleet_members(world.fleet))
+    acc, picks, tasks = routed_accuracy(world, router, router.alpha)
+    for d in DOMAINS:
+        mine = [p for p, t in zip(picks, tasks, strict=True) if t["category"] == d]
+        assert mine.count(SPECIALIST[d]) >= 0.8 * len(mine), (d, mine)
+
+    # a copy of the router with no calibration data and no verdicts beside it routes the same
+    moved = tmp_path / "elsewhere" / "router"
+    shutil.copytree(out, moved)
+    shutil.rmtree(out)
+    _EMBEDDERS.pop("minilm-static", None)
+    again = load_router(moved, fleet_members(world.fleet))
+    assert "minilm-static" not in _EMBEDDERS  # loading read two small files; the embedder loads on first use
+    assert routed_accuracy(world, again, again.alpha)[1] == picks
+
+
+def test_fleet_changes_after_fit(world, tmp_path, capsys):
+    out = tmp_path / "router"
+    assert main(["fleet", "fit", "--fleet", str(world.fleet), "--tasks", str(world.calib), "--out", str(out),
+                 "--embedder", "minilm-static", "--no-register"]) == 0
+    fleet = load_fleet(world.fleet)
+    changed = tmp_path / "fleet.yaml"
+    members = [m for m in fleet["members"] if m["name"] != "math-small"]
+    members.append({**members[0], "name": "newcomer", "cost": 50.0, "categories": ["math"]})
+    for m in members:  # paths relative to the new fleet file's folder
+        m["verdicts"] = str(world.root / m["verdicts"])
+    save_fleet(changed, {"version": 1, "members": members})
+    capsys.readouterr()
+    router = load_router(out, fleet_members(changed))
+    err = capsys.readouterr().err
+    assert "math-small" in err and "not routed to" in err
+    assert "newcomer" in err and "only reached by escalation" in err
+    task = world.tasks["math_40"]
+    d = router.route(task["messages"], task["tools"])
+    assert "math-small" not in [m.name for m in d.ladder]
+    assert [m.name for m in d.ladder] == ["teacher", "newcomer"]  # the only member admitted for math, then up the ladder
+
+
+def test_fit_errors_name_the_file_and_write_nothing(world, tmp_path, capsys):
+    fleet = load_fleet(world.fleet)
+    bad = tmp_path / "fleet.yaml"
+    members = [dict(m, verdicts=str(world.root / m["verdicts"])) for m in fleet["members"]]
+    members[1]["verdicts"] = str(tmp_path / "nope" / "verdicts.jsonl")
+    save_fleet(bad, {"version": 1, "members": members})
+    out = tmp_path / "router"
+    assert main(["fleet", "fit", "--fleet", str(bad), "--tasks", str(world.calib), "--out", str(out),
+                 "--embedder", "minilm-static"]) == 2
+    err = capsys.readouterr().err
+    assert "math-small" in err and "nope/verdicts.jsonl" in err and "does not exist" in err
+    assert not out.exists() and "router" not in load_fleet(bad)
+
+    other = tmp_path / "other.jsonl"  # tasks the members were never scored on
+    other.write_text(world.calib.read_text().replace('"id": "', '"id": "x'))
+    members[1]["verdicts"] = str(world.root / "members/math-small/verdicts.jsonl")
+    save_fleet(bad, {"version": 1, "members": members})
+    assert main(["fleet", "fit", "--fleet", str(bad), "--tasks", str(other), "--out", str(out)]) == 2
+    assert "cover none of the 90 tasks" in capsys.readouterr().err and not out.exists()
+
+    assert main(["fleet", "fit", "--fleet", str(bad), "--tasks", str(world.calib), "--out", str(out),
+                 "--clusters", "500", "--embedder", "minilm-static"]) == 2
+    assert "--clusters 500" in capsys.readouterr().err and not out.exists()
+
+
+def test_query_text_reads_content_parts_and_tool_names():
+    msgs = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "first"},
+            {"role": "assistant", "content": "?"}, {"role": "user", "content": [{"type": "text", "text": "rain in Oslo"}]}]
+    tools = [{"type": "function", "function": {"name": "get_weather"}}, {"type": "function", "function": {"name": "geo"}}]
+    assert query_text(msgs, tools) == "rain in Oslo\ntools: get_weather, geo"
+    assert query_text(msgs[:2], None) == "first"

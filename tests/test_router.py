@@ -13,7 +13,7 @@ import pytest
 from distill.cli import main
 from distill.fleet import load_fleet, save_fleet
 from distill.fleet.cascade import fleet_members
-from distill.fleet.router import _EMBEDDERS, load_router, query_text, registered_router
+from distill.fleet.router import _EMBEDDERS, load_router, question_text, registered_router, tools_text
 from tests.fleet_world import DOMAINS, MEMBERS, build_world, correct_by_construction
 
 SPECIALIST = {"weather": "weather-small", "math": "math-small", "flights": "flights-mid"}
@@ -30,7 +30,7 @@ def heldout(world):
 
 def routed_accuracy(world, router, alpha):
     tasks = heldout(world)
-    emb = router.embed([query_text(t["messages"], t["tools"]) for t in tasks])
+    emb = router.features([(t["messages"], t["tools"]) for t in tasks])
     picks = [router.decide(e, alpha=alpha).pick.name for e in emb]
     acc = np.mean([correct_by_construction(p, t) for p, t in zip(picks, tasks, strict=True)])
     return acc, picks, tasks
@@ -144,9 +144,28 @@ def test_fit_errors_name_the_file_and_write_nothing(world, tmp_path, capsys):
     assert "--clusters 500" in capsys.readouterr().err and not out.exists()
 
 
-def test_query_text_reads_content_parts_and_tool_names():
+def test_question_and_tools_text():
     msgs = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "first"},
             {"role": "assistant", "content": "?"}, {"role": "user", "content": [{"type": "text", "text": "rain in Oslo"}]}]
-    tools = [{"type": "function", "function": {"name": "get_weather"}}, {"type": "function", "function": {"name": "geo"}}]
-    assert query_text(msgs, tools) == "rain in Oslo\ntools: get_weather, geo"
-    assert query_text(msgs[:2], None) == "first"
+    tools = [{"type": "function", "function": {"name": "get_weather", "description": "forecast"}},
+             {"type": "function", "function": {"name": "geo"}}]
+    assert question_text(msgs) == "rain in Oslo" and question_text(msgs[:2]) == "first" and question_text([]) == ""
+    assert tools_text(tools) == "get_weather: forecast ; geo" and tools_text(None) == ""
+
+
+def test_request_kind_features_separate_what_the_question_does_not(world, tmp_path):
+    """Two requests with the same question, one offering its matching tool and one offering four unrelated tools,
+    land in different clusters only thanks to the request-kind features."""
+    out = tmp_path / "router"
+    assert main(["fleet", "fit", "--fleet", str(world.fleet), "--tasks", str(world.calib), "--out", str(out),
+                 "--embedder", "minilm-static", "--no-register"]) == 0
+    router = load_router(out, fleet_members(world.fleet))
+    q = [{"role": "user", "content": "Will it rain in Oslo over the coming 4 days?"}]
+    unrelated = [{"type": "function", "function": {"name": f"stock_{i}", "description": "Share price of a company."}}
+                 for i in range(4)]
+    a, b = router.features([(q, [world.tasks["weather_0"]["tools"][0]]), (q, unrelated)])
+    dims = router.centroids.shape[1]
+    assert a.shape == b.shape == (dims,)
+    assert np.allclose(a[:-4], b[:-4])  # the question's embedding is the same ...
+    assert list(a[-4:-1]) == [1, 0, 0] and list(b[-4:-1]) == [0, 0, 1]  # ... the number of tools is not
+    assert a[-1] > b[-1]  # and the question matches the weather tool better than stock prices

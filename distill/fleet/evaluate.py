@@ -198,14 +198,14 @@ def evaluate_fleet(fleet_path, tasks_path, *, router_dir=None, alphas=DEFAULT_AL
     notes = []
     router_dir = router_dir or registered_router(fleet_path)
     if router_dir is not None:
-        from distill.fleet.router import load_router, query_text
+        from distill.fleet.router import load_router
 
         router = load_router(router_dir, members)
         overlap = set(router.meta["calibration"]["task_ids"]) & set(ids)
         if overlap:
             notes.append(f"{len(overlap)} of the {len(ids)} held-out tasks were in the router's calibration set "
                          f"({router.meta['calibration']['tasks']}): the router's numbers are optimistic")
-        emb = router.embed([query_text(tasks[t].messages, tasks[t].tools) for t in ids])
+        emb = router.features([(tasks[t].messages, tasks[t].tools) for t in ids])
         sweep = sorted({*alphas, router.alpha})
         for a in sweep:
             decisions = {t: router.decide(emb[i], alpha=a) for i, t in enumerate(ids)}
@@ -253,7 +253,8 @@ def _answer(rows: list[dict], teacher: dict) -> dict:
     if best is None:
         text = "the fleet has no member besides the teacher"
     elif cheapest is not None:
-        text = (f"Yes. {cheapest['name']} matches the teacher ({cheapest['accuracy']:.3f} strict accuracy against "
+        verb = "beats" if cheapest["accuracy"] > teacher["accuracy"] else "matches"
+        text = (f"Yes. {cheapest['name']} {verb} the teacher ({cheapest['accuracy']:.3f} strict accuracy against "
                 f"{teacher['accuracy']:.3f}) at {pct(cheapest)} of its cost per request")
         if best["name"] != cheapest["name"]:
             text += f"; the most accurate, {best['name']}, reaches {best['accuracy']:.3f} at {pct(best)}"
@@ -261,7 +262,7 @@ def _answer(rows: list[dict], teacher: dict) -> dict:
     else:
         text = (f"No. The best the fleet does is {best['name']}: {best['accuracy']:.3f} strict accuracy against the "
                 f"teacher's {teacher['accuracy']:.3f}, at {pct(best)} of its cost per request.")
-    return {"beats_teacher": cheapest is not None and cheapest["accuracy"] > teacher["accuracy"],
+    return {"beats_teacher": best is not None and best["accuracy"] > teacher["accuracy"],
             "matches_teacher": cheapest is not None, "cheapest_matching": cheapest["name"] if cheapest else None,
             "best": best["name"] if best else None, "text": text}
 
@@ -322,7 +323,7 @@ def _plot(result: dict, path: Path) -> None:
         rs = [r for r in rows if r["kind"] == kind]
         ax.scatter([r["cost"] for r in rs], [r["accuracy"] for r in rs], marker=marker, s=120, color=color, zorder=4, label=kind)
     teacher = next(r for r in rows if r["name"] == result["teacher"])
-    ax.axhline(teacher["accuracy"], color="black", ls=":", lw=1, label=f"teacher ({result['teacher']})")
+    ax.axhline(teacher["accuracy"], color="black", ls=":", lw=1, label=f"teacher: {result['teacher']}")
     front = sorted((r for r in rows if r["pareto"]), key=lambda r: r["cost"])
     ax.step([r["cost"] for r in front], [r["accuracy"] for r in front], where="post", color="black", lw=1, alpha=0.4,
             label="Pareto front")

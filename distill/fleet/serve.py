@@ -91,7 +91,7 @@ class FleetServer:
     def warm_up(self) -> None:
         if self.router is not None:
             t0 = time.perf_counter()
-            self.router.embed(["warm up"])
+            self.router.features([([{"role": "user", "content": "warm up"}], None)])
             log.info("router embedder %s loaded in %.1f s", self.router.meta["embedder"], time.perf_counter() - t0)
 
     async def ladder(self, body: dict, category: str | None) -> list[Member]:
@@ -285,6 +285,8 @@ def serve_cli(args) -> int:
     from distill.fleet.router import registered_router
 
     _setup_logging()
+    if args.alpha is not None and not 0 <= args.alpha <= 1:
+        raise DistillError(f"--alpha is a weight between 0 and 1, got {args.alpha}")
     members = fleet_members(args.fleet)
     router = None
     router_dir = None if args.no_router else (args.router or registered_router(args.fleet))
@@ -292,6 +294,8 @@ def serve_cli(args) -> int:
         from distill.fleet.router import load_router
 
         router = load_router(router_dir, members)
+    elif args.alpha is not None:
+        log.warning("--alpha %g is ignored: there is no router (fit one with `distill fleet fit`)", args.alpha)
     server = FleetServer(members, router, alpha=args.alpha, timeout_s=args.timeout, down_retry_s=args.down_retry_s)
     server.warm_up()
     order = "router " + str(router_dir) + f" (alpha {args.alpha if args.alpha is not None else router.alpha:g})" \

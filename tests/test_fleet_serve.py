@@ -70,13 +70,14 @@ def fleet_server(tiny_model_dir, tmp_path_factory):
     procs = [tiny]
     try:
         # while transformers serve starts: the fleet, its calibration verdicts and a router
-        world = build_world(root / "w", n_calib=20, n_heldout=1, members=MEMBERS)
+        world = build_world(root / "w", n_calib=20, n_heldout=1, members=MEMBERS, samples=3)
         fleet = load_fleet(world.fleet)
         endpoints = {"ghost": {"base_url": f"http://127.0.0.1:{ghost_port}/v1", "model": "ghost"},
                      "stub": {"base_url": stub.base_url, "model": "stub-model"},
                      "tiny": {"base_url": f"http://127.0.0.1:{tiny_port}/v1", "model": str(tiny_model_dir)}}
         for m in fleet["members"]:
             m["endpoint"] = endpoints[m["name"]]
+        next(m for m in fleet["members"] if m["name"] == "stub")["best_of"] = 3  # 3 samples vote (cost 1.5)
         save_fleet(world.fleet, fleet)
         assert main(["fleet", "fit", "--fleet", str(world.fleet), "--tasks", str(world.calib), "--out",
                      str(world.root / "router"), "--embedder", "minilm-static"]) == 0
@@ -116,8 +117,11 @@ def test_routes_escalates_on_schema_failure_and_skips_a_down_member(fleet_server
     base, stub, log = fleet_server["url"], fleet_server["stub"], fleet_server["log"]
 
     # weather -> the router picks ghost, which is down: skipped with a log line, the stub answers (schema-valid)
-    r = ask(base, WEATHER_Q, [SEARCH_WEATHER])
+    r = ask(base, WEATHER_Q, [SEARCH_WEATHER], seed=7)
     assert r.status_code == 200, r.text
+    samples = [q["body"] for q in stub.chat_requests]  # best_of 3: three samples, not greedy, distinct seeds
+    assert len(samples) == 3 and {b["temperature"] for b in samples} == {0.7}
+    assert sorted(b["seed"] for b in samples) == [7, 8, 9] and {b["model"] for b in samples} == {"stub-model"}
     assert r.headers["x-distill-member"] == "stub" and r.headers["x-distill-tried"] == "ghost,stub"
     assert r.headers["x-distill-verified"] == "true"
     assert "<tool_call>" in r.json()["choices"][0]["message"]["content"]  # the member's answer, as it sent it
@@ -130,7 +134,7 @@ def test_routes_escalates_on_schema_failure_and_skips_a_down_member(fleet_server
     r = ask(base, WEATHER_Q, [GET_WEATHER])
     assert r.status_code == 200, r.text
     assert r.headers["x-distill-member"] == "tiny" and r.headers["x-distill-tried"] == "stub,tiny"
-    assert len(stub.chat_requests) == asked_before + 1
+    assert len(stub.chat_requests) == asked_before + 3  # all three samples failed the schema: escalate
     assert r.json()["choices"][0]["message"] is not None
     text = log.read_text()
     assert "skipping member 'ghost': down" in text
@@ -145,7 +149,7 @@ def test_routes_escalates_on_schema_failure_and_skips_a_down_member(fleet_server
         model="fleet", messages=[{"role": "user", "content": MATH_Q}], tools=[CALC], max_tokens=8)
     assert raw.headers["x-distill-member"] == "tiny" and raw.headers["x-distill-tried"] == "tiny"
     assert raw.parse().choices[0].message is not None  # the openai client reads the fleet's answer
-    assert len(stub.chat_requests) == asked_before + 1
+    assert len(stub.chat_requests) == asked_before + 3
 
     stats = httpx.get(f"{base}/v1/fleet/stats", timeout=10).json()
     assert stats["requests"] == 3 and stats["failed"] == 0

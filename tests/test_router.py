@@ -143,6 +143,13 @@ def test_fit_errors_name_the_file_and_write_nothing(world, tmp_path, capsys):
                  "--clusters", "500", "--embedder", "minilm-static"]) == 2
     assert "--clusters 500" in capsys.readouterr().err and not out.exists()
 
+    members[0]["best_of"] = 3  # voting needs 3 samples per task; this world scored one
+    save_fleet(bad, {"version": 1, "members": members})
+    assert main(["fleet", "fit", "--fleet", str(bad), "--tasks", str(world.calib), "--out", str(out),
+                 "--embedder", "minilm-static"]) == 2
+    err = capsys.readouterr().err
+    assert "'weather-small' has best_of 3" in err and "at most 1" in err and not out.exists()
+
 
 def test_question_and_tools_text():
     msgs = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "first"},

@@ -357,6 +357,10 @@ def member_task_scores(member: Member, task_ids: list[str]) -> dict[str, float]:
     traces = member.verdicts.parent / "traces.jsonl"
     if not traces.is_file():
         raise DistillError(f"member {member.name!r} has best_of {member.best_of}: voting needs the answers in {traces}")
+    most = max((len(vs) for vs in verdicts.values()), default=0)
+    if verdicts and most < member.best_of:
+        raise DistillError(f"member {member.name!r} has best_of {member.best_of}: its verdicts ({member.verdicts}) need "
+                           f"{member.best_of} samples per task to vote, and have at most {most} (`distill eval --samples`)")
     answers = read_answers(traces, task_ids)
     out = {}
     for tid, vs in verdicts.items():

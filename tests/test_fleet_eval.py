@@ -85,7 +85,15 @@ def test_fleet_eval_table_plot_and_answer(world, tmp_path, capsys):
     assert front and all(not (o["accuracy"] > r["accuracy"] and o["cost"] < r["cost"]) for r in front for o in result["rows"]
                          if o["kind"] != "oracle")
 
+    # k samples of a small model against one sample of a larger one at (at least) the same cost
+    bo = {b["best_of"]: b for b in result["best_of_vs_larger"]}
+    b = bo["flights-mid best-of-3"]  # cost 9: the cheapest single sample costing as much is the teacher's (20)
+    assert (b["larger"], b["larger_cost"]) == ("teacher", 20.0)
+    assert b["best_of_wins"] == (rows["flights-mid best-of-3"]["accuracy"] > rows["teacher"]["accuracy"])
+    assert "teacher best-of-3" not in bo  # nothing single costs 60
+
     md = (out / "fleet_eval.md").read_text()
+    assert "Test-time compute or a larger model?" in md
     assert ans["text"] in md and "| cascade |" in md and ans["text"] in printed
     assert (out / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     decisions = [json.loads(x) for x in (out / "decisions.jsonl").read_text().splitlines()]

@@ -225,6 +225,7 @@ def evaluate_fleet(fleet_path, tasks_path, *, router_dir=None, alphas=DEFAULT_AL
         r["pareto"] = r["name"] in front
     teacher_row = next(r for r in rows if r["name"] == teacher_row_name)
     answer = _answer(rows, teacher_row)
+    test_time = _best_of_vs_larger(rows)
     for n in notes:
         print(f"distill fleet eval: note: {n}", file=sys.stderr)
     return {
@@ -233,9 +234,26 @@ def evaluate_fleet(fleet_path, tasks_path, *, router_dir=None, alphas=DEFAULT_AL
         "router_alpha": router.alpha if router else None,
         "members": [{"name": m.name, "cost": m.cost, "best_of": m.best_of,
                      "categories": sorted(m.categories) if m.categories is not None else None} for m in members],
-        "rows": rows, "answer": answer, "notes": notes,
+        "rows": rows, "answer": answer, "best_of_vs_larger": test_time, "notes": notes,
         "_strategies": strategies, "_tasks": tasks,
     }
+
+
+def _best_of_vs_larger(rows: list[dict]) -> list[dict]:
+    """Test-time compute against size: each best-of-k row next to the cheapest single sample of another member that
+    costs at least as much (what the same budget buys instead)."""
+    ones = [r for r in rows if r["kind"] == "single" and r["k"] == 1]
+    out = []
+    for r in rows:
+        if r["kind"] != "single" or r["k"] == 1:
+            continue
+        rivals = [o for o in ones if o["member"] != r["member"] and o["cost"] >= r["cost"]]
+        if rivals:
+            o = min(rivals, key=lambda o: (o["cost"], -o["accuracy"]))
+            out.append({"best_of": r["name"], "cost": r["cost"], "accuracy": r["accuracy"], "larger": o["name"],
+                        "larger_cost": o["cost"], "larger_accuracy": o["accuracy"],
+                        "best_of_wins": r["accuracy"] > o["accuracy"]})
+    return out
 
 
 def _answer(rows: list[dict], teacher: dict) -> dict:
@@ -298,6 +316,15 @@ def _markdown(result: dict) -> str:
         name = f"**{r['name']}**" if r["name"] == t else r["name"]
         lines.append(f"| {name} | {r['accuracy']:.3f} | {r['ci95']:.3f} | {r['cost']:.3g} | {vs} | "
                      f"{100 * r['escalated']:.0f}% | {100 * r['unverified']:.0f}% | {who} | {'✓' if r['pareto'] else ''} |")
+    if result.get("best_of_vs_larger"):
+        lines += ["", "**Test-time compute or a larger model?** Each best-of-k against one sample of the cheapest "
+                  "member that costs at least as much:", "",
+                  "| best-of-k | cost | accuracy | instead: one sample of | cost | accuracy | better |",
+                  "| --- | ---: | ---: | --- | ---: | ---: | --- |"]
+        for b in result["best_of_vs_larger"]:
+            lines.append(f"| {b['best_of']} | {b['cost']:.3g} | {b['accuracy']:.3f} | {b['larger']} | "
+                         f"{b['larger_cost']:.3g} | {b['larger_accuracy']:.3f} | "
+                         f"{'best-of-k' if b['best_of_wins'] else 'larger model'} |")
     for n in result["notes"]:
         lines += ["", f"Note: {n}."]
     return "\n".join(lines) + "\n"

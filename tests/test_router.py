@@ -112,7 +112,11 @@ def test_fleet_changes_after_fit(world, tmp_path, capsys):
     router = load_router(out, fleet_members(changed))
     err = capsys.readouterr().err
     assert "math-small" in err and "not routed to" in err
-    assert "newcomer" in err and "only reached by escalation" in err
+    assert "newcomer" in err and "only reached by escalation" in err and "admitted again" not in err
+    fleet["members"][0]["admission"] = {"admitted_at": "2030-01-01T00:00:00+00:00"}  # weather-small re-admitted
+    save_fleet(changed, {"version": 1, "members": [fleet["members"][0], *members[1:]]})
+    load_router(out, fleet_members(changed))
+    assert "admitted again since the router was fit: weather-small" in capsys.readouterr().err
     task = world.tasks["math_40"]
     d = router.route(task["messages"], task["tools"])
     assert "math-small" not in [m.name for m in d.ladder]

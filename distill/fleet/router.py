@@ -244,6 +244,11 @@ class Router:
         if unknown:
             _warn(f"members joined the fleet after the router was fit: {', '.join(unknown)}; they are only reached by "
                   f"escalation until you run `distill fleet fit` again")
+        stamps = meta.get("member_admitted_at") or {}
+        readmitted = [n for n in names if n in by_name and stamps.get(n) != _admitted_at(by_name[n])]
+        if readmitted:
+            _warn(f"members admitted again since the router was fit: {', '.join(readmitted)}; the router still routes on "
+                  f"their old verdicts until you run `distill fleet fit` again")
         keep = [i for i, n in enumerate(names) if n in by_name]
         if not keep:
             raise DistillError(f"{folder or 'router'}: none of the router's members ({', '.join(names)}) is in the fleet")
@@ -314,6 +319,10 @@ class Router:
             raise
         self.folder = folder
         return folder
+
+
+def _admitted_at(m: Member) -> str | None:
+    return (m.entry.get("admission") or {}).get("admitted_at")
 
 
 def _warn(msg: str) -> None:
@@ -433,6 +442,7 @@ def fit_router(fleet_path: str | os.PathLike, tasks_path: str | os.PathLike, *, 
         "structure_weight": structure_weight,
         "members": [m.name for m in members],
         "member_costs_at_fit": {m.name: m.request_cost for m in members},
+        "member_admitted_at": {m.name: _admitted_at(m) for m in members},  # to notice a re-admission later
         "overall_accuracy": {m.name: round(float(np.mean(list(scores[m.name].values()))), 6) for m in members},
         "coverage": {m.name: len(scores[m.name]) for m in members},
         "clusters": clusters_meta,

@@ -19,6 +19,8 @@ them in its own format at training time; malformed and prose answers stay raw te
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import hashlib
 import json
 import os
@@ -238,6 +240,19 @@ def _rows(task: Task, chosen: list, selected: list[_Candidate], split: str) -> l
     ]
 
 
+@contextlib.contextmanager
+def _cyclic_gc_paused():
+    """Mining allocates millions of small acyclic objects while 100k traces stay alive; each full pass of the
+    cyclic collector walks all of them (a third of mining time, measured). Nothing here makes cycles."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def mine_pairs(
     tasks: dict[str, Task],
     teacher_traces: list[dict],
@@ -252,33 +267,40 @@ def mine_pairs(
     teacher_by_task, student_by_task = _group(teacher_traces), _group(student_traces or [])
     stats: Counter = Counter()
     rows: list[dict] = []
-    for task in tasks.values():
-        pool = _TaskPool(task, stats)
-        pool.add_traces(teacher_by_task.get(task.id, []), "teacher")
-        pool.add_traces(student_by_task.get(task.id, []), "student")
-        if config.chosen_from == "gold" or (config.chosen_from == "teacher-or-gold" and not pool.chosen):
-            gold = gold_answer(task)
-            correct, schema_valid, _, _ = judge(task, gold.parsed())
-            pool.chosen = []
-            if correct and schema_valid:
-                pool.add_chosen(gold, "gold")
-            else:
-                stats["tasks_gold_not_strictly_correct"] += 1
-        if not pool.chosen:
-            stats["tasks_without_chosen"] += 1
-            continue
-        if config.synthetic > 0:
-            calls = pool.chosen[0][1].calls or []
-            for _op, answer, error, _detail in synthetic_negatives(task, calls, config.synthetic, rng):
-                pool.add_rejected(answer, "synthetic", error)
-        pool.drop_rejected_equal_to_chosen()
-        selected = _select(pool.rejected, config, rng)
-        if not selected:
-            stats["tasks_without_rejected"] += 1
-            continue
-        rows += _rows(task, pool.chosen, selected, _split_of(task.id, config.test_size, config.seed))
-        stats["tasks_with_pairs"] += 1
+    with _cyclic_gc_paused():
+        for task in tasks.values():
+            _mine_task(task, teacher_by_task.get(task.id, []), student_by_task.get(task.id, []), config, rng, stats, rows)
     return rows, dict(stats)
+
+
+def _mine_task(task: Task, teacher: list[dict], student: list[dict], config: PairsConfig, rng: random.Random,
+               stats: Counter, rows: list[dict]) -> None:
+    """Append one task's pairs to rows."""
+    pool = _TaskPool(task, stats)
+    pool.add_traces(teacher, "teacher")
+    pool.add_traces(student, "student")
+    if config.chosen_from == "gold" or (config.chosen_from == "teacher-or-gold" and not pool.chosen):
+        gold = gold_answer(task)
+        correct, schema_valid, _, _ = judge(task, gold.parsed())
+        pool.chosen = []
+        if correct and schema_valid:
+            pool.add_chosen(gold, "gold")
+        else:
+            stats["tasks_gold_not_strictly_correct"] += 1
+    if not pool.chosen:
+        stats["tasks_without_chosen"] += 1
+        return
+    if config.synthetic > 0:
+        calls = pool.chosen[0][1].calls or []
+        for _op, answer, error, _detail in synthetic_negatives(task, calls, config.synthetic, rng):
+            pool.add_rejected(answer, "synthetic", error)
+    pool.drop_rejected_equal_to_chosen()
+    selected = _select(pool.rejected, config, rng)
+    if not selected:
+        stats["tasks_without_rejected"] += 1
+        return
+    rows += _rows(task, pool.chosen, selected, _split_of(task.id, config.test_size, config.seed))
+    stats["tasks_with_pairs"] += 1
 
 
 def summarize(rows: list[dict]) -> dict:

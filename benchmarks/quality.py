@@ -1,0 +1,194 @@
+"""Does training help a real small student call functions, and does DPO add to SFT? Measured on BFCL.
+
+    OMP_NUM_THREADS=1 python benchmarks/quality.py                                  # the full configuration
+    OMP_NUM_THREADS=1 python benchmarks/quality.py --train-per-category 40 --eval-per-category 10 --steps 24
+    nohup python benchmarks/quality.py ... > quality.log 2>&1 &                     # resumable: rerun to continue
+
+Student: SmolLM2-135M-Instruct (pkg:smollm2-135m-instruct, Hermes tool template), LoRA on the CPU with the
+recipes of `distill demo` (recipes/demo/). Training data: BFCL's live categories plus composed parallel tasks
+(joined live_simple questions); chosen = the tasks' verified answers, rejected = the base student's own mistakes
+(sampled at temperature 0.8) and synthetic hard negatives. Evaluation: BFCL's non-live Python categories and
+irrelevance (greedy). Conditions, same pairs and same budget of optimizer steps (--steps):
+
+    base       no training
+    sft        SFT for --steps
+    dpo        DPO from the base for --steps
+    sft+dpo    SFT for --steps/2, then DPO from that adapter for --steps/2
+
+Every stage is a distill command (printed), run in this process, its output kept in --out and skipped on a rerun.
+Writes benchmarks/results/quality-<date>.md and .json (sizes, hardware, per condition: accuracy per category and
+the error mix). No setting here is chosen by looking at the evaluation tasks: sizes and steps are the only knobs,
+and they are set by the time budget.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from distill.demo import STUDENT, Stage, _pct, _rel, run_plan  # noqa: E402
+
+EVAL_CATEGORIES = "simple_python,multiple,parallel,parallel_multiple,irrelevance"
+CONDITIONS = ("base", "sft", "dpo", "sft+dpo")
+
+
+def _recipe_without_init_adapter(src: Path, dst: Path) -> Path:
+    """The demo DPO recipe starting from the base model (DPO only): the same keys without init_adapter."""
+    lines = [ln for ln in src.read_text().splitlines() if not ln.startswith("init_adapter:")]
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    dst.write_text("# written by benchmarks/quality.py from " + _rel(src) + " without init_adapter\n"
+                   + "\n".join(lines) + "\n")
+    return dst
+
+
+def plan(args) -> list[Stage]:
+    out = Path(args.out)
+    o = lambda *parts: _rel(out.joinpath(*parts))  # noqa: E731
+    template = _rel(REPO / "distill" / "templates" / "hermes_tool.jinja")
+    sft_recipe = _rel(REPO / "recipes" / "demo" / "sft.yaml")
+    dpo_recipe = _rel(REPO / "recipes" / "demo" / "dpo.yaml")
+    dpo_only_recipe = _rel(_recipe_without_init_adapter(REPO / "recipes" / "demo" / "dpo.yaml",
+                                                        out / "recipes" / "dpo_from_base.yaml"))
+    limit = lambda n: ["--limit", str(n)] if n else []  # noqa: E731
+    train, held_out = o("train_tasks.jsonl"), o("eval_tasks.jsonl")
+    ev = ["--batch-size", str(args.batch_size), "--max-new-tokens", str(args.max_new_tokens), "--device", "cpu",
+          "--dtype", args.dtype]
+    half = max(1, args.steps // 2)
+    common = ["--dataset_path", o("pairs"), "--learning_rate"]
+
+    def train_stage(name, recipe, steps, lr, extra=()):
+        return Stage(f"train {name}", f"{name}: {steps} steps", out / "checkpoints" / name / "adapter_model.safetensors",
+                     ["train", recipe, *common, str(lr), "--output_dir", o("checkpoints", name), "--max_steps",
+                      str(steps), "--save_steps", str(steps), "--load_in_4bit", "false", *extra])
+
+    def eval_stage(name):
+        return Stage(f"eval {name}", f"{name} on held-out tasks", out / "checkpoints" / name / "eval" / "report.json",
+                     ["eval", "--adapter", o("checkpoints", name), "--tasks", held_out, *ev,
+                      "--out", o("checkpoints", name, "eval")])
+
+    return [
+        Stage("import", "training tasks", out / "train_source.jsonl",
+              ["import", "bfcl", "--categories", args.train_categories, *limit(args.train_per_category),
+               "--out", o("train_source.jsonl")]),
+        Stage("import", "held-out tasks", out / "eval_tasks.jsonl",
+              ["import", "bfcl", "--categories", EVAL_CATEGORIES, *limit(args.eval_per_category), "--out", held_out]),
+        Stage("compose", "composed parallel tasks", out / "train_tasks.jsonl",
+              ["compose", "--tasks", o("train_source.jsonl"), "--categories", "live_simple", "--k", "2-3",
+               "--share", str(args.composed_share), "--max-tools", "3", "--seed", "0", "--out", train]),
+        Stage("student", "base student on training tasks (on-policy negatives)", out / "student" / "report.json",
+              ["eval", "--model", STUDENT, "--chat-template", template, "--tasks", train, "--backend", "hf",
+               "--temperature", "0.8", "--seed", "0", *ev, "--no-plots", "--out", o("student")]),
+        Stage("pairs", "chosen: verified answers; rejected: student + synthetic", out / "pairs" / "pairs_stats.json",
+              ["pairs", "--tasks", train, "--student-traces", o("student", "traces.jsonl"), "--chosen-from", "gold",
+               "--synthetic", "2", "--max-pairs-per-task", "3", "--test-size", "0", "--out", o("pairs")]),
+        Stage("eval base", "base student on held-out tasks", out / "eval_base" / "report.json",
+              ["eval", "--model", STUDENT, "--chat-template", template, "--tasks", held_out, *ev,
+               "--out", o("eval_base")]),
+        train_stage("sft", sft_recipe, args.steps, args.sft_lr),
+        eval_stage("sft"),
+        train_stage("dpo", dpo_only_recipe, args.steps, args.dpo_lr),
+        eval_stage("dpo"),
+        train_stage("sft-half", sft_recipe, half, args.sft_lr),
+        train_stage("sft+dpo", dpo_recipe, args.steps - half, args.dpo_lr,
+                    ["--init_adapter", o("checkpoints", "sft-half")]),
+        eval_stage("sft+dpo"),
+    ]
+
+
+def hardware() -> dict:
+    import torch
+
+    info = {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
+            "cpu_count": os.cpu_count(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
+    try:
+        info["cpu"] = next(ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                           if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        info["cpu"] = platform.processor()
+    info["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return info
+
+
+def results(args, timings: dict) -> dict:
+    out = Path(args.out)
+    paths = {"base": out / "eval_base" / "report.json"}
+    paths.update({c: out / "checkpoints" / c / "eval" / "report.json" for c in CONDITIONS[1:]})
+    reports = {c: json.loads(p.read_text()) for c, p in paths.items()}
+    pairs = json.loads((out / "pairs" / "pairs_stats.json").read_text())["summary"]
+    return {
+        "date": datetime.date.today().isoformat(),
+        "hardware": hardware(),
+        "student": STUDENT,
+        "sizes": {k: v for k, v in vars(args).items() if k not in ("out", "results")},
+        "pairs": pairs,
+        "stage_seconds": timings,
+        "conditions": {c: {"n": r["n"], "accuracy": r["accuracy"], "strict_accuracy": r["strict_accuracy"],
+                           "by_category": {k: {"n": v["n"], "accuracy": v["accuracy"]} for k, v in r["by_category"].items()},
+                           "errors": r["errors"]} for c, r in reports.items()},
+    }
+
+
+def markdown(res: dict) -> str:
+    conds = list(res["conditions"])
+    cats = sorted({k for r in res["conditions"].values() for k in r["by_category"]})
+    first = res["conditions"][conds[0]]
+    s = res["sizes"]
+    lines = [f"# Quality benchmark, {res['date']}", "",
+             f"Student {res['student']} (LoRA, CPU), trained on BFCL {s['train_categories']} "
+             f"({s['train_per_category'] or 'all'} per category) + composed parallel tasks (share {s['composed_share']}); "
+             f"{res['pairs']['pairs']} pairs (chosen: verified answers; rejected: {res['pairs']['rejected_source']}). "
+             f"Budget: {s['steps']} optimizer steps per condition (sft+dpo: half each). Held out: BFCL {EVAL_CATEGORIES} "
+             f"({s['eval_per_category'] or 'all'} per category), greedy, max {s['max_new_tokens']} new tokens.",
+             f"Hardware: {res['hardware']['cpu']} x{res['hardware']['cpu_count']}, GPU {res['hardware']['gpu']}, "
+             f"torch {res['hardware']['torch']}.", "",
+             "| category | n | " + " | ".join(conds) + " |", "| --- | --- |" + " --- |" * len(conds)]
+    for c in cats:
+        lines.append(f"| {c} | {first['by_category'].get(c, {}).get('n', '-')} | "
+                     + " | ".join(_pct(res["conditions"][k]["by_category"].get(c, {}).get("accuracy")) for k in conds) + " |")
+    lines.append(f"| **all** | {first['n']} | " + " | ".join(_pct(res["conditions"][k]["accuracy"]) for k in conds) + " |")
+    errors = sorted({e for r in res["conditions"].values() for e in r["errors"]})
+    lines += ["", "| error | " + " | ".join(conds) + " |", "| --- |" + " --- |" * len(conds)]
+    for e in errors:
+        lines.append(f"| {e} | " + " | ".join(str(res["conditions"][k]["errors"].get(e, 0)) for k in conds) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="runs/quality", help="working folder, resumed on rerun (default: %(default)s)")
+    p.add_argument("--results", default=str(REPO / "benchmarks" / "results"), help="where the table goes")
+    p.add_argument("--train-categories", default="live_simple,live_parallel,live_irrelevance",
+                   help="BFCL training categories (default: %(default)s; live_multiple prompts run to 3k tokens)")
+    p.add_argument("--train-per-category", type=int, default=0, help="tasks per training category, 0 = all")
+    p.add_argument("--eval-per-category", type=int, default=0, help="held-out tasks per category, 0 = all")
+    p.add_argument("--composed-share", type=float, default=0.25, help="share of composed tasks in training")
+    p.add_argument("--steps", type=int, default=100, help="optimizer steps per trained condition (batch 4)")
+    p.add_argument("--sft-lr", type=float, default=5e-4, help="SFT learning rate (the demo recipe's)")
+    p.add_argument("--dpo-lr", type=float, default=2e-4, help="DPO learning rate (the demo recipe's)")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--dtype", default="float32", help="float32 on CPUs without bf16 units; bfloat16 on a GPU")
+    args = p.parse_args(argv)
+
+    timings = run_plan(plan(args), tag="quality")
+    res = results(args, timings)
+    folder = Path(args.results)
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = folder / f"quality-{res['date']}"
+    stem.with_suffix(".json").write_text(json.dumps(res, indent=2) + "\n")
+    stem.with_suffix(".md").write_text(markdown(res))
+    print(markdown(res))
+    print(f"wrote {stem}.md and .json", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -14,6 +14,7 @@ Hermes tool call to the request's first tool (or plain text without tools), as s
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -117,6 +118,9 @@ class StubServer:
 
             def setup(self):
                 super().setup()
+                # headers and body go out in two writes: without TCP_NODELAY the body waits ~40 ms for the
+                # client's delayed ACK, which would dominate every latency measured against this stub
+                self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 with stub.lock:
                     stub.connections.add(self.connection)
 

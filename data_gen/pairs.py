@@ -304,8 +304,8 @@ def _mine_task(task: Task, teacher: list[dict], student: list[dict], config: Pai
 
 
 def summarize(rows: list[dict]) -> dict:
-    def counts(key, subset=None):
-        return dict(Counter(r[key] for r in (subset if subset is not None else rows)).most_common())
+    def counts(key):
+        return dict(Counter(r[key] for r in rows).most_common())
 
     return {
         "pairs": len(rows),

@@ -145,10 +145,14 @@ def row_to_task(row: dict, index: int, category: str, prefix: str, where: str) -
 
 def import_xlam(path: str, category: str = "xlam", id_prefix: str | None = None) -> list[dict]:
     records = []
+    first_line: dict[str, int] = {}
     for index, (lineno, row) in enumerate(read_jsonl(path)):
         where = f"{path}:{lineno}"
         record = row_to_task(row, index, category, id_prefix or category, where)
         task_from_dict(record, where)
+        if record["id"] in first_line:
+            raise DistillError(f"{where}: duplicate task id {record['id']!r} (first at line {first_line[record['id']]})")
+        first_line[record["id"]] = lineno
         records.append(record)
     if not records:
         raise DistillError(f"{path}: no rows")
@@ -157,10 +161,6 @@ def import_xlam(path: str, category: str = "xlam", id_prefix: str | None = None)
 
 def import_xlam_cli(args) -> int:
     records = import_xlam(args.path, args.category, args.id_prefix)
-    ids = [r["id"] for r in records]
-    if len(set(ids)) != len(ids):
-        dup = next(i for i in ids if ids.count(i) > 1)
-        raise DistillError(f"{args.path}: duplicate task id {dup!r}")
     n = write_jsonl(args.out, records)
     print(f"wrote {n} tasks to {args.out} (category {args.category})")
     return 0

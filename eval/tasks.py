@@ -29,10 +29,7 @@ class Task:
     expected: list[dict]
     record: dict = field(repr=False)  # the task as read, extra keys included
     specs: dict[str, ToolSpec] = field(repr=False, default_factory=dict)
-    matcher: object = field(repr=False, default=None)  # eval.match.CompiledExpected, built on load
-
-    def to_dict(self) -> dict:
-        return self.record
+    matcher: object = field(repr=False, default=None)  # eval.match.compile_expected(...), built on load
 
 
 def _fail(where: str, msg: str):

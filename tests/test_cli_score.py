@@ -155,6 +155,10 @@ def test_import_jsonl_xlam_rows(tmp_path):
     tp.write_text(json.dumps({"task_id": task["id"], "model": "m", "raw": '[live_giveaways_by_type(type="Beta", ids=[1, 2])]'}) + "\n")
     r = distill("score", "--tasks", out, "--traces", tp, "--out", tmp_path / "rep", "--no-plots")
     assert r.returncode == 0 and json.loads((tmp_path / "rep" / "report.json").read_text())["accuracy"] == 1.0
+    src.write_text(json.dumps({**rows[0], "id": "a"}) + "\n" + json.dumps({**rows[0], "id": "a"}) + "\n")
+    r = distill("import", "jsonl", src, "--out", tmp_path / "dup.jsonl")
+    assert r.returncode == 2 and "xlam.jsonl:2: duplicate task id 'a' (first at line 1)" in r.stderr
+    assert not (tmp_path / "dup.jsonl").exists()
     src.write_text(json.dumps({**rows[0], "answers": "[{bad"}) + "\n")
     r = distill("import", "jsonl", src, "--out", tmp_path / "bad.jsonl")
     assert r.returncode == 2 and "xlam.jsonl:1: key 'answers' is a string but not valid JSON" in r.stderr

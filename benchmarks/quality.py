@@ -1,11 +1,12 @@
 """Does training help a real small student call functions, and does DPO add to SFT? Measured on BFCL.
 
-    OMP_NUM_THREADS=1 python benchmarks/quality.py                                  # the full configuration
-    OMP_NUM_THREADS=1 python benchmarks/quality.py --train-per-category 40 --eval-per-category 10 --steps 24
+    OMP_NUM_THREADS=1 python benchmarks/quality.py --train-per-category 20 --eval-per-category 8 --steps 12  # CPU, ~1.5 h
+    python benchmarks/quality.py --device cuda --train-per-category 260 --steps 200 --train-batch-size 8 \
+        --student-samples 2 --batch-size 128                                       # one GPU, every held-out task
     nohup python benchmarks/quality.py ... > quality.log 2>&1 &                     # resumable: rerun to continue
 
-Student: SmolLM2-135M-Instruct (pkg:smollm2-135m-instruct, Hermes tool template), LoRA on the CPU with the
-recipes of `distill demo` (recipes/demo/). Training data: BFCL's live categories plus composed parallel tasks
+Student: SmolLM2-135M-Instruct (pkg:smollm2-135m-instruct, Hermes tool template), LoRA in float32 with the
+recipes of `distill demo` (recipes/demo/), on the CPU or one GPU (--device). Training data: BFCL's live categories plus composed parallel tasks
 (joined live_simple questions); chosen = the tasks' verified answers, rejected = the base student's own mistakes
 (sampled at temperature 0.8) and synthetic hard negatives. Evaluation: BFCL's non-live Python categories and
 irrelevance (greedy). Conditions, same pairs and same budget of optimizer steps (--steps):
@@ -15,8 +16,11 @@ irrelevance (greedy). Conditions, same pairs and same budget of optimizer steps 
     dpo        DPO from the base for --steps
     sft+dpo    SFT for --steps/2, then DPO from that adapter for --steps/2
 
+DPO computes the reference log-probabilities per step (`precompute_ref_log_probs false`): a run trains on
+--steps x --train-batch-size pairs, often fewer than the dataset holds, and precomputing them all would cost more.
+
 Every stage is a distill command (printed), run in this process, its output kept in --out and skipped on a rerun.
-Writes benchmarks/results/quality-<date>.md and .json (sizes, hardware, per condition: accuracy per category and
+Writes benchmarks/results/quality-<date>-<cpu|gpu>.md and .json (sizes, hardware, per condition: accuracy per category and
 the error mix). No setting here is chosen by looking at the evaluation tasks: sizes and steps are the only knobs,
 and they are set by the time budget.
 """
@@ -28,6 +32,7 @@ import datetime
 import json
 import os
 import platform
+import time
 import sys
 from pathlib import Path
 
@@ -59,15 +64,18 @@ def plan(args) -> list[Stage]:
                                                         out / "recipes" / "dpo_from_base.yaml"))
     limit = lambda n: ["--limit", str(n)] if n else []  # noqa: E731
     train, held_out = o("train_tasks.jsonl"), o("eval_tasks.jsonl")
-    ev = ["--batch-size", str(args.batch_size), "--max-new-tokens", str(args.max_new_tokens), "--device", "cpu",
+    ev = ["--batch-size", str(args.batch_size), "--max-new-tokens", str(args.max_new_tokens), "--device", args.device,
           "--dtype", args.dtype]
     half = max(1, args.steps // 2)
-    common = ["--dataset_path", o("pairs"), "--learning_rate"]
+    # The demo recipes are written for the CPU (use_cpu: true); on a GPU the same recipe runs there.
+    common = ["--dataset_path", o("pairs"), "--per_device_train_batch_size", str(args.train_batch_size),
+              "--use_cpu", str(args.device == "cpu").lower(), "--load_in_4bit", "false"]
+    dpo = ["--precompute_ref_log_probs", "false"]
 
     def train_stage(name, recipe, steps, lr, extra=()):
         return Stage(f"train {name}", f"{name}: {steps} steps", out / "checkpoints" / name / "adapter_model.safetensors",
-                     ["train", recipe, *common, str(lr), "--output_dir", o("checkpoints", name), "--max_steps",
-                      str(steps), "--save_steps", str(steps), "--load_in_4bit", "false", *extra])
+                     ["train", recipe, *common, "--learning_rate", str(lr), "--output_dir", o("checkpoints", name),
+                      "--max_steps", str(steps), "--save_steps", str(steps), *extra])
 
     def eval_stage(name):
         return Stage(f"eval {name}", f"{name} on held-out tasks", out / "checkpoints" / name / "eval" / "report.json",
@@ -85,7 +93,8 @@ def plan(args) -> list[Stage]:
                "--share", str(args.composed_share), "--max-tools", "3", "--seed", "0", "--out", train]),
         Stage("student", "base student on training tasks (on-policy negatives)", out / "student" / "report.json",
               ["eval", "--model", STUDENT, "--chat-template", template, "--tasks", train, "--backend", "hf",
-               "--temperature", "0.8", "--seed", "0", *ev, "--no-plots", "--out", o("student")]),
+               "--temperature", "0.8", "--seed", "0", "--samples", str(args.student_samples), *ev, "--no-plots",
+               "--out", o("student")]),
         Stage("pairs", "chosen: verified answers; rejected: student + synthetic", out / "pairs" / "pairs_stats.json",
               ["pairs", "--tasks", train, "--student-traces", o("student", "traces.jsonl"), "--chosen-from", "gold",
                "--synthetic", "2", "--max-pairs-per-task", "3", "--test-size", "0", "--out", o("pairs")]),
@@ -94,11 +103,11 @@ def plan(args) -> list[Stage]:
                "--out", o("eval_base")]),
         train_stage("sft", sft_recipe, args.steps, args.sft_lr),
         eval_stage("sft"),
-        train_stage("dpo", dpo_only_recipe, args.steps, args.dpo_lr),
+        train_stage("dpo", dpo_only_recipe, args.steps, args.dpo_lr, dpo),
         eval_stage("dpo"),
         train_stage("sft-half", sft_recipe, half, args.sft_lr),
         train_stage("sft+dpo", dpo_recipe, args.steps - half, args.dpo_lr,
-                    ["--init_adapter", o("checkpoints", "sft-half")]),
+                    [*dpo, "--init_adapter", o("checkpoints", "sft-half")]),
         eval_stage("sft+dpo"),
     ]
 
@@ -142,13 +151,16 @@ def markdown(res: dict) -> str:
     first = res["conditions"][conds[0]]
     s = res["sizes"]
     lines = [f"# Quality benchmark, {res['date']}", "",
-             f"Student {res['student']} (LoRA, CPU), trained on BFCL {s['train_categories']} "
+             f"Student {res['student']} (LoRA, {s['device']}), trained on BFCL {s['train_categories']} "
              f"({s['train_per_category'] or 'all'} per category) + composed parallel tasks (share {s['composed_share']}); "
-             f"{res['pairs']['pairs']} pairs (chosen: verified answers; rejected: {res['pairs']['rejected_source']}). "
-             f"Budget: {s['steps']} optimizer steps per condition (sft+dpo: half each). Held out: BFCL {EVAL_CATEGORIES} "
+             f"{res['pairs']['pairs']} pairs (chosen: verified answers; rejected: "
+             f"{', '.join(f'{k} {v}' for k, v in res['pairs']['rejected_source'].items())}). "
+             f"Budget: {s['steps']} optimizer steps of {s['train_batch_size']} pairs per condition (sft+dpo: half "
+             f"each). Held out: BFCL {EVAL_CATEGORIES} "
              f"({s['eval_per_category'] or 'all'} per category), greedy, max {s['max_new_tokens']} new tokens.",
              f"Hardware: {res['hardware']['cpu']} x{res['hardware']['cpu_count']}, GPU {res['hardware']['gpu']}, "
-             f"torch {res['hardware']['torch']}.", "",
+             f"torch {res['hardware']['torch']}; {res['stage_seconds']['total'] / 60:.0f} min in all "
+             f"(stages skipped on a rerun not counted).", "",
              "| category | n | " + " | ".join(conds) + " |", "| --- | --- |" + " --- |" * len(conds)]
     for c in cats:
         lines.append(f"| {c} | {first['by_category'].get(c, {}).get('n', '-')} | "
@@ -170,19 +182,31 @@ def main(argv=None) -> int:
     p.add_argument("--train-per-category", type=int, default=0, help="tasks per training category, 0 = all")
     p.add_argument("--eval-per-category", type=int, default=0, help="held-out tasks per category, 0 = all")
     p.add_argument("--composed-share", type=float, default=0.25, help="share of composed tasks in training")
-    p.add_argument("--steps", type=int, default=100, help="optimizer steps per trained condition (batch 4)")
+    p.add_argument("--steps", type=int, default=100, help="optimizer steps per trained condition")
+    p.add_argument("--train-batch-size", type=int, default=4, help="pairs per optimizer step (default: %(default)s)")
+    p.add_argument("--student-samples", type=int, default=1,
+                   help="answers the base student gives per training task at temperature 0.8, the source of its "
+                   "own mistakes (default: %(default)s)")
     p.add_argument("--sft-lr", type=float, default=5e-4, help="SFT learning rate (the demo recipe's)")
     p.add_argument("--dpo-lr", type=float, default=2e-4, help="DPO learning rate (the demo recipe's)")
     p.add_argument("--max-new-tokens", type=int, default=128)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--dtype", default="float32", help="float32 on CPUs without bf16 units; bfloat16 on a GPU")
+    p.add_argument("--batch-size", type=int, default=8, help="prompts per generate() call when evaluating")
+    p.add_argument("--dtype", default="float32", help="weights when evaluating; training is float32 (the demo recipes)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="auto: cuda when a GPU is visible, else cpu (default: %(default)s)")
     args = p.parse_args(argv)
+    if args.device == "auto":
+        import torch
 
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+
+    start = time.time()
     timings = run_plan(plan(args), tag="quality")
+    timings["total"] = round(time.time() - start, 1)
     res = results(args, timings)
     folder = Path(args.results)
     folder.mkdir(parents=True, exist_ok=True)
-    stem = folder / f"quality-{res['date']}"
+    stem = folder / f"quality-{res['date']}-{'gpu' if args.device == 'cuda' else 'cpu'}"
     stem.with_suffix(".json").write_text(json.dumps(res, indent=2) + "\n")
     stem.with_suffix(".md").write_text(markdown(res))
     print(markdown(res))

@@ -131,7 +131,19 @@ def test_adapter_changes_the_answers_and_brings_its_tokenizer(evaluated, tasks, 
     backend = HFBackend(str(tiny_model_dir), sampling=sampling, device="cpu", adapter=str(student))
     assert backend.tokenizer.chat_template.startswith("STUDENT TEMPLATE MARKER")
     assert not base.tokenizer.chat_template.startswith("STUDENT")
-    assert type(backend.lm).__name__ == "PeftModelForCausalLM"
+    # the adapter is folded into the weights for generation: same logits as the base + LoRA (peft) model
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    unmerged = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), str(student)).eval()
+    assert type(backend.lm).__name__ != "PeftModelForCausalLM"
+    ids = torch.arange(3, 40).unsqueeze(0)
+    with torch.no_grad():
+        merged_logits, peft_logits = backend.lm(ids).logits, unmerged(ids).logits
+        base_logits = base.lm(ids).logits
+    assert torch.allclose(merged_logits, peft_logits, atol=1e-5)
+    assert not torch.allclose(merged_logits, base_logits, atol=1e-3)
 
 
 def test_rerun_resumes_and_a_torn_trace_is_regenerated(tasks, tiny_adapter_dir, tmp_path, capsys):

@@ -40,6 +40,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from distill.demo import STUDENT, Stage, _pct, _rel, run_plan  # noqa: E402
+from eval.io import atomic_write, write_json  # noqa: E402
 
 EVAL_CATEGORIES = "simple_python,multiple,parallel,parallel_multiple,irrelevance"
 CONDITIONS = ("base", "sft", "dpo", "sft+dpo")
@@ -173,7 +174,7 @@ def markdown(res: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/quality", help="working folder, resumed on rerun (default: %(default)s)")
     p.add_argument("--results", default=str(REPO / "benchmarks" / "results"), help="where the table goes")
@@ -199,7 +200,11 @@ def main(argv=None) -> int:
         import torch
 
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    return args
 
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
     start = time.time()
     timings = run_plan(plan(args), tag="quality")
     timings["total"] = round(time.time() - start, 1)
@@ -207,8 +212,9 @@ def main(argv=None) -> int:
     folder = Path(args.results)
     folder.mkdir(parents=True, exist_ok=True)
     stem = folder / f"quality-{res['date']}-{'gpu' if args.device == 'cuda' else 'cpu'}"
-    stem.with_suffix(".json").write_text(json.dumps(res, indent=2) + "\n")
-    stem.with_suffix(".md").write_text(markdown(res))
+    write_json(stem.with_suffix(".json"), res)
+    with atomic_write(stem.with_suffix(".md")) as f:
+        f.write(markdown(res))
     print(markdown(res))
     print(f"wrote {stem}.md and .json", file=sys.stderr)
     return 0

@@ -1,0 +1,86 @@
+"""benchmarks/quality.py (a real-model run of an hour on a CPU is not for CI): its plan trains the four
+conditions on the same pairs and budget with recipes that parse as `distill train` runs them, on the CPU or a
+GPU, and its table is read from the conditions' eval reports."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from distill.recipe import parse_recipe
+from tests.report_builders import build_report, write_tasks
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def quality(monkeypatch):
+    monkeypatch.chdir(ROOT)  # the demo recipes name paths relative to the repository root
+    spec = importlib.util.spec_from_file_location("quality", ROOT / "benchmarks" / "quality.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _argv(stage) -> list[str]:
+    return list(stage.argv)
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_plan_trains_every_condition_on_the_same_pairs_and_budget(quality, tmp_path, device):
+    args = quality.parse_args(["--out", str(tmp_path / "q"), "--steps", "9", "--train-batch-size", "6",
+                               "--student-samples", "3", "--device", device])
+    stages = quality.plan(args)
+    by_name = {s.name: s for s in stages}
+    assert [s.name for s in stages if s.name.startswith("eval")] == ["eval base", "eval sft", "eval dpo", "eval sft+dpo"]
+    student = _argv(by_name["student"])
+    assert student[student.index("--samples") + 1] == "3" and student[student.index("--device") + 1] == device
+
+    trains = {s.name.removeprefix("train "): _argv(s) for s in stages if s.name.startswith("train")}
+    assert set(trains) == {"sft", "dpo", "sft-half", "sft+dpo"}
+    steps = {name: int(a[a.index("--max_steps") + 1]) for name, a in trains.items()}
+    assert steps["sft"] == steps["dpo"] == 9 and steps["sft-half"] + steps["sft+dpo"] == 9
+    for name, a in trains.items():
+        recipe = parse_recipe(a[1:])  # argv[0] is the subcommand
+        assert recipe.script.dataset_path == trains["sft"][trains["sft"].index("--dataset_path") + 1]
+        assert recipe.training.per_device_train_batch_size == 6
+        assert recipe.training.use_cpu is (device == "cpu")
+        assert recipe.model.load_in_4bit is False
+        if recipe.script.stage == "dpo":
+            assert recipe.training.precompute_ref_log_probs is False
+    # DPO alone starts from the base model, DPO after SFT from the half-budget SFT adapter
+    assert parse_recipe(trains["dpo"][1:]).script.init_adapter is None
+    assert parse_recipe(trains["sft+dpo"][1:]).script.init_adapter.endswith("sft-half")
+    assert [parse_recipe(trains[n][1:]).script.stage for n in ("sft", "dpo", "sft-half", "sft+dpo")] == [
+        "sft", "dpo", "sft", "dpo"]
+
+
+def test_results_and_table_come_from_the_eval_reports(quality, tmp_path):
+    args = quality.parse_args(["--out", str(tmp_path / "q"), "--device", "cpu", "--eval-per-category", "4"])
+    out = Path(args.out)
+    tasks = write_tasks(tmp_path / "tasks.jsonl", {"simple_python": 4, "irrelevance": 4})
+    outcomes = {
+        "base": {"simple_python": ["no_call"] * 4, "irrelevance": ["ok"] * 4},
+        "sft": {"simple_python": ["ok", "ok", "wrong_value", "schema"], "irrelevance": ["ok", "unexpected_call", "ok", "ok"]},
+        "dpo": {"simple_python": ["ok", "no_call", "no_call", "no_call"], "irrelevance": ["ok"] * 4},
+        "sft+dpo": {"simple_python": ["ok", "ok", "ok", "malformed"], "irrelevance": ["ok"] * 4},
+    }
+    for cond, outs in outcomes.items():
+        folder = out / "eval_base" if cond == "base" else out / "checkpoints" / cond / "eval"
+        build_report(folder, tasks, "pkg:smollm2-135m-instruct", outs)
+    (out / "pairs").mkdir(parents=True)
+    (out / "pairs" / "pairs_stats.json").write_text(json.dumps(
+        {"summary": {"pairs": 40, "rejected_source": {"student": 25, "synthetic": 15}}}))
+
+    res = quality.results(args, {"total": 120.0})
+    acc = {c: r["by_category"]["simple_python"]["accuracy"] for c, r in res["conditions"].items()}
+    assert acc == {"base": 0.0, "sft": 0.5, "dpo": 0.25, "sft+dpo": 0.75}
+    assert res["conditions"]["sft"]["errors"]["unexpected_call"] == 1
+    assert res["conditions"]["sft+dpo"]["accuracy"] == 7 / 8
+    table = quality.markdown(res)
+    assert "| simple_python | 4 | 0% | 50% | 25% | 75% |" in table
+    assert "| **all** | 8 | 50% | 62% | 62% | 88% |" in table
+    assert "rejected: student 25, synthetic 15" in table and "| malformed | 0 | 0 | 0 | 1 |" in table

@@ -14,7 +14,15 @@ irrelevance (greedy). Conditions, same pairs and same budget of optimizer steps 
     base       no training
     sft        SFT for --steps
     dpo        DPO from the base for --steps
+    sft-half   SFT for --steps/2: where the two conditions below start from, to see what their DPO half adds
     sft+dpo    SFT for --steps/2, then DPO from that adapter for --steps/2
+    sft+dpo+nll  the same, with an SFT (negative log-likelihood) term on the chosen answer added to the DPO loss
+               (TRL's loss_type [sigmoid, sft], weights 1:1; the "RPO" of Pang et al. 2024)
+
+Why the last one: in the first GPU run (benchmarks/results/quality-2026-11-28-gpu.md) plain DPO after SFT
+lowered the chosen answers' log-probability from -3 to -17..-39 nats while the margin grew (the training log's
+logps/chosen; likelihood displacement), and the student's answers fell apart into malformed calls. The NLL term
+holds the chosen answers up.
 
 DPO computes the reference log-probabilities per step (`precompute_ref_log_probs false`): a run trains on
 --steps x --train-batch-size pairs, often fewer than the dataset holds, and precomputing them all would cost more.
@@ -43,7 +51,7 @@ from distill.demo import STUDENT, Stage, _pct, _rel, run_plan  # noqa: E402
 from eval.io import atomic_write, write_json  # noqa: E402
 
 EVAL_CATEGORIES = "simple_python,multiple,parallel,parallel_multiple,irrelevance"
-CONDITIONS = ("base", "sft", "dpo", "sft+dpo")
+CONDITIONS = ("base", "sft-half", "sft", "dpo", "sft+dpo", "sft+dpo+nll")
 
 
 def _recipe_without_init_adapter(src: Path, dst: Path) -> Path:
@@ -70,7 +78,8 @@ def plan(args) -> list[Stage]:
     half = max(1, args.steps // 2)
     # The demo recipes are written for the CPU (use_cpu: true); on a GPU the same recipe runs there.
     common = ["--dataset_path", o("pairs"), "--per_device_train_batch_size", str(args.train_batch_size),
-              "--use_cpu", str(args.device == "cpu").lower(), "--load_in_4bit", "false"]
+              "--use_cpu", str(args.device == "cpu").lower(), "--load_in_4bit", "false", "--max_length",
+              str(args.max_length)]
     dpo = ["--precompute_ref_log_probs", "false"]
 
     def train_stage(name, recipe, steps, lr, extra=()):
@@ -107,9 +116,14 @@ def plan(args) -> list[Stage]:
         train_stage("dpo", dpo_only_recipe, args.steps, args.dpo_lr, dpo),
         eval_stage("dpo"),
         train_stage("sft-half", sft_recipe, half, args.sft_lr),
+        eval_stage("sft-half"),
         train_stage("sft+dpo", dpo_recipe, args.steps - half, args.dpo_lr,
                     [*dpo, "--init_adapter", o("checkpoints", "sft-half")]),
         eval_stage("sft+dpo"),
+        train_stage("sft+dpo+nll", dpo_recipe, args.steps - half, args.dpo_lr,
+                    [*dpo, "--loss_type", "sigmoid", "sft", "--loss_weights", "1.0", "1.0",
+                     "--init_adapter", o("checkpoints", "sft-half")]),
+        eval_stage("sft+dpo+nll"),
     ]
 
 
@@ -127,6 +141,20 @@ def hardware() -> dict:
     return info
 
 
+def training_log(folder: Path) -> dict | None:
+    """First and last logged loss of a training run, and for DPO the chosen answers' log-probability and the
+    reward margin: a chosen log-probability that falls while the margin grows is DPO pushing the chosen answers
+    down along with the rejected ones."""
+    path = folder / "trainer_state.json"
+    if not path.is_file():
+        return None
+    logs = [h for h in json.loads(path.read_text())["log_history"] if "loss" in h]
+    if not logs:
+        return None
+    keep = ("step", "loss", "logps/chosen", "logps/rejected", "rewards/margins")
+    return {"first": {k: logs[0][k] for k in keep if k in logs[0]}, "last": {k: logs[-1][k] for k in keep if k in logs[-1]}}
+
+
 def results(args, timings: dict) -> dict:
     out = Path(args.out)
     paths = {"base": out / "eval_base" / "report.json"}
@@ -140,6 +168,7 @@ def results(args, timings: dict) -> dict:
         "sizes": {k: v for k, v in vars(args).items() if k not in ("out", "results")},
         "pairs": pairs,
         "stage_seconds": timings,
+        "training": {c: training_log(out / "checkpoints" / c) for c in CONDITIONS[1:]},
         "conditions": {c: {"n": r["n"], "accuracy": r["accuracy"], "strict_accuracy": r["strict_accuracy"],
                            "by_category": {k: {"n": v["n"], "accuracy": v["accuracy"]} for k, v in r["by_category"].items()},
                            "errors": r["errors"]} for c, r in reports.items()},
@@ -156,8 +185,8 @@ def markdown(res: dict) -> str:
              f"({s['train_per_category'] or 'all'} per category) + composed parallel tasks (share {s['composed_share']}); "
              f"{res['pairs']['pairs']} pairs (chosen: verified answers; rejected: "
              f"{', '.join(f'{k} {v}' for k, v in res['pairs']['rejected_source'].items())}). "
-             f"Budget: {s['steps']} optimizer steps of {s['train_batch_size']} pairs per condition (sft+dpo: half "
-             f"each). Held out: BFCL {EVAL_CATEGORIES} "
+             f"Budget: {s['steps']} optimizer steps of {s['train_batch_size']} pairs per condition (sft+dpo, sft+dpo+nll: "
+             f"half each). Held out: BFCL {EVAL_CATEGORIES} "
              f"({s['eval_per_category'] or 'all'} per category), greedy, max {s['max_new_tokens']} new tokens.",
              f"Hardware: {res['hardware']['cpu']} x{res['hardware']['cpu_count']}, GPU {res['hardware']['gpu']}, "
              f"torch {res['hardware']['torch']}; {res['stage_seconds']['total'] / 60:.0f} min in all "
@@ -171,6 +200,14 @@ def markdown(res: dict) -> str:
     lines += ["", "| error | " + " | ".join(conds) + " |", "| --- |" + " --- |" * len(conds)]
     for e in errors:
         lines.append(f"| {e} | " + " | ".join(str(res["conditions"][k]["errors"].get(e, 0)) for k in conds) + " |")
+    dpo_logs = {c: t for c, t in res.get("training", {}).items() if t and "logps/chosen" in t["first"]}
+    if dpo_logs:
+        lines += ["", "| DPO training | steps | logps/chosen first -> last | logps/rejected first -> last | margin last |",
+                  "| --- | --- | --- | --- | --- |"]
+        for c, t in dpo_logs.items():
+            f, la = t["first"], t["last"]
+            lines.append(f"| {c} | {f['step']}-{la['step']} | {f['logps/chosen']:.1f} -> {la['logps/chosen']:.1f} | "
+                         f"{f['logps/rejected']:.1f} -> {la['logps/rejected']:.1f} | {la['rewards/margins']:.1f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -190,7 +227,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "own mistakes (default: %(default)s)")
     p.add_argument("--sft-lr", type=float, default=5e-4, help="SFT learning rate (the demo recipe's)")
     p.add_argument("--dpo-lr", type=float, default=2e-4, help="DPO learning rate (the demo recipe's)")
-    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--max-new-tokens", type=int, default=128, help="answer length cap when evaluating")
+    p.add_argument("--max-length", type=int, default=2048,
+                   help="training sequence cap; composed tasks carry two or three tools' schemas and run past the "
+                   "demo recipes' 1024 (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=8, help="prompts per generate() call when evaluating")
     p.add_argument("--dtype", default="float32", help="weights when evaluating; training is float32 (the demo recipes)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],

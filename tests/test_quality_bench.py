@@ -35,14 +35,16 @@ def test_plan_trains_every_condition_on_the_same_pairs_and_budget(quality, tmp_p
                                "--student-samples", "3", "--device", device])
     stages = quality.plan(args)
     by_name = {s.name: s for s in stages}
-    assert [s.name for s in stages if s.name.startswith("eval")] == ["eval base", "eval sft", "eval dpo", "eval sft+dpo"]
+    assert [s.name for s in stages if s.name.startswith("eval")] == [
+        "eval base", "eval sft", "eval dpo", "eval sft-half", "eval sft+dpo", "eval sft+dpo+nll"]
     student = _argv(by_name["student"])
     assert student[student.index("--samples") + 1] == "3" and student[student.index("--device") + 1] == device
 
     trains = {s.name.removeprefix("train "): _argv(s) for s in stages if s.name.startswith("train")}
-    assert set(trains) == {"sft", "dpo", "sft-half", "sft+dpo"}
+    assert set(trains) == {"sft", "dpo", "sft-half", "sft+dpo", "sft+dpo+nll"}
     steps = {name: int(a[a.index("--max_steps") + 1]) for name, a in trains.items()}
     assert steps["sft"] == steps["dpo"] == 9 and steps["sft-half"] + steps["sft+dpo"] == 9
+    assert steps["sft+dpo+nll"] == steps["sft+dpo"]
     for name, a in trains.items():
         recipe = parse_recipe(a[1:])  # argv[0] is the subcommand
         assert recipe.script.dataset_path == trains["sft"][trains["sft"].index("--dataset_path") + 1]
@@ -54,6 +56,11 @@ def test_plan_trains_every_condition_on_the_same_pairs_and_budget(quality, tmp_p
     # DPO alone starts from the base model, DPO after SFT from the half-budget SFT adapter
     assert parse_recipe(trains["dpo"][1:]).script.init_adapter is None
     assert parse_recipe(trains["sft+dpo"][1:]).script.init_adapter.endswith("sft-half")
+    # the +nll condition differs from sft+dpo only in the loss: DPO plus an SFT term on the chosen answer
+    plain, nll = parse_recipe(trains["sft+dpo"][1:]).training, parse_recipe(trains["sft+dpo+nll"][1:]).training
+    assert list(plain.loss_type) == ["sigmoid"] and list(nll.loss_type) == ["sigmoid", "sft"]
+    assert list(nll.loss_weights) == [1.0, 1.0]
+    assert parse_recipe(trains["sft+dpo+nll"][1:]).script.init_adapter.endswith("sft-half")
     assert [parse_recipe(trains[n][1:]).script.stage for n in ("sft", "dpo", "sft-half", "sft+dpo")] == [
         "sft", "dpo", "sft", "dpo"]
 
@@ -64,9 +71,11 @@ def test_results_and_table_come_from_the_eval_reports(quality, tmp_path):
     tasks = write_tasks(tmp_path / "tasks.jsonl", {"simple_python": 4, "irrelevance": 4})
     outcomes = {
         "base": {"simple_python": ["no_call"] * 4, "irrelevance": ["ok"] * 4},
+        "sft-half": {"simple_python": ["ok", "no_call", "no_call", "no_call"], "irrelevance": ["ok"] * 4},
         "sft": {"simple_python": ["ok", "ok", "wrong_value", "schema"], "irrelevance": ["ok", "unexpected_call", "ok", "ok"]},
         "dpo": {"simple_python": ["ok", "no_call", "no_call", "no_call"], "irrelevance": ["ok"] * 4},
         "sft+dpo": {"simple_python": ["ok", "ok", "ok", "malformed"], "irrelevance": ["ok"] * 4},
+        "sft+dpo+nll": {"simple_python": ["ok"] * 4, "irrelevance": ["ok"] * 4},
     }
     for cond, outs in outcomes.items():
         folder = out / "eval_base" if cond == "base" else out / "checkpoints" / cond / "eval"
@@ -75,12 +84,25 @@ def test_results_and_table_come_from_the_eval_reports(quality, tmp_path):
     (out / "pairs" / "pairs_stats.json").write_text(json.dumps(
         {"summary": {"pairs": 40, "rejected_source": {"student": 25, "synthetic": 15}}}))
 
+    # the trainer's log: DPO's chosen log-probability falling is the evidence the table shows
+    log = lambda step, **kw: {"step": step, "loss": 0.5, **kw}  # noqa: E731
+    (out / "checkpoints" / "sft").mkdir(exist_ok=True)
+    (out / "checkpoints" / "sft" / "trainer_state.json").write_text(json.dumps({"log_history": [log(5), log(10)]}))
+    (out / "checkpoints" / "sft+dpo" / "trainer_state.json").write_text(json.dumps({"log_history": [
+        log(5, **{"logps/chosen": -2.9, "logps/rejected": -193.0, "rewards/margins": 3.0}),
+        {"train_runtime": 55.0},
+        log(75, **{"logps/chosen": -16.9, "logps/rejected": -347.8, "rewards/margins": 20.0})]}))
+
     res = quality.results(args, {"total": 120.0})
     acc = {c: r["by_category"]["simple_python"]["accuracy"] for c, r in res["conditions"].items()}
-    assert acc == {"base": 0.0, "sft": 0.5, "dpo": 0.25, "sft+dpo": 0.75}
+    assert acc == {"base": 0.0, "sft-half": 0.25, "sft": 0.5, "dpo": 0.25, "sft+dpo": 0.75, "sft+dpo+nll": 1.0}
+    assert res["training"]["sft"]["last"] == {"step": 10, "loss": 0.5} and res["training"]["dpo"] is None
     assert res["conditions"]["sft"]["errors"]["unexpected_call"] == 1
     assert res["conditions"]["sft+dpo"]["accuracy"] == 7 / 8
     table = quality.markdown(res)
-    assert "| simple_python | 4 | 0% | 50% | 25% | 75% |" in table
-    assert "| **all** | 8 | 50% | 62% | 62% | 88% |" in table
-    assert "rejected: student 25, synthetic 15" in table and "| malformed | 0 | 0 | 0 | 1 |" in table
+    assert table.splitlines()[5] == "| category | n | base | sft-half | sft | dpo | sft+dpo | sft+dpo+nll |"
+    assert "| simple_python | 4 | 0% | 25% | 50% | 25% | 75% | 100% |" in table
+    assert "| **all** | 8 | 50% | 62% | 62% | 62% | 88% | 100% |" in table
+    assert "rejected: student 25, synthetic 15" in table and "| malformed | 0 | 0 | 0 | 0 | 1 | 0 |" in table
+    assert "| sft+dpo | 5-75 | -2.9 -> -16.9 | -193.0 -> -347.8 | 20.0 |" in table
+    assert "| sft |" not in table.split("DPO training")[1]  # SFT runs log no log-probabilities

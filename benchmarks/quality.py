@@ -1,13 +1,13 @@
 """Does training help a real small student call functions, and does DPO add to SFT? Measured on BFCL.
 
-    OMP_NUM_THREADS=1 python benchmarks/quality.py --train-per-category 20 --eval-per-category 8 --steps 12  # CPU, ~1.5 h
-    python benchmarks/quality.py --device cuda --train-per-category 260 --steps 200 --train-batch-size 8 \
-        --student-samples 2 --batch-size 128                                       # one GPU, every held-out task
+    OMP_NUM_THREADS=2 python benchmarks/quality.py --train-per-category 20 --eval-per-category 8 --steps 8   # 2-core CPU, ~1.5 h
+    python benchmarks/quality.py --device cuda --train-per-category 200 --eval-per-category 100 --steps 150 \
+        --train-batch-size 8 --student-samples 2 --batch-size 128 --max-new-tokens 160    # one H200: ~11 min
     nohup python benchmarks/quality.py ... > quality.log 2>&1 &                     # resumable: rerun to continue
 
 Student: SmolLM2-135M-Instruct (pkg:smollm2-135m-instruct, Hermes tool template), LoRA in float32 with the
-recipes of `distill demo` (recipes/demo/), on the CPU or one GPU (--device). Training data: BFCL's live categories plus composed parallel tasks
-(joined live_simple questions); chosen = the tasks' verified answers, rejected = the base student's own mistakes
+recipes of `distill demo` (recipes/demo/), on the CPU or one GPU (--device). Training data: BFCL's live
+categories plus composed parallel tasks (joined live_simple questions); chosen = the tasks' verified answers, rejected = the base student's own mistakes
 (sampled at temperature 0.8) and synthetic hard negatives. Evaluation: BFCL's non-live Python categories and
 irrelevance (greedy). Conditions, same pairs and same budget of optimizer steps (--steps):
 
@@ -29,8 +29,9 @@ DPO computes the reference log-probabilities per step (`precompute_ref_log_probs
 
 Every stage is a distill command (printed), run in this process, its output kept in --out and skipped on a rerun.
 Writes benchmarks/results/quality-<date>-<cpu|gpu>.md and .json (sizes, hardware, per condition: accuracy per category and
-the error mix). No setting here is chosen by looking at the evaluation tasks: sizes and steps are the only knobs,
-and they are set by the time budget.
+the error mix, and the DPO runs' logged log-probabilities). No setting is tuned on the evaluation tasks: sizes and
+steps are set by the time budget, learning rates are the demo recipes', the NLL weight is 1:1 and was not varied.
+The +nll and sft-half conditions were added after the first GPU run, the first on the evidence of its training log.
 """
 
 from __future__ import annotations
@@ -40,8 +41,8 @@ import datetime
 import json
 import os
 import platform
-import time
 import sys
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent

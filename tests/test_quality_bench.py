@@ -45,7 +45,7 @@ def test_plan_trains_every_condition_on_the_same_pairs_and_budget(quality, tmp_p
     steps = {name: int(a[a.index("--max_steps") + 1]) for name, a in trains.items()}
     assert steps["sft"] == steps["dpo"] == 9 and steps["sft-half"] + steps["sft+dpo"] == 9
     assert steps["sft+dpo+nll"] == steps["sft+dpo"]
-    for name, a in trains.items():
+    for a in trains.values():
         recipe = parse_recipe(a[1:])  # argv[0] is the subcommand
         assert recipe.script.dataset_path == trains["sft"][trains["sft"].index("--dataset_path") + 1]
         assert recipe.training.per_device_train_batch_size == 6

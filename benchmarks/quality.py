@@ -18,11 +18,15 @@ irrelevance (greedy). Conditions, same pairs and same budget of optimizer steps 
     sft+dpo    SFT for --steps/2, then DPO from that adapter for --steps/2
     sft+dpo+nll  the same, with an SFT (negative log-likelihood) term on the chosen answer added to the DPO loss
                (TRL's loss_type [sigmoid, sft], weights 1:1; the "RPO" of Pang et al. 2024)
+    sft+dpo-onpolicy  sft+dpo, with rejected answers from the SFT'd student's own mistakes (sft-half sampled on
+               the training tasks like the base student was) instead of the base student's; same chosen answers
 
 Why the last one: in the first GPU run (benchmarks/results/quality-2026-11-28-gpu.md) plain DPO after SFT
 lowered the chosen answers' log-probability from -3 to -17..-39 nats while the margin grew (the training log's
 logps/chosen; likelihood displacement), and the student's answers fell apart into malformed calls. The NLL term
-holds the chosen answers up.
+holds the chosen answers up. Why on-policy: 624 of that run's 670 student-made rejected answers were prose
+without a call, which the SFT'd student no longer writes (log-probability -193 under it): the margin is won before
+DPO starts. The SFT'd student's own mistakes are the ones DPO should push down.
 
 DPO computes the reference log-probabilities per step (`precompute_ref_log_probs false`): a run trains on
 --steps x --train-batch-size pairs, often fewer than the dataset holds, and precomputing them all would cost more.
@@ -31,7 +35,8 @@ Every stage is a distill command (printed), run in this process, its output kept
 Writes benchmarks/results/quality-<date>-<cpu|gpu>.md and .json (sizes, hardware, per condition: accuracy per category and
 the error mix, and the DPO runs' logged log-probabilities). No setting is tuned on the evaluation tasks: sizes and
 steps are set by the time budget, learning rates are the demo recipes', the NLL weight is 1:1 and was not varied.
-The +nll and sft-half conditions were added after the first GPU run, the first on the evidence of its training log.
+The sft-half, +nll and -onpolicy conditions were added after the first GPU run, on the evidence of its training log
+and its pairs.
 """
 
 from __future__ import annotations
@@ -52,7 +57,7 @@ from distill.demo import STUDENT, Stage, _pct, _rel, run_plan  # noqa: E402
 from eval.io import atomic_write, write_json  # noqa: E402
 
 EVAL_CATEGORIES = "simple_python,multiple,parallel,parallel_multiple,irrelevance"
-CONDITIONS = ("base", "sft-half", "sft", "dpo", "sft+dpo", "sft+dpo+nll")
+CONDITIONS = ("base", "sft-half", "sft", "dpo", "sft+dpo", "sft+dpo+nll", "sft+dpo-onpolicy")
 
 
 def _recipe_without_init_adapter(src: Path, dst: Path) -> Path:
@@ -78,15 +83,26 @@ def plan(args) -> list[Stage]:
           "--dtype", args.dtype]
     half = max(1, args.steps // 2)
     # The demo recipes are written for the CPU (use_cpu: true); on a GPU the same recipe runs there.
-    common = ["--dataset_path", o("pairs"), "--per_device_train_batch_size", str(args.train_batch_size),
-              "--use_cpu", str(args.device == "cpu").lower(), "--load_in_4bit", "false", "--max_length",
-              str(args.max_length)]
+    common = ["--per_device_train_batch_size", str(args.train_batch_size), "--use_cpu",
+              str(args.device == "cpu").lower(), "--load_in_4bit", "false", "--max_length", str(args.max_length)]
     dpo = ["--precompute_ref_log_probs", "false"]
 
-    def train_stage(name, recipe, steps, lr, extra=()):
+    def train_stage(name, recipe, steps, lr, extra=(), pairs="pairs"):
         return Stage(f"train {name}", f"{name}: {steps} steps", out / "checkpoints" / name / "adapter_model.safetensors",
-                     ["train", recipe, *common, "--learning_rate", str(lr), "--output_dir", o("checkpoints", name),
-                      "--max_steps", str(steps), "--save_steps", str(steps), *extra])
+                     ["train", recipe, "--dataset_path", o(pairs), *common, "--learning_rate", str(lr),
+                      "--output_dir", o("checkpoints", name), "--max_steps", str(steps), "--save_steps", str(steps),
+                      *extra])
+
+    def sample_stage(name, what, folder, model):
+        """A student answering the training tasks at temperature 0.8: its mistakes become rejected answers."""
+        return Stage(name, what, out / folder / "report.json",
+                     ["eval", *model, "--tasks", train, "--backend", "hf", "--temperature", "0.8", "--seed", "0",
+                      "--samples", str(args.student_samples), *ev, "--no-plots", "--out", o(folder)])
+
+    def pairs_stage(folder, student, what):
+        return Stage("pairs", what, out / folder / "pairs_stats.json",
+                     ["pairs", "--tasks", train, "--student-traces", o(student, "traces.jsonl"), "--chosen-from",
+                      "gold", "--synthetic", "2", "--max-pairs-per-task", "3", "--test-size", "0", "--out", o(folder)])
 
     def eval_stage(name):
         return Stage(f"eval {name}", f"{name} on held-out tasks", out / "checkpoints" / name / "eval" / "report.json",
@@ -102,13 +118,9 @@ def plan(args) -> list[Stage]:
         Stage("compose", "composed parallel tasks", out / "train_tasks.jsonl",
               ["compose", "--tasks", o("train_source.jsonl"), "--categories", "live_simple", "--k", "2-3",
                "--share", str(args.composed_share), "--max-tools", "3", "--seed", "0", "--out", train]),
-        Stage("student", "base student on training tasks (on-policy negatives)", out / "student" / "report.json",
-              ["eval", "--model", STUDENT, "--chat-template", template, "--tasks", train, "--backend", "hf",
-               "--temperature", "0.8", "--seed", "0", "--samples", str(args.student_samples), *ev, "--no-plots",
-               "--out", o("student")]),
-        Stage("pairs", "chosen: verified answers; rejected: student + synthetic", out / "pairs" / "pairs_stats.json",
-              ["pairs", "--tasks", train, "--student-traces", o("student", "traces.jsonl"), "--chosen-from", "gold",
-               "--synthetic", "2", "--max-pairs-per-task", "3", "--test-size", "0", "--out", o("pairs")]),
+        sample_stage("student", "base student on training tasks (its own mistakes)", "student",
+                     ["--model", STUDENT, "--chat-template", template]),
+        pairs_stage("pairs", "student", "chosen: verified answers; rejected: base student + synthetic"),
         Stage("eval base", "base student on held-out tasks", out / "eval_base" / "report.json",
               ["eval", "--model", STUDENT, "--chat-template", template, "--tasks", held_out, *ev,
                "--out", o("eval_base")]),
@@ -125,6 +137,12 @@ def plan(args) -> list[Stage]:
                     [*dpo, "--loss_type", "sigmoid", "sft", "--loss_weights", "1.0", "1.0",
                      "--init_adapter", o("checkpoints", "sft-half")]),
         eval_stage("sft+dpo+nll"),
+        sample_stage("student sft-half", "the SFT'd student on training tasks (its own mistakes)", "student-sft-half",
+                     ["--adapter", o("checkpoints", "sft-half")]),
+        pairs_stage("pairs-sft-half", "student-sft-half", "chosen: verified answers; rejected: SFT'd student + synthetic"),
+        train_stage("sft+dpo-onpolicy", dpo_recipe, args.steps - half, args.dpo_lr,
+                    [*dpo, "--init_adapter", o("checkpoints", "sft-half")], pairs="pairs-sft-half"),
+        eval_stage("sft+dpo-onpolicy"),
     ]
 
 
@@ -162,18 +180,24 @@ def results(args, timings: dict) -> dict:
     paths.update({c: out / "checkpoints" / c / "eval" / "report.json" for c in CONDITIONS[1:]})
     reports = {c: json.loads(p.read_text()) for c, p in paths.items()}
     pairs = json.loads((out / "pairs" / "pairs_stats.json").read_text())["summary"]
+    onpolicy = json.loads((out / "pairs-sft-half" / "pairs_stats.json").read_text())["summary"]
     return {
         "date": datetime.date.today().isoformat(),
         "hardware": hardware(),
         "student": STUDENT,
         "sizes": {k: v for k, v in vars(args).items() if k not in ("out", "results")},
         "pairs": pairs,
+        "pairs_onpolicy": onpolicy,
         "stage_seconds": timings,
         "training": {c: training_log(out / "checkpoints" / c) for c in CONDITIONS[1:]},
         "conditions": {c: {"n": r["n"], "accuracy": r["accuracy"], "strict_accuracy": r["strict_accuracy"],
                            "by_category": {k: {"n": v["n"], "accuracy": v["accuracy"]} for k, v in r["by_category"].items()},
                            "errors": r["errors"]} for c, r in reports.items()},
     }
+
+
+def _counts(counts: dict) -> str:
+    return ", ".join(f"{k} {v}" for k, v in counts.items())
 
 
 def markdown(res: dict) -> str:
@@ -185,10 +209,14 @@ def markdown(res: dict) -> str:
              f"Student {res['student']} (LoRA, {s['device']}), trained on BFCL {s['train_categories']} "
              f"({s['train_per_category'] or 'all'} per category) + composed parallel tasks (share {s['composed_share']}); "
              f"{res['pairs']['pairs']} pairs (chosen: verified answers; rejected: "
-             f"{', '.join(f'{k} {v}' for k, v in res['pairs']['rejected_source'].items())}). "
-             f"Budget: {s['steps']} optimizer steps of {s['train_batch_size']} pairs per condition (sft+dpo, sft+dpo+nll: "
-             f"half each). Held out: BFCL {EVAL_CATEGORIES} "
+             f"{_counts(res['pairs']['rejected_source'])}). "
+             f"Budget: {s['steps']} optimizer steps of {s['train_batch_size']} pairs per condition (the sft+dpo "
+             f"conditions: half SFT, half DPO). Held out: BFCL {EVAL_CATEGORIES} "
              f"({s['eval_per_category'] or 'all'} per category), greedy, max {s['max_new_tokens']} new tokens.",
+             *([f"sft+dpo-onpolicy: {res['pairs_onpolicy']['pairs']} pairs, same chosen answers; rejected: "
+                f"{_counts(res['pairs_onpolicy']['rejected_source'])}; rejected errors: "
+                f"{_counts(res['pairs_onpolicy']['rejected_error'])} (main pairs: {_counts(res['pairs']['rejected_error'])})."]
+               if res.get("pairs_onpolicy") else []),
              f"Hardware: {res['hardware']['cpu']} x{res['hardware']['cpu_count']}, GPU {res['hardware']['gpu']}, "
              f"torch {res['hardware']['torch']}; {res['stage_seconds']['total'] / 60:.0f} min in all "
              f"(stages skipped on a rerun not counted).", "",

@@ -7,8 +7,8 @@
 
 Student: SmolLM2-135M-Instruct (pkg:smollm2-135m-instruct, Hermes tool template), LoRA in float32 with the
 recipes of `distill demo` (recipes/demo/), on the CPU or one GPU (--device). Training data: BFCL's live
-categories plus composed parallel tasks (joined live_simple questions); chosen = the tasks' verified answers, rejected = the base student's own mistakes
-(sampled at temperature 0.8) and synthetic hard negatives. Evaluation: BFCL's non-live Python categories and
+categories plus composed parallel tasks (joined live_simple questions); chosen = the tasks' verified answers,
+rejected = the base student's own mistakes (sampled at temperature 0.8) and synthetic hard negatives. Evaluation: BFCL's non-live Python categories and
 irrelevance (greedy). Conditions, same pairs and same budget of optimizer steps (--steps):
 
     base       no training
@@ -21,7 +21,7 @@ irrelevance (greedy). Conditions, same pairs and same budget of optimizer steps 
     sft+dpo-onpolicy  sft+dpo, with rejected answers from the SFT'd student's own mistakes (sft-half sampled on
                the training tasks like the base student was) instead of the base student's; same chosen answers
 
-Why the last one: in the first GPU run (benchmarks/results/quality-2026-11-28-gpu.md) plain DPO after SFT
+Why +nll and -onpolicy: in the first GPU run (benchmarks/results/quality-2026-11-28-gpu.md) plain DPO after SFT
 lowered the chosen answers' log-probability from -3 to -17..-39 nats while the margin grew (the training log's
 logps/chosen; likelihood displacement), and the student's answers fell apart into malformed calls. The NLL term
 holds the chosen answers up. Why on-policy: 624 of that run's 670 student-made rejected answers were prose
@@ -252,8 +252,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=100, help="optimizer steps per trained condition")
     p.add_argument("--train-batch-size", type=int, default=4, help="pairs per optimizer step (default: %(default)s)")
     p.add_argument("--student-samples", type=int, default=1,
-                   help="answers the base student gives per training task at temperature 0.8, the source of its "
-                   "own mistakes (default: %(default)s)")
+                   help="answers a student gives per training task at temperature 0.8, the source of its own "
+                   "mistakes: the base student, and the SFT'd one for sft+dpo-onpolicy (default: %(default)s)")
     p.add_argument("--sft-lr", type=float, default=5e-4, help="SFT learning rate (the demo recipe's)")
     p.add_argument("--dpo-lr", type=float, default=2e-4, help="DPO learning rate (the demo recipe's)")
     p.add_argument("--max-new-tokens", type=int, default=128, help="answer length cap when evaluating")

@@ -1,6 +1,6 @@
 """Does training help a real small student call functions, and does DPO add to SFT? Measured on BFCL.
 
-    OMP_NUM_THREADS=2 python benchmarks/quality.py --train-per-category 20 --eval-per-category 8 --steps 8   # 2-core CPU, ~1.5 h
+    OMP_NUM_THREADS=2 python benchmarks/quality.py --train-per-category 20 --eval-per-category 8 --steps 8   # 2-core CPU, ~2 h
     python benchmarks/quality.py --device cuda --train-per-category 200 --eval-per-category 100 --steps 150 \
         --train-batch-size 8 --student-samples 2 --batch-size 128 --max-new-tokens 160    # one H200: ~11 min
     nohup python benchmarks/quality.py ... > quality.log 2>&1 &                     # resumable: rerun to continue

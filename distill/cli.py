@@ -758,3 +758,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"distill {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+if __name__ == "__main__":  # `python -m distill.cli ...` runs the CLI too, like `python -m distill ...`
+    raise SystemExit(main())

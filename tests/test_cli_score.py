@@ -162,3 +162,9 @@ def test_import_jsonl_xlam_rows(tmp_path):
     src.write_text(json.dumps({**rows[0], "answers": "[{bad"}) + "\n")
     r = distill("import", "jsonl", src, "--out", tmp_path / "bad.jsonl")
     assert r.returncode == 2 and "xlam.jsonl:1: key 'answers' is a string but not valid JSON" in r.stderr
+
+
+def test_the_cli_module_runs_as_a_script():
+    for module in ("distill", "distill.cli"):
+        proc = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0 and "usage: distill" in proc.stdout, (module, proc.stdout[-500:], proc.stderr[-500:])

@@ -53,6 +53,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from distill import run_info  # noqa: E402
 from distill.demo import STUDENT, Stage, _pct, _rel, run_plan  # noqa: E402
 from eval.io import atomic_write, write_json  # noqa: E402
 
@@ -147,16 +148,18 @@ def plan(args) -> list[Stage]:
 
 
 def hardware() -> dict:
+    """distill's run hardware (platform, cores, threads, GPUs) plus what the table names: the CPU model, the GPU,
+    the torch and Python versions and OMP_NUM_THREADS."""
     import torch
 
-    info = {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
-            "cpu_count": os.cpu_count(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
+    info = run_info.hardware()
     try:
         info["cpu"] = next(ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
                            if ln.startswith("model name"))
     except (OSError, StopIteration):
         info["cpu"] = platform.processor()
-    info["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    info.update(gpu=info["gpus"][0] if info["gpus"] else None, torch=torch.__version__,
+                python=platform.python_version(), omp_num_threads=os.environ.get("OMP_NUM_THREADS"))
     return info
 
 
@@ -282,9 +285,10 @@ def main(argv=None) -> int:
     folder.mkdir(parents=True, exist_ok=True)
     stem = folder / f"quality-{res['date']}-{'gpu' if args.device == 'cuda' else 'cpu'}"
     write_json(stem.with_suffix(".json"), res)
+    table = markdown(res)
     with atomic_write(stem.with_suffix(".md")) as f:
-        f.write(markdown(res))
-    print(markdown(res))
+        f.write(table)
+    print(table)
     print(f"wrote {stem}.md and .json", file=sys.stderr)
     return 0
 

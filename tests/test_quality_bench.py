@@ -25,10 +25,6 @@ def quality(monkeypatch):
     return module
 
 
-def _argv(stage) -> list[str]:
-    return list(stage.argv)
-
-
 @pytest.mark.parametrize("device", ["cpu", "cuda"])
 def test_plan_trains_every_condition_on_the_same_pairs_and_budget(quality, tmp_path, device):
     args = quality.parse_args(["--out", str(tmp_path / "q"), "--steps", "9", "--train-batch-size", "6",
@@ -37,10 +33,10 @@ def test_plan_trains_every_condition_on_the_same_pairs_and_budget(quality, tmp_p
     by_name = {s.name: s for s in stages}
     assert [s.name for s in stages if s.name.startswith("eval")] == [
         "eval base", "eval sft", "eval dpo", "eval sft-half", "eval sft+dpo", "eval sft+dpo+nll", "eval sft+dpo-onpolicy"]
-    student = _argv(by_name["student"])
+    student = by_name["student"].argv
     assert student[student.index("--samples") + 1] == "3" and student[student.index("--device") + 1] == device
 
-    trains = {s.name.removeprefix("train "): _argv(s) for s in stages if s.name.startswith("train")}
+    trains = {s.name.removeprefix("train "): s.argv for s in stages if s.name.startswith("train")}
     assert set(trains) == {"sft", "dpo", "sft-half", "sft+dpo", "sft+dpo+nll", "sft+dpo-onpolicy"}
     steps = {name: int(a[a.index("--max_steps") + 1]) for name, a in trains.items()}
     assert steps["sft"] == steps["dpo"] == 9 and steps["sft-half"] + steps["sft+dpo"] == 9

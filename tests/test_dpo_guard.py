@@ -1,0 +1,75 @@
+"""The logps/chosen guard: warns, and with stop set ends training, once DPO's chosen log-probability falls more
+than the threshold below its first logged value; ignores other keys; a non-number threshold is refused."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import pytest
+from transformers import TrainerControl, TrainerState
+
+from distill.callbacks import LogpsGuard
+
+
+def replay(guard: LogpsGuard, logs: list[dict]) -> list[bool]:
+    """Feed a training log to the guard the way the Trainer does; returns should_training_stop after each entry."""
+    state, control, stops = TrainerState(), TrainerControl(), []
+    for step, entry in enumerate(logs, 1):
+        state.global_step = step * 5
+        control = guard.on_log(None, state, control, logs=entry) or control
+        stops.append(control.should_training_stop)
+    return stops
+
+
+# What the first GPU run logged for plain DPO after SFT (benchmarks/results/quality-2026-11-28-gpu.md): the
+# chosen answers' log-probability falling from -2.9 while the margin grew.
+FALLING = [{"loss": 0.69, "logps/chosen": -2.9, "rewards/margins": 0.1},
+           {"loss": 0.40, "logps/chosen": -6.0, "rewards/margins": 4.0},
+           {"eval_logps/chosen": -40.0},  # an evaluation log: a different key, not watched
+           {"loss": 0.10, "logps/chosen": -16.9, "rewards/margins": 20.0},
+           {"loss": 0.05, "logps/chosen": -30.0, "rewards/margins": 25.0}]
+
+
+def test_warns_once_without_stopping_when_chosen_logps_fall_past_the_threshold(caplog):
+    guard = LogpsGuard(max_drop_nats=10.0)
+    with caplog.at_level(logging.WARNING, logger="distill.train"):
+        stops = replay(guard, FALLING)
+    assert stops == [False] * 5
+    warnings = [r for r in caplog.records if "logps/chosen fell" in r.getMessage()]
+    assert len(warnings) == 1 and "14.00 nats below" in warnings[0].getMessage()
+    s = guard.summary()
+    assert s["first"] == -2.9 and s["first_step"] == 5 and s["lowest"] == -30.0 and s["last"] == -30.0
+    assert s["tripped"]["step"] == 20 and s["tripped"]["value"] == -16.9 and s["tripped"]["stopped"] is False
+    assert math.isclose(s["tripped"]["drop_nats"], 14.0)
+
+
+def test_stops_training_at_the_first_log_past_the_threshold():
+    guard = LogpsGuard(max_drop_nats=10.0, stop=True)
+    assert replay(guard, FALLING) == [False, False, False, True, True]
+    assert guard.summary()["tripped"]["stopped"] is True
+
+
+def test_a_drop_within_the_threshold_or_a_rising_log_never_trips():
+    guard = LogpsGuard(max_drop_nats=20.0, stop=True)
+    assert replay(guard, FALLING[:4]) == [False] * 4 and guard.tripped is None
+    rising = LogpsGuard(max_drop_nats=0.5, stop=True)
+    assert replay(rising, [{"logps/chosen": v} for v in (-3.0, -2.8, -2.0, -1.1)]) == [False] * 4
+
+
+def test_a_non_finite_value_trips_the_guard():
+    guard = LogpsGuard(max_drop_nats=1000.0, stop=True)
+    assert replay(guard, [{"logps/chosen": -3.0}, {"logps/chosen": float("nan")}]) == [False, True]
+    assert guard.tripped["drop_nats"] == math.inf
+
+
+def test_sft_logs_without_the_key_are_ignored():
+    guard = LogpsGuard(max_drop_nats=1.0, stop=True)
+    assert replay(guard, [{"loss": 2.0}, {"loss": 9.0}]) == [False, False]
+    assert guard.summary()["first"] is None and guard.tripped is None
+
+
+@pytest.mark.parametrize("bad", ["ten", None, True, 0, -3.0, float("nan")])
+def test_threshold_must_be_a_positive_number(bad):
+    with pytest.raises(ValueError, match="positive number of nats"):
+        LogpsGuard(max_drop_nats=bad)

@@ -1,0 +1,329 @@
+"""GRPO with the verifier as the reward (distill/grpo.py): the reward's values on hand-built answers, the reward
+configuration, the prompt rows (the same text `distill eval` feeds the model), and the bad inputs that must fail
+before any weights load."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from distill.grpo import (
+    PRESETS,
+    VerifierReward,
+    build_dataset,
+    check_tasks_path,
+    load_train_tasks,
+    resolve_reward,
+    score_answer,
+    total_reward,
+    trainer_prompt_text,
+)
+from eval.io import DistillError
+from eval.tasks import task_from_dict
+
+DEBUG = Path(__file__).resolve().parents[1] / "recipes" / "debug"
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    """Copies of the debug recipes' tiny model, pairs and tasks (tests never write into the repository)."""
+    shutil.copytree(DEBUG / "tiny", tmp_path / "tiny")
+    return tmp_path / "tiny"
+
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather in a city",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "city": {"type": "string"},
+                "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
+            },
+            "required": ["city"],
+        },
+    },
+}
+AREA = {
+    "type": "function",
+    "function": {
+        "name": "calculate_area",
+        "description": "Area of a triangle",
+        "parameters": {
+            "type": "object",
+            "properties": {"base": {"type": "integer"}, "height": {"type": "number"}},
+            "required": ["base", "height"],
+        },
+    },
+}
+CALL_TASK = task_from_dict(
+    {
+        "id": "weather",
+        "messages": [{"role": "user", "content": "Weather in Paris in celsius?"}],
+        "tools": [WEATHER, AREA],
+        "expected": [{"name": "get_weather", "arguments": {"city": ["Paris"], "unit": ["celsius", ""]}}],
+    }
+)
+PARALLEL_TASK = task_from_dict(
+    {
+        "id": "two",
+        "messages": [{"role": "user", "content": "Weather in Paris and Lima?"}],
+        "tools": [WEATHER],
+        "expected": [
+            {"name": "get_weather", "arguments": {"city": ["Paris"], "unit": [""]}},
+            {"name": "get_weather", "arguments": {"city": ["Lima"], "unit": [""]}},
+        ],
+    }
+)
+IRRELEVANCE_TASK = task_from_dict(
+    {
+        "id": "joke",
+        "messages": [{"role": "user", "content": "Tell me a joke."}],
+        "tools": [WEATHER],
+        "expected": [],
+    }
+)
+
+
+def hermes(*calls) -> str:
+    return "\n".join(
+        f"<tool_call>\n{json.dumps({'name': n, 'arguments': a})}\n</tool_call>" for n, a in calls
+    )
+
+
+FINE, BINARY = resolve_reward("fine"), resolve_reward("binary")
+
+
+@pytest.mark.parametrize(
+    "task, answer, error, components, fine",
+    [
+        # correct by BFCL's rules (the unit is optional; "paris" matches after BFCL's string normalisation)
+        (
+            CALL_TASK,
+            hermes(("get_weather", {"city": "paris", "unit": "celsius"})),
+            "ok",
+            dict(correct=1, format=1, schema=1, function=1, arguments=1),
+            1.0,
+        ),
+        (
+            CALL_TASK,
+            hermes(("get_weather", {"city": "Paris"})),
+            "ok",
+            dict(correct=1, format=1, schema=1, function=1, arguments=1),
+            1.0,
+        ),
+        # wrong value: one of the two expected arguments is not acceptable
+        (
+            CALL_TASK,
+            hermes(("get_weather", {"city": "London", "unit": "celsius"})),
+            "wrong_value",
+            dict(correct=0, format=1, schema=1, function=1, arguments=0.5),
+            0.4,
+        ),
+        # schema violation: "kelvin" is not in the enum (and not an acceptable value either)
+        (
+            CALL_TASK,
+            hermes(("get_weather", {"city": "Paris", "unit": "kelvin"})),
+            "schema_violation",
+            dict(correct=0, format=1, schema=0, function=1, arguments=0.5),
+            0.3,
+        ),
+        # an argument outside the schema: schema fails, and the extra key counts against the arguments
+        (
+            CALL_TASK,
+            hermes(("get_weather", {"city": "Paris", "when": "now"})),
+            "schema_violation",
+            dict(correct=0, format=1, schema=0, function=1, arguments=2 / 3),
+            0.2 + 0.4 / 3,
+        ),
+        # the wrong function, well-formed and schema-valid
+        (
+            CALL_TASK,
+            hermes(("calculate_area", {"base": 2, "height": 3})),
+            "wrong_function",
+            dict(correct=0, format=1, schema=1, function=0, arguments=0),
+            0.2,
+        ),
+        # malformed: an attempt at a call that does not parse
+        (
+            CALL_TASK,
+            '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Par',
+            "malformed",
+            dict.fromkeys(PRESETS["fine"], 0),
+            0.0,
+        ),
+        # prose where a call is needed
+        (CALL_TASK, "It is sunny in Paris.", "no_call", dict.fromkeys(PRESETS["fine"], 0), 0.0),
+        # a (perfectly valid) call on an irrelevance task
+        (
+            IRRELEVANCE_TASK,
+            hermes(("get_weather", {"city": "Paris"})),
+            "unexpected_call",
+            dict.fromkeys(PRESETS["fine"], 0),
+            0.0,
+        ),
+        # the correct abstention
+        (
+            IRRELEVANCE_TASK,
+            "I can only tell you the weather, not jokes.",
+            "ok",
+            dict.fromkeys(PRESETS["fine"], 1),
+            1.0,
+        ),
+        # one of two parallel calls: half the functions (Jaccard 1/2) and half the arguments
+        (
+            PARALLEL_TASK,
+            hermes(("get_weather", {"city": "Lima"})),
+            "wrong_count",
+            dict(correct=0, format=1, schema=1, function=0.5, arguments=0.5),
+            0.1 + 0.1 + 0.05 + 0.1,
+        ),
+        (
+            PARALLEL_TASK,
+            hermes(("get_weather", {"city": "Lima"}), ("get_weather", {"city": "Paris"})),
+            "ok",
+            dict(correct=1, format=1, schema=1, function=1, arguments=1),
+            1.0,
+        ),
+    ],
+)
+def test_reward_values_on_hand_built_answers(task, answer, error, components, fine):
+    scores, got_error = score_answer(task, answer)
+    assert got_error == error
+    assert scores == pytest.approx(components)
+    assert total_reward(scores, FINE) == pytest.approx(fine)
+    assert total_reward(scores, BINARY) == (1.0 if error == "ok" else 0.0)
+
+
+def test_reward_never_raises_on_hostile_text():
+    for text in [
+        "",
+        "[" * 5000,
+        '{"name": 1}',
+        "<tool_call>" + "9" * 5000 + "</tool_call>",
+        '[get_weather(city="\ud800")]',
+        "\x00\x01",
+        '<tool_call>{"name": "get_weather", "arguments": 7}',
+    ]:
+        scores, error = score_answer(CALL_TASK, text)
+        assert set(scores) == set(PRESETS["fine"]) and all(0.0 <= v <= 1.0 for v in scores.values())
+        assert error != "ok"
+
+
+def test_resolve_reward_presets_lists_and_errors():
+    assert resolve_reward("binary").components == ("correct",)
+    fine = resolve_reward(["fine"])
+    assert fine.preset == "fine" and sum(fine.weights) == pytest.approx(1.0)
+    assert resolve_reward("fine", [1, 1, 1, 1, 1]).weights == (1.0,) * 5
+    spec = resolve_reward("correct, format")
+    assert spec.components == ("correct", "format") and spec.weights == (1.0, 1.0) and spec.preset is None
+    assert resolve_reward(["correct", "schema"], [1.0, 0.5]).to_dict() == {
+        "preset": None,
+        "components": {"correct": 1.0, "schema": 0.5},
+    }
+    with pytest.raises(DistillError, match="unknown component.*'corect'"):
+        resolve_reward(["corect", "format"])
+    with pytest.raises(DistillError, match="unknown component.*'fine'"):
+        resolve_reward(["fine", "format"])  # a preset stands alone
+    with pytest.raises(DistillError, match="reward_weights: 2 weight"):
+        resolve_reward("fine", [1.0, 2.0])
+    with pytest.raises(DistillError, match="named twice"):
+        resolve_reward(["correct", "correct"])
+
+
+def test_reward_functions_decode_ids_like_eval_and_score_each_batch_once(tiny):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny / "model")
+    reward = VerifierReward(
+        {t.id: t for t in (CALL_TASK, IRRELEVANCE_TASK)}, FINE, tokenizer=tok, stop_ids={tok.eos_token_id}
+    )
+    funcs = reward.functions()
+    assert [f.__name__ for f in funcs] == list(PRESETS["fine"])
+    right = hermes(("get_weather", {"city": "Paris"}))
+    # generation ends with the end-of-turn token; anything after it (padding, a second turn) is not the answer
+    ids = [
+        tok(right, add_special_tokens=False)["input_ids"] + [tok.eos_token_id] + tok("junk")["input_ids"],
+        tok("no idea", add_special_tokens=False)["input_ids"] + [tok.eos_token_id],
+        tok("Sorry, no joke.", add_special_tokens=False)["input_ids"],
+    ]
+    completions = ["<decoded by the trainer, ignored>"] * 3
+    metrics, extra = {}, {}
+    columns = dict(
+        task_id=["weather", "weather", "joke"], log_metric=metrics.__setitem__, log_extra=extra.__setitem__
+    )
+    out = {
+        f.__name__: f(prompts=["p"] * 3, completions=completions, completion_ids=ids, **columns)
+        for f in funcs
+    }
+    assert out["correct"] == [1.0, 0.0, 1.0] and out["format"] == [1.0, 0.0, 1.0]
+    assert reward.answers == 3, "the five component functions share one scoring pass"
+    assert extra["verdict"] == ["ok", "no_call", "ok"] and metrics["verifier/answers_per_s"] > 0
+    summary = reward.summary()
+    assert summary["components"] == PRESETS["fine"] and summary["errors"] == {"ok": 2, "no_call": 1}
+    # the next batch (a new list) is scored again
+    funcs[0](prompts=["p"], completions=["x"], completion_ids=[ids[0]], task_id=["weather"])
+    assert reward.answers == 4
+    with pytest.raises(DistillError, match="task 'nope'"):
+        funcs[0](prompts=["p"], completions=["x"], completion_ids=[ids[0]], task_id=["nope"])
+
+
+def test_prompt_rows_are_the_text_distill_eval_feeds_the_model(tiny):
+    from transformers import AutoTokenizer
+
+    from data_gen.prompting import render_prompt
+
+    tasks = load_train_tasks(str(tiny / "tasks.jsonl"))
+    tok = AutoTokenizer.from_pretrained(tiny / "model")
+    rows, audit = build_dataset(tasks, tok)
+    assert rows.column_names == ["prompt", "task_id"] and len(rows) == len(tasks) == audit["rows"]
+    assert audit["irrelevance_tasks"] == 3 and audit["prompt"]["max"] > 100
+    for row in rows:
+        task = tasks[row["task_id"]]
+        text, completion = render_prompt(tok, task.messages, task.tools)
+        assert not completion and row["prompt"] == text
+        # every task's own tools are in its prompt, and no other task's
+        names = {t["function"]["name"] for t in task.tools}
+        for other in ("get_weather", "calculate_area", "convert_currency"):
+            assert (f'"name": "{other}"' in row["prompt"]) == (other in names)
+
+
+def test_trainer_prompt_text_drops_a_bos_the_tokenizer_adds_again(tiny):
+    from tokenizers import processors
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny / "model")
+    text = "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+    assert trainer_prompt_text(tok, text) == (text, len(tok(text)["input_ids"]))
+    # A tokenizer that adds a BOS (as Llama 3's and Gemma's do) to a template that writes one already
+    bos = "<|endoftext|>"
+    tok.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A", special_tokens=[(bos, tok.convert_tokens_to_ids(bos))]
+    )
+    tok.bos_token = bos
+    with_bos = bos + text
+    assert tok(with_bos)["input_ids"][:2] == [tok.bos_token_id] * 2, "the double BOS this guards against"
+    stripped, n = trainer_prompt_text(tok, with_bos)
+    assert (
+        stripped == text
+        and tok(stripped)["input_ids"] == tok(with_bos, add_special_tokens=False)["input_ids"]
+    )
+    assert n == len(tok(with_bos, add_special_tokens=False)["input_ids"])
+
+
+def test_bad_tasks_inputs_are_clear_errors(tiny, tmp_path):
+    with pytest.raises(DistillError, match="is a preference dataset; stage grpo trains on a tasks .jsonl"):
+        check_tasks_path(str(tiny / "pairs"))
+    with pytest.raises(DistillError, match="no such tasks file"):
+        load_train_tasks(str(tmp_path / "missing.jsonl"))
+    lines = [json.loads(line) for line in open(tiny / "tasks.jsonl")]
+    del lines[2]["expected"]
+    bad = tmp_path / "no_expected.jsonl"
+    bad.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    with pytest.raises(DistillError, match=r"no_expected.jsonl:3: .*missing key 'expected'.*expected calls"):
+        load_train_tasks(str(bad))

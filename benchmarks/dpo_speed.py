@@ -47,6 +47,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from distill.fast_dpo import trl_compat  # noqa: E402
+
 # Qwen2.5-0.5B and -1.5B as published (config.json of the Qwen/Qwen2.5-*-Instruct repos), weights random.
 QWEN25 = {
     "0.5b": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
@@ -213,7 +215,7 @@ class StepClock:
 
             def on_step_end(self, args, state, control, **kw):
                 clock.sync()
-                clock.marks.append((time.perf_counter(), clock.trainer._total_train_tokens))
+                clock.marks.append((time.perf_counter(), trl_compat.train_tokens(clock.trainer)))
 
         self.callback = Callback()
         self.marks: list[tuple[float, int]] = []
@@ -324,7 +326,7 @@ def correctness_check(model_dir, dataset, tokenizer, opts, work: Path) -> dict:
             if config == "stock":
                 batch = trainer.data_collator([trainer.train_dataset[i] for i in range(n)])
                 batch = {k: v.to(device) for k, v in batch.items()}
-                ref = torch.cat(trainer.compute_ref_log_probs(trainer.model, batch))
+                ref = torch.cat(trl_compat.stock_reference_logps(trainer, batch))
             else:
                 store = trainer._stores["train"]
                 batch = trainer._collator(store, packing=True)(store.pairs[:n])

@@ -19,9 +19,8 @@ import torch
 
 from eval.io import DistillError
 
+from .config import ATTENTION_BACKENDS as BACKENDS
 from .packing import TRUNK
-
-BACKENDS = ("auto", "flex", "sdpa")
 
 
 def resolve_backend(requested: str, device: torch.device | str) -> str:

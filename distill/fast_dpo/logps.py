@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import torch
 
+from . import trl_compat
+
 
 @dataclass
 class SequenceLogps:
@@ -42,11 +44,9 @@ def _causal_lm(model: torch.nn.Module) -> torch.nn.Module:
 def ensure_fused_lm_head(model: torch.nn.Module) -> None:
     """Give the model TRL's fused LM head unless it has one. add_fused_lm_head replaces `forward` on the
     instance, which is how an already patched model is recognised."""
-    from trl.trainer.utils import add_fused_lm_head
-
     lm = _causal_lm(model)
     if not isinstance(vars(lm).get("forward"), types.MethodType):
-        add_fused_lm_head(lm)
+        trl_compat.add_fused_lm_head(lm)
 
 
 def segment_sums(values: torch.Tensor, index: torch.Tensor, n: int) -> torch.Tensor:
@@ -75,13 +75,10 @@ def sequence_logps(
     )
     entropy = top1 = None
     if lm_head == "fused":
-        out = model(**kwargs, labels=labels, fused_lm_head=True)
-        per_token, entropy, top1 = out.log_probs, out.entropy, out.is_top1
+        per_token, entropy, top1 = trl_compat.fused_forward(model, labels=labels, **kwargs)
     elif lm_head == "full":
-        from trl.trainer.utils import selective_log_softmax
-
         logits = model(**kwargs).logits[:, :-1]
-        per_token = selective_log_softmax(logits, labels[:, 1:].clamp(min=0))
+        per_token = trl_compat.selective_log_softmax(logits, labels[:, 1:].clamp(min=0))
     else:
         raise ValueError(f"lm_head must be 'fused' or 'full', got {lm_head!r}")
 

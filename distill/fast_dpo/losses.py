@@ -20,20 +20,7 @@ import torch.nn.functional as F
 
 from eval.io import DistillError
 
-SUPPORTED_LOSS_TYPES = ("sigmoid", "ipo", "hinge", "robust", "sft")
-
-
-def check_loss_config(loss_types: Sequence[str], loss_weights: Sequence[float] | None, label_smoothing: float) -> None:
-    unsupported = [t for t in loss_types if t not in SUPPORTED_LOSS_TYPES]
-    if unsupported:
-        raise DistillError(
-            f"fast DPO supports loss_type {', '.join(SUPPORTED_LOSS_TYPES)}; got {', '.join(unsupported)} "
-            "(use the stock trainer for it)"
-        )
-    if loss_weights is not None and len(loss_weights) != len(loss_types):
-        raise DistillError(f"{len(loss_weights)} loss_weights for {len(loss_types)} loss types")
-    if "robust" in loss_types and not 0.0 <= label_smoothing < 0.5:
-        raise DistillError(f"label_smoothing must lie in [0, 0.5) for the robust loss, got {label_smoothing}")
+from .config import SUPPORTED_LOSS_TYPES, check_loss_config  # noqa: F401 - re-exported
 
 
 def preference_loss(

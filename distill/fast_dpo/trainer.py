@@ -30,74 +30,24 @@ import contextlib
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from accelerate.utils import is_peft_model
 from torch.utils.data import DataLoader, Sampler
 from trl import DPOConfig, DPOTrainer
-from trl.models.utils import disable_gradient_checkpointing
-from trl.trainer.utils import use_adapter
 
 from eval.io import DistillError
 
-from . import ref_cache
+from . import ref_cache, trl_compat
 from .attention import attention_mask, resolve_backend, use_backend
+from .config import FastDPOConfig, check_fast_settings
 from .logps import ensure_fused_lm_head, sequence_logps
-from .losses import check_loss_config, preference_loss
+from .losses import preference_loss
 from .packing import Pair, collate_rows, packed_length, plan_packs, truncate_pair
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class FastDPOConfig(DPOConfig):
-    """DPOConfig plus the fast path's settings. The DPO fields keep their meaning; `per_device_train_batch_size`
-    is used only with packing=False."""
-
-    fast: bool = field(
-        default=False,
-        metadata={"help": "Train with FastDPOTrainer (distill.fast_dpo) instead of TRL's DPOTrainer: same loss, "
-                  "prompt computed once per pair, packed rows, cached reference log-probs."},
-    )
-    pack_tokens: int = field(
-        default=8192,
-        metadata={"help": "Tokens per pack, i.e. per step and device (a pair costs prompt + chosen + rejected + 1 "
-                  "tokens). Every pair must fit; peak memory grows with it."},
-    )
-    packing: bool = field(
-        default=True,
-        metadata={"help": "Pack pairs into rows of pack_tokens. False: per_device_train_batch_size pairs per "
-                  "step, one per row, padded to the longest (an ablation)."},
-    )
-    share_prompt: bool = field(
-        default=True,
-        metadata={"help": "Compute the prompt once for chosen and rejected. False: prompt + chosen and prompt + "
-                  "rejected as separate sequences (an ablation)."},
-    )
-    cache_ref_logps: bool = field(
-        default=True,
-        metadata={"help": "Compute reference log-probs once before training and keep them on disk. False: a "
-                  "reference forward every step, as stock DPO does (an ablation). precompute_ref_log_probs=True "
-                  "means the same as this."},
-    )
-    ref_cache_dir: str | None = field(
-        default=None,
-        metadata={"help": "Folder of cached reference log-probs; default $DISTILL_CACHE/ref_logps, else "
-                  "~/.cache/distill/ref_logps. Entries are keyed by model, reference adapter, data and "
-                  "max_length, so one folder serves every run."},
-    )
-    attention_backend: str = field(
-        default="auto",
-        metadata={"help": "'flex' (flex attention, block-sparse; CUDA), 'sdpa' (dense boolean mask; any device) "
-                  "or 'auto' (flex on CUDA, sdpa elsewhere)."},
-    )
-    lm_head: str = field(
-        default="fused",
-        metadata={"help": "'fused': TRL's chunked LM head on completion positions only. 'full': logits at every "
-                  "position (an ablation)."},
-    )
 
 
 def default_cache_dir() -> Path:
@@ -198,34 +148,21 @@ class PackedCollator:
 def check_args(args: DPOConfig) -> None:
     if not isinstance(args, FastDPOConfig):
         raise DistillError(f"FastDPOTrainer takes a FastDPOConfig, got {type(args).__name__}")
-    check_loss_config(args.loss_type, args.loss_weights, args.label_smoothing)
-    refused = {
-        "ld_alpha": args.ld_alpha is not None,
-        "use_weighting": args.use_weighting,
-        "f_divergence_type": args.f_divergence_type != "reverse_kl",
-        "sync_ref_model": args.sync_ref_model,
-        "truncation_mode": args.truncation_mode != "keep_start",
-    }
-    bad = [name for name, is_set in refused.items() if is_set]
-    if bad:
-        raise DistillError(f"fast DPO does not implement {', '.join(bad)}; use the stock trainer")
-    if args.pack_tokens < 2:
-        raise DistillError(f"pack_tokens must be at least 2, got {args.pack_tokens}")
-    if args.lm_head not in ("fused", "full"):
-        raise DistillError(f"lm_head must be 'fused' or 'full', got {args.lm_head!r}")
-    if args.precompute_ref_log_probs and not args.cache_ref_logps:
-        raise DistillError("precompute_ref_log_probs=True contradicts cache_ref_logps=False")
+    check_fast_settings(args)
 
 
+@trl_compat.skip_trl_precompute  # the reference log-probs come from the packed cache (_fill_reference)
 class FastDPOTrainer(DPOTrainer):
     def __init__(self, model, ref_model=None, args: FastDPOConfig | None = None, *a, **kw):
         args = args if args is not None else FastDPOConfig(output_dir="fast-dpo")
         check_args(args)
+        trl_compat.check_trl()
         self._cache_ref = args.cache_ref_logps or args.precompute_ref_log_probs
         super().__init__(model, ref_model, args, *a, **kw)
-        if self._is_vision_dataset:
+        trl_compat.check_trainer(self)
+        if trl_compat.is_vision_dataset(self):
             raise DistillError("fast DPO handles text preference data only")
-        if self.aux_loss_enabled:
+        if trl_compat.uses_aux_loss(self):
             raise DistillError("fast DPO does not add the MoE load-balancing loss; set router_aux_loss_coef=0")
 
         self._backend = resolve_backend(args.attention_backend, self.accelerator.device)
@@ -253,11 +190,6 @@ class FastDPOTrainer(DPOTrainer):
 
     # ---- reference log-probs -------------------------------------------------------------------------------
 
-    def _precompute_ref_logps(self, dataset, name, batch_size):
-        """TRL's precompute (run by its constructor and evaluate() when precompute_ref_log_probs is set) would
-        make a padded, prompt-twice pass over the data; the cache filled below replaces it."""
-        return dataset
-
     def _ref_adapter(self) -> str | None:
         """TRL's convention: a PEFT model that came with an adapter gets a frozen "ref" copy of it."""
         peft_config = getattr(self.accelerator.unwrap_model(self.model), "peft_config", None) or {}
@@ -269,11 +201,14 @@ class FastDPOTrainer(DPOTrainer):
         (or switched to "ref"), or, for full fine-tuning without a ref_model, the policy itself (valid before
         training only, which is when the cache is filled)."""
         unwrapped = self.accelerator.unwrap_model(self.model)
-        with torch.no_grad(), disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs):
+        no_checkpointing = trl_compat.disable_gradient_checkpointing(
+            self.model, self.args.gradient_checkpointing_kwargs
+        )
+        with torch.no_grad(), no_checkpointing:
             if self.ref_model is not None:
                 yield self.ref_model
             elif is_peft_model(unwrapped):
-                with use_adapter(unwrapped, adapter_name=self._ref_adapter()):
+                with trl_compat.use_adapter(unwrapped, self._ref_adapter()):
                     yield self.model
             else:
                 yield self.model
@@ -340,12 +275,16 @@ class FastDPOTrainer(DPOTrainer):
             pad_to = self.args.pack_tokens if packing else -(-longest // 128) * 128
         return PackedCollator(
             store=store,
-            pad_id=self._tokenizer.pad_token_id,
+            pad_id=self._pad_token_id(),
             packing=packing,
             share_prompt=self.args.share_prompt,
             pad_to=pad_to,
             split_rows=not flex,
         )
+
+    def _pad_token_id(self) -> int:
+        # DPOTrainer has set the pad token on the tokenizer (or on a processor's tokenizer) by now
+        return getattr(self.processing_class, "tokenizer", self.processing_class).pad_token_id
 
     def _dataloader(self, store: PairStore, *, shuffle: bool, batch_size: int) -> DataLoader:
         lengths = [packed_length(p, share_prompt=self.args.share_prompt) for p in store.pairs]
@@ -367,7 +306,7 @@ class FastDPOTrainer(DPOTrainer):
         return self.accelerator.prepare(loader)
 
     def get_train_dataloader(self) -> DataLoader:
-        return self._dataloader(self._stores["train"], shuffle=True, batch_size=self._train_batch_size)
+        return self._dataloader(self._stores["train"], shuffle=True, batch_size=trl_compat.train_batch_size(self))
 
     def get_eval_dataloader(self, eval_dataset=None) -> DataLoader:
         if isinstance(eval_dataset, str):
@@ -398,10 +337,10 @@ class FastDPOTrainer(DPOTrainer):
             ref_rejected.to(rejected_logps.dtype),
             chosen_counts,
             rejected_counts,
-            loss_types=self.loss_types,
-            loss_weights=self.loss_weights,
-            beta=self.beta,
-            label_smoothing=self.label_smoothing,
+            loss_types=self.args.loss_type,
+            loss_weights=self.args.loss_weights,
+            beta=self.args.beta,
+            label_smoothing=self.args.label_smoothing,
         )
         self._record_metrics(mode, inputs, policy, chosen_logps, rejected_logps, chosen_rewards, rejected_rewards)
         return (loss, None) if return_outputs else loss
@@ -409,10 +348,10 @@ class FastDPOTrainer(DPOTrainer):
     def _record_metrics(self, mode, inputs, policy, chosen_logps, rejected_logps, chosen_rewards, rejected_rewards):
         """The metrics TRL's DPOTrainer logs, under the same names, gathered across processes the same way."""
         gather = self.accelerator.gather_for_metrics
-        metrics = self._metrics[mode]
+        metrics = trl_compat.metrics(self, mode)
         if mode == "train":
-            self._total_train_tokens += gather(inputs["logical_tokens"].reshape(1)).sum().item() // self._tp_size
-        metrics["num_tokens"] = [self._total_train_tokens]
+            trl_compat.add_train_tokens(self, gather(inputs["logical_tokens"].reshape(1)).sum().item())
+        metrics["num_tokens"] = [trl_compat.train_tokens(self)]
         chosen_counts = policy.counts.chunk(2)[0]
         if policy.entropy_sum is not None:
             metrics["entropy"].append((gather(policy.entropy_sum.reshape(1)).sum() / gather(
@@ -430,7 +369,7 @@ class FastDPOTrainer(DPOTrainer):
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         # Packed rows have no per-sequence logits to return; evaluation reports the loss and the metrics
-        inputs = self._prepare_inputs(inputs)
+        inputs = trl_compat.prepare_inputs(self, inputs)
         with torch.no_grad(), self.compute_loss_context_manager():
             loss = self.compute_loss(model, inputs)
         return loss.detach(), None, None

@@ -9,7 +9,7 @@ One GPU (stage A + B, arms as parallel processes on the one GPU; about 10 minute
 A 2-core CPU (what benchmarks/results/quality-2026-12-02-cpu.md ran; about 45 minutes, under the heavy-job lock):
 
     OMP_NUM_THREADS=2 python benchmarks/quality.py --device cpu --lock /tmp/distill-heavy.lock \\
-        --train-per-category 10 --dev-per-category 4 --eval-per-category 10 --sft-steps 6 --arm-steps 4 \\
+        --train-per-category 8 --dev-per-category 3 --eval-per-category 6 --sft-steps 6 --arm-steps 4 \\
         --checkpoints 2 --train-batch-size 2 --student-samples 0 --max-new-tokens 96 --max-length 1536 \\
         --dpo-lrs 2e-5,1e-4
 
@@ -86,7 +86,7 @@ except ImportError:  # pragma: no cover
     from distill.demo import _rel as rel
 
 EVAL_CATEGORIES = ("simple_python", "multiple", "parallel", "parallel_multiple", "irrelevance")
-TEMPLATE = REPO / "distill" / "templates" / "hermes_tool.jinja"
+TEMPLATE = REPO / "data_gen" / "templates" / "hermes_tool.jinja"
 SFT_RECIPE = REPO / "recipes" / "demo" / "sft.yaml"
 DPO_RECIPE = REPO / "recipes" / "demo" / "dpo.yaml"
 # The issue's target for the best preference arm against the best SFT on held-out tasks.
@@ -361,8 +361,8 @@ class Planner:
 
 def run_jobs(jobs: list[Job], *, out: Path, parallel: int = 1, lock: str | None = None, tag: str = "quality") -> dict:
     """Run each job whose output is missing, up to `parallel` at once (one process each, on the one GPU or the
-    CPU); returns {job name: seconds | "skipped"}. A distill command runs as `python -m distill ...` (under
-    `flock LOCK` with --lock), its output in OUT/logs/<job>.log."""
+    CPU); returns {job name: seconds | "skipped"}. A distill command runs as `python -m distill ...` (training and
+    evaluation under `flock LOCK` with --lock), its output in OUT/logs/<job>.log."""
     timings: dict = {}
     todo = []
     for job in jobs:
@@ -382,7 +382,8 @@ def run_jobs(jobs: list[Job], *, out: Path, parallel: int = 1, lock: str | None 
             missing = [rel(p) for p in job.needs if not p.exists()]
             if missing:
                 raise DistillError(f"{job.name}: needs {', '.join(missing)}, which an earlier stage did not make")
-            cmd = [*(["flock", lock] if lock else []), sys.executable, "-m", "distill", *job.argv]
+            heavy = job.argv[0] in ("train", "eval")  # a model in memory for minutes; import, compose, pairs are light
+            cmd = [*(["flock", lock] if lock and heavy else []), sys.executable, "-m", "distill", *job.argv]
             log = logs / (job.name.replace("/", "_").replace(" ", "_") + ".log")
             print(f"[{tag}] {job.name}: {job.what}\n    distill {shlex.join(job.argv)}\n    log: {rel(log)}",
                   file=sys.stderr, flush=True)
@@ -776,7 +777,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="auto: cuda when a GPU is visible, else cpu (default: %(default)s)")
     p.add_argument("--jobs", type=int, default=1,
                    help="jobs run at once within a wave (arms, evals): 1 on a small CPU, ~6 for 135M students on one GPU")
-    p.add_argument("--lock", default=None, help="run every distill command under `flock LOCK` (a shared machine)")
+    p.add_argument("--lock", default=None,
+                   help="run every training and evaluation under `flock LOCK`, one at a time on a shared machine")
     p.add_argument("--scale-note", default=None, help="a sentence for the results file on why this scale was run")
     args = p.parse_args(argv)
     if args.device == "auto":

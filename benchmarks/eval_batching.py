@@ -36,7 +36,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 SHAPES = {
-    "tiny": None,  # tests/tiny_model.py as it is
+    "tiny": None,  # distill/testing/tiny_model.py as it is
     "0.5b": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
                  num_key_value_heads=2),
     "1.5b": dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
@@ -50,7 +50,7 @@ def build_model(path: Path, shape: str) -> Path:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from tests.tiny_model import build_tiny_model
+    from distill.testing.tiny_model import build_tiny_model
 
     build_tiny_model(path)
     if SHAPES[shape] is None:
@@ -97,7 +97,7 @@ def build_tasks(path: Path, n: int) -> tuple[Path, str]:
         return path, "BFCL simple_python"
     except Exception as e:  # bfcl-eval not installed, or its API moved: synthetic tasks still measure batching
         print(f"(BFCL tasks unavailable: {type(e).__name__}: {e}; using synthetic tasks)", file=sys.stderr)
-    from tests.report_builders import write_tasks
+    from distill.testing.report_builders import write_tasks
 
     write_tasks(path, {"simple": n})
     return path, "synthetic"

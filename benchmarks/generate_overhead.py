@@ -157,7 +157,7 @@ def measure_transformers_serve(n: int, concurrency: int, max_new_tokens: int) ->
 
     from data_gen.backends.base import Sampling
     from data_gen.backends.openai_backend import OpenAIBackend
-    from tests.tiny_model import build_tiny_model
+    from distill.testing.tiny_model import build_tiny_model
 
     tmp = Path(tempfile.mkdtemp(prefix="genbench_"))
     model = str(build_tiny_model(tmp / "tiny"))

@@ -29,7 +29,7 @@ CATEGORIES = ["simple_python", "multiple", "parallel", "parallel_multiple", "irr
 
 
 def build(n_traces: int, raw_only: bool = False):
-    from data_gen.bfcl import bfcl_data_dir
+    from eval.bfcl_data import bfcl_data_dir
 
     records = import_bfcl(CATEGORIES)
     tasks = {r["id"]: task_from_dict(r) for r in records}

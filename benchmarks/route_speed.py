@@ -3,13 +3,13 @@
     OMP_NUM_THREADS=1 python benchmarks/route_speed.py                 # both embedders
     OMP_NUM_THREADS=1 python benchmarks/route_speed.py --embedders minilm-static --n 500
 
-On the fleet with known strengths of tests/fleet_world.py (90 calibration tasks, 4 members), for each embedder:
+On the fleet with known strengths of distill/testing/fleet_world.py (90 calibration tasks, 4 members), for each embedder:
 - load: reading the router folder (two small files), and loading the embedding model once;
 - one decision (embed one short query + score the members), one request at a time: median and p95 latency, and
   decisions per second; the same for a long query (~120 words), and batched (256 queries embedded at once);
 - the parts: scoring alone (numpy over the clusters) and the gold-free check of one answer (parse + schema);
 - added latency through `distill fleet serve` (a subprocess, routing + cascade + proxying) in front of the stdlib
-  stub server of tests/openai_stub.py (with TCP_NODELAY, like production servers), against asking the stub
+  stub server of distill/testing/openai_stub.py (with TCP_NODELAY, like production servers), against asking the stub
   directly: median of the paired difference.
 
 Prints a table last; writes route_speed.json under $OUT when set. Not part of CI.
@@ -93,8 +93,8 @@ def bench_embedder(world, name: str, n: int, n_http: int) -> dict:
     from distill.fleet.cascade import check_answer, fleet_members
     from distill.fleet.router import get_embedder, load_router, question_text
     from eval.tasks import task_from_dict
-    from tests.fleet_world import answer
-    from tests.openai_stub import StubServer, free_port
+    from distill.testing.fleet_world import answer
+    from distill.testing.openai_stub import StubServer, free_port
 
     t0 = time.perf_counter()
     get_embedder(name)  # first in this process (the static embedder first: minilm's time includes importing torch)
@@ -197,7 +197,7 @@ def main() -> None:
     ap.add_argument("--http", type=int, default=100, help="requests through fleet serve per embedder; 0 skips it "
                     "(default: %(default)s)")
     args = ap.parse_args()
-    from tests.fleet_world import build_world
+    from distill.testing.fleet_world import build_world
 
     with tempfile.TemporaryDirectory() as tmp:
         world = build_world(Path(tmp) / "w")

@@ -75,7 +75,7 @@ def build_model(path: Path, shape: str, *, weights: bool = True) -> None:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from tests.tiny_model import build_tiny_model
+    from distill.testing.tiny_model import build_tiny_model
 
     build_tiny_model(
         path

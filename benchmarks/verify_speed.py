@@ -16,7 +16,8 @@ import os
 import time
 from pathlib import Path
 
-from data_gen.bfcl import bfcl_data_dir, convert_entry
+from data_gen.bfcl import convert_entry
+from eval.bfcl_data import bfcl_data_dir
 from eval.bfcl_reference import BfclChecker, perturbed_cases
 from eval.parse import render
 from eval.tasks import task_from_dict

@@ -19,13 +19,13 @@ type; its non-standard `optional` flag is dropped (optionality is `required`); t
 
 from __future__ import annotations
 
-import importlib.metadata
-import importlib.util
+import argparse
 import json
 from pathlib import Path
 
 from tqdm import tqdm
 
+from eval.bfcl_data import bfcl_data_dir, bfcl_version
 from eval.io import DistillError, write_jsonl
 from eval.tasks import task_from_dict
 
@@ -44,24 +44,6 @@ SUPPORTED_CATEGORIES = (
 )
 ALIASES = {"simple": "simple_python"}
 _TYPES = {"dict": "object", "float": "number", "tuple": "array"}
-
-
-def bfcl_data_dir() -> Path:
-    """The `data/` folder of the installed bfcl-eval package (found without importing it)."""
-    spec = importlib.util.find_spec("bfcl_eval")
-    if spec is None or not spec.submodule_search_locations:
-        raise DistillError(
-            "the bfcl-eval package is not installed; install its data with `pip install --no-deps bfcl-eval` "
-            "(--no-deps: its own requirements pin numpy 1.26 and pull a dozen vendor SDKs)"
-        )
-    return Path(next(iter(spec.submodule_search_locations))) / "data"
-
-
-def bfcl_version() -> str:
-    try:
-        return importlib.metadata.version("bfcl-eval")
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
 
 
 def to_json_schema(schema: dict, top: bool = False) -> dict:
@@ -155,3 +137,32 @@ def import_bfcl_cli(args) -> int:
     counts = {c: sum(r["category"] == c for r in records) for c in categories}
     print(f"wrote {n} tasks to {args.out} ({', '.join(f'{c}: {k}' for c, k in counts.items())}; {records[0]['source']})")
     return 0
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {value}")
+    return value
+
+
+def add_parser(sources: argparse._SubParsersAction) -> None:
+    """`distill import bfcl` (registered under `distill import`)."""
+    b = sources.add_parser(
+        "bfcl",
+        help="tasks from the BFCL data shipped in the bfcl-eval package",
+        description="Convert Berkeley Function Calling Leaderboard categories (read from the installed "
+        "bfcl-eval package; install it with `pip install --no-deps bfcl-eval`) into tasks. BFCL parameter types "
+        "become JSON Schema (dict->object, float->number, tuple->array); ids and categories stay BFCL's.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="categories: " + ", ".join(SUPPORTED_CATEGORIES),
+    )
+    b.add_argument(
+        "--categories",
+        default="simple_python,multiple,parallel,parallel_multiple,irrelevance",
+        help="comma-separated BFCL categories, or 'all' (default: %(default)s)",
+    )
+    b.add_argument("--limit", type=_positive_int, default=None, help="keep at most this many tasks per category "
+                   "(the first ones in BFCL's order)")
+    b.add_argument("--out", required=True, help="output tasks .jsonl file (written atomically)")
+    b.set_defaults(run=import_bfcl_cli)

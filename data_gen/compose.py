@@ -30,6 +30,7 @@ task into training data leaks it (`composed_from` lists the sources to check).
 
 from __future__ import annotations
 
+import argparse
 import copy
 import json
 import random
@@ -250,3 +251,35 @@ def compose_cli(args) -> int:
         print(f"distill compose: only {len(composed)} of the {wanted} composed tasks asked for could be built "
               f"(too few compatible single-call tasks)", file=sys.stderr)
     return 0
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "compose",
+        help="add multi-call tasks made by joining single-call tasks (composed_parallel, composed_parallel_multiple)",
+        description="Join the questions of k single-call tasks into one request and their expected calls into one "
+        "parallel answer (one tool called k times: composed_parallel; several tools: composed_parallel_multiple), "
+        "with the union of their tools, and write --tasks plus the composed tasks to --out. A source task needs one "
+        "user message and one expected call; combinations whose tools clash by name, or whose joined answer key "
+        "the verifier would not accept, are skipped. Ids say what was joined (composed:ID1+ID2) and "
+        "`composed_from` lists the sources. Compose training tasks only: a composed task contains its sources' "
+        "questions.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="example:\n  distill import bfcl --categories live_simple,live_multiple --out train.jsonl\n"
+        "  distill compose --tasks train.jsonl --k 2-3 --share 0.3 --seed 0 --out train_composed.jsonl",
+    )
+    p.add_argument("--tasks", required=True, help="tasks .jsonl file; all of its tasks are written to --out too")
+    p.add_argument("--out", required=True, help="output tasks .jsonl file (written atomically)")
+    p.add_argument("--k", default="2-3", help="tasks joined per composed task, N or MIN-MAX, drawn uniformly "
+                   "(default: %(default)s)")
+    p.add_argument("--share", type=float, default=0.3, help="fraction of --out that is composed, in [0, 1): 0.3 adds "
+                   "3 composed tasks per 7 input tasks (default: %(default)s)")
+    p.add_argument("--parallel-share", type=float, default=0.5, help="fraction of composed tasks drawn from tasks "
+                   "that call the same tool (composed_parallel); the rest join any tasks (default: %(default)s)")
+    p.add_argument("--categories", default=None, help="comma-separated categories to compose from (default: every "
+                   "single-call task in --tasks)")
+    p.add_argument("--max-tools", type=int, default=None, help="skip combinations offering more tools than this, to "
+                   "bound prompt length (default: no limit)")
+    p.add_argument("--seed", type=int, default=0, help="seed for drawing and joining; same seed, same output "
+                   "(default: %(default)s)")
+    p.set_defaults(run=compose_cli)

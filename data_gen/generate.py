@@ -18,6 +18,7 @@ and the next run retries it. An advisory lock on the output file stops two runs 
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import json
@@ -29,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from data_gen.backends.base import Backend, Request, Result, Sampling, derive_seed
+from data_gen.prompting import resolve_chat_template
 from eval.io import DistillError, read_jsonl
 
 # fsync at most this often: flush() after every line already survives a killed process (the data is in the OS);
@@ -167,19 +169,20 @@ def trace_record(result: Result, backend: Backend, parsed) -> dict:
 
 @contextlib.contextmanager
 def _locked_append(path: Path):
-    """The output file opened for appending, with an exclusive advisory lock (POSIX only; elsewhere no lock)."""
+    """The output file opened for appending, holding an exclusive lock beside it (a second writer is refused)."""
+    from filelock import FileLock, Timeout
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "ab") as f:
-        try:
-            import fcntl
-        except ImportError:  # Windows: no flock; concurrent runs on one file are the user's to avoid
+    lock = FileLock(str(path.parent / f".{path.name}.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise DistillError(f"{path}: another `distill generate` is writing this file") from None
+    try:
+        with open(path, "ab") as f:
             yield f
-            return
-        try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise DistillError(f"{path}: another `distill generate` is writing this file") from None
-        yield f
+    finally:
+        lock.release()
 
 
 async def agenerate(
@@ -290,70 +293,238 @@ def generate(
     return asyncio.run(agenerate(tasks_path, backend, out_path, samples, limit=limit, progress=progress))
 
 
-def backend_from_args(args) -> Backend:
-    """The backend named by --backend, built from the CLI flags; each import happens only in its branch."""
-    sampling = Sampling(
-        temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens, seed=args.seed
-    )
-    if args.backend == "openai":
-        if not args.base_url:
+@dataclass
+class BackendConfig:
+    """How to reach a model and sample from it: what `distill generate`, `distill eval` and `distill serve` build
+    their backend from. Built from the command line by `backend_config_from_args`, or directly in Python."""
+
+    backend: str  # openai | hf | vllm
+    model: str  # served model name (openai), or Hub id / local folder / .gguf / pkg:NAME (hf, vllm)
+    adapter: str | None = None  # LoRA adapter folder (hf, vllm); openai: recorded only
+    temperature: float = 0.7
+    top_p: float = 1.0
+    max_new_tokens: int = 512
+    seed: int | None = None
+    prompt_style: str = "hermes"
+    base_url: str | None = None
+    api_key_env: str = "OPENAI_API_KEY"  # name of the environment variable; the key itself is never stored
+    tools_in_prompt: bool = False
+    concurrency: int = 16
+    timeout_s: float = 120.0
+    max_retries: int = 5
+    batch_size: int | None = None  # hf default 8, vllm default 256
+    chat_template: str | None = None  # shipped template name or Jinja file
+    device: str = "auto"
+    dtype: str = "auto"
+    trust_remote_code: bool = False
+    vllm_engine_args: str | None = None  # JSON object
+
+    def check(self) -> None:
+        """Bad flag values as DistillErrors, before any model loads."""
+        if self.backend not in ("openai", "hf", "vllm"):
+            raise DistillError(f"--backend: unknown backend {self.backend!r} (openai, hf or vllm)")
+        if self.backend == "openai" and not self.base_url:
             raise DistillError("--backend openai needs --base-url (e.g. http://127.0.0.1:8000/v1)")
+        if self.chat_template:
+            resolve_chat_template(self.chat_template)  # names what is wrong with a bad name or path
+        if self.adapter and not Path(self.adapter).is_dir():
+            raise DistillError(f"--adapter {self.adapter}: no such adapter folder")
+
+
+def backend_config_from_args(args: argparse.Namespace, model: str | None = None) -> BackendConfig:
+    """The BackendConfig of the flags `add_backend_arguments` declared (and --backend, --model, --adapter)."""
+    return BackendConfig(
+        backend=args.backend, model=model or args.model, adapter=getattr(args, "adapter", None),
+        temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens, seed=args.seed,
+        prompt_style=args.prompt_style, base_url=args.base_url, api_key_env=args.api_key_env,
+        tools_in_prompt=args.tools_in_prompt, concurrency=args.concurrency, timeout_s=args.timeout,
+        max_retries=args.max_retries, batch_size=args.batch_size, chat_template=args.chat_template,
+        device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code,
+        vllm_engine_args=args.vllm_engine_args,
+    )
+
+
+def build_backend(config: BackendConfig) -> Backend:
+    """The backend a BackendConfig names; each backend's import happens only in its branch."""
+    config.check()
+    sampling = Sampling(
+        temperature=config.temperature, top_p=config.top_p, max_new_tokens=config.max_new_tokens, seed=config.seed
+    )
+    if config.backend == "openai":
         from data_gen.backends.openai_backend import OpenAIBackend
 
         return OpenAIBackend(
-            args.model,
-            base_url=args.base_url,
+            config.model,
+            base_url=config.base_url,
             sampling=sampling,
-            api_key_env=args.api_key_env,
-            tools_in_prompt=args.tools_in_prompt,
-            prompt_style=args.prompt_style,
-            concurrency=args.concurrency,
-            timeout_s=args.timeout,
-            max_retries=args.max_retries,
+            api_key_env=config.api_key_env,
+            tools_in_prompt=config.tools_in_prompt,
+            prompt_style=config.prompt_style,
+            concurrency=config.concurrency,
+            timeout_s=config.timeout_s,
+            max_retries=config.max_retries,
         )
-    elif args.backend == "hf":
+    elif config.backend == "hf":
         from data_gen.backends.hf_backend import HFBackend
 
         return HFBackend(
-            args.model,
+            config.model,
             sampling=sampling,
-            batch_size=args.batch_size or 8,
-            device=args.device,
-            dtype=args.dtype,
-            chat_template=args.chat_template,
-            prompt_style=args.prompt_style,
-            trust_remote_code=args.trust_remote_code,
-            adapter=getattr(args, "adapter", None),  # `distill eval --adapter`: a LoRA student
+            batch_size=config.batch_size or 8,
+            device=config.device,
+            dtype=config.dtype,
+            chat_template=config.chat_template,
+            prompt_style=config.prompt_style,
+            trust_remote_code=config.trust_remote_code,
+            adapter=config.adapter,
         )
-    elif args.backend == "vllm":
+    else:
         from data_gen.backends.vllm_backend import VLLMBackend
 
         try:
-            engine_args = json.loads(args.vllm_engine_args) if args.vllm_engine_args else {}
+            engine_args = json.loads(config.vllm_engine_args) if config.vllm_engine_args else {}
         except json.JSONDecodeError as e:
             raise DistillError(f"--vllm-engine-args is not valid JSON: {e.msg}") from None
         if not isinstance(engine_args, dict):
             raise DistillError("--vllm-engine-args must be a JSON object")
-        if args.trust_remote_code:
+        if config.trust_remote_code:
             engine_args.setdefault("trust_remote_code", True)
         return VLLMBackend(
-            args.model,
+            config.model,
             sampling=sampling,
-            batch_size=args.batch_size or 256,
-            chat_template=args.chat_template,
-            prompt_style=args.prompt_style,
+            batch_size=config.batch_size or 256,
+            chat_template=config.chat_template,
+            prompt_style=config.prompt_style,
             engine_args=engine_args,
-            adapter=getattr(args, "adapter", None),
+            adapter=config.adapter,
         )
-    raise DistillError(f"unknown backend {args.backend!r}")
 
 
-def generate_cli(args) -> int:
-    if args.chat_template and not Path(args.chat_template).is_file():
-        raise DistillError(f"{args.chat_template}: no such chat template file")
+def generate_cli(args: argparse.Namespace) -> int:
     if not Path(args.tasks).is_file():
         raise DistillError(f"{args.tasks}: no such file")
-    backend = backend_from_args(args)
+    backend = build_backend(backend_config_from_args(args))
     summary = generate(args.tasks, backend, args.out, args.samples, limit=args.limit, progress=not args.no_progress)
     print(summary.format(), file=sys.stderr)
     return 1 if summary.failed else 0
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "generate",
+        help="sample traces (teacher or student answers) for every task; resumable",
+        description="Ask a model to answer every task --samples times and append one trace per answer to --out\n"
+        "(JSONL: task_id, model, sample, raw, tool_calls, finish_reason, latency_s, tokens).\n\n"
+        "Resumable: rerun the same command after a crash or Ctrl-C; it skips every (task_id, model, sample)\n"
+        "already in --out, drops a half-written last line, and finishes the rest. Requests that still fail\n"
+        "after their retries are not written: the summary counts them by kind, and the exit status is 1 until\n"
+        "a rerun completes them.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="""examples:
+  # any OpenAI-compatible server (vLLM, SGLang, TGI, llama.cpp, transformers serve, hosted APIs)
+  distill generate --tasks tasks.jsonl --backend openai --base-url http://127.0.0.1:8000/v1 \\
+      --model Qwen/Qwen2.5-72B-Instruct --samples 8 --concurrency 64 --out traces.jsonl
+  # a local transformers model
+  distill generate --tasks tasks.jsonl --backend hf --model Qwen/Qwen2.5-0.5B-Instruct --samples 1 \\
+      --temperature 0 --out student_traces.jsonl
+  # vLLM's offline engine (pip install 'distill[vllm]')
+  distill generate --tasks tasks.jsonl --backend vllm --model Qwen/Qwen2.5-72B-Instruct \\
+      --vllm-engine-args '{"tensor_parallel_size": 4}' --samples 8 --out traces.jsonl""",
+    )
+    p.add_argument("--tasks", required=True, help="tasks .jsonl file")
+    p.add_argument("--out", required=True, help="traces .jsonl file; appended to, created if missing")
+    p.add_argument(
+        "--backend",
+        choices=["openai", "hf", "vllm"],
+        default="openai",
+        help="openai: an OpenAI-compatible server at --base-url; hf: a local transformers model; vllm: vLLM's "
+        "offline engine (default: %(default)s)",
+    )
+    p.add_argument(
+        "--model",
+        required=True,
+        help="model name sent to the server (openai) or Hub id / local folder (hf, vllm); written on every trace "
+        "and part of the resume key",
+    )
+    p.add_argument("--samples", type=int, default=1, help="answers per task (default: %(default)s)")
+    p.add_argument("--limit", type=int, default=None, help="only the first N tasks of --tasks (a quick trial)")
+    add_backend_arguments(p)
+    p.set_defaults(run=generate_cli)
+
+
+def add_backend_arguments(p: argparse.ArgumentParser) -> None:
+    """The sampling and backend flags of `distill generate` and `distill eval` (read back by `backend_config_from_args`)."""
+    s = p.add_argument_group("sampling")
+    s.add_argument(
+        "--temperature", type=float, default=0.7, help="sampling temperature; 0 is greedy (default: %(default)s)"
+    )
+    s.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling probability mass (default: %(default)s)")
+    s.add_argument(
+        "--max-new-tokens", type=int, default=512, help="most tokens generated per answer (default: %(default)s)"
+    )
+    s.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="base seed; each (task, sample) gets its own seed derived from it, so samples differ and a rerun "
+        "reproduces where the backend honours seeds (default: unseeded)",
+    )
+    s.add_argument(
+        "--prompt-style",
+        choices=["hermes", "python"],
+        default="hermes",
+        help="answer format asked for when tools go into the prompt (--tools-in-prompt, or a base model without a "
+        "chat template): Hermes <tool_call>{json}</tool_call> blocks or a Python list of calls (default: %(default)s)",
+    )
+    o = p.add_argument_group("openai backend")
+    o.add_argument("--base-url", default=None, help="server URL including /v1, e.g. http://127.0.0.1:8000/v1")
+    o.add_argument(
+        "--api-key-env",
+        default="OPENAI_API_KEY",
+        help="environment variable holding the API key; the key is never printed (default: %(default)s; unset "
+        "is fine for local servers)",
+    )
+    o.add_argument(
+        "--tools-in-prompt",
+        action="store_true",
+        help="render the tools into the system message instead of sending the `tools` field, for servers that "
+        "reject or ignore it",
+    )
+    o.add_argument("--concurrency", type=int, default=16, help="requests in flight at once (default: %(default)s)")
+    o.add_argument(
+        "--timeout", type=float, default=120.0, help="seconds allowed per request attempt (default: %(default)s)"
+    )
+    o.add_argument(
+        "--max-retries",
+        type=int,
+        default=5,
+        help="retries per request on 408/409/429/5xx, timeouts and dropped connections, with exponential backoff "
+        "(0.5 s doubling to 8 s, jittered) or the server's Retry-After (default: %(default)s)",
+    )
+    h = p.add_argument_group("hf and vllm backends")
+    h.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="hf: prompts per generate() call (default 8); vllm: tasks per engine call, i.e. how often traces "
+        "reach the file (default 256)",
+    )
+    h.add_argument("--chat-template", default=None, help="chat template replacing the model's own: a shipped one by name "
+                   "(hermes_tool, gemma3_tool) or a Jinja file")
+    h.add_argument("--device", default="auto", help="hf: cuda, cuda:1, mps, cpu or auto (default: %(default)s)")
+    h.add_argument(
+        "--dtype",
+        choices=["auto", "bfloat16", "float16", "float32"],
+        default="auto",
+        help="hf: weight dtype; auto keeps the checkpoint's (default: %(default)s)",
+    )
+    h.add_argument(
+        "--trust-remote-code", action="store_true", help="allow model code from the Hub (hf, vllm); off by default"
+    )
+    h.add_argument(
+        "--vllm-engine-args",
+        default=None,
+        help='vllm: JSON object of vllm.LLM keyword arguments, e.g. \'{"tensor_parallel_size": 4, '
+        '"max_model_len": 8192}\'',
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (the summary is still printed)")

@@ -27,6 +27,7 @@ Callers keep the name, not the folder, as the model's identity (traces, run.json
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import functools
 import hashlib
@@ -42,7 +43,7 @@ from dataclasses import dataclass
 from importlib import import_module
 from pathlib import Path
 
-from eval.io import DistillError
+from eval.io import DistillError, atomic_folder
 
 PREFIX = "pkg:"
 # Bump when the conversion writes something different, so old cache folders are not reused.
@@ -175,16 +176,11 @@ def _convert_locked(name_or_path: str, folder: Path) -> None:
             return
         # Holding the lock, no other process is building this model: temporary folders are leftovers of a
         # conversion that was killed.
-        for stale in folder.parent.glob(f".{folder.name}.tmp-*"):
+        for stale in folder.parent.glob(f".{folder.name}.*.tmp"):
             _say(f"removing {stale}, left by an interrupted conversion")
             shutil.rmtree(stale, ignore_errors=True)
-        tmp = folder.parent / f".{folder.name}.tmp-{os.getpid()}"
-        try:
+        with atomic_folder(folder) as tmp:
             _build(name_or_path, tmp, folder)
-            os.rename(tmp, folder)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
     finally:
         lock.release()
 
@@ -193,7 +189,7 @@ def _build(name_or_path: str, tmp: Path, final: Path) -> None:
     """Convert into `tmp` (renamed to `final` by the caller): model, tokenizer and distill_model.json. A chunked
     package's GGUF is assembled inside tmp first and removed again."""
     start = time.perf_counter()
-    tmp.mkdir(parents=True)
+    tmp.mkdir(parents=True, exist_ok=True)
     provenance: dict = {"source": name_or_path}
     if name_or_path.startswith(PREFIX):
         short, entry, package_dir, version = _packaged(name_or_path)
@@ -304,3 +300,23 @@ def models_cli(args) -> int:
     for name in args.names:
         print(resolve_model(name, cache_dir=args.cache_dir))
     return 0
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "models",
+        help="local GGUF models: list the packaged ones, convert one now (pkg:NAME or a .gguf file)",
+        description="Every command that takes a model (--model, model_name_or_path) also accepts a .gguf file or a "
+        "model packaged on PyPI by its pkg: name; it is converted once to a bf16 safetensors folder in "
+        "$DISTILL_CACHE/models (default ~/.cache/distill/models) and reused. `prepare` does that conversion now and "
+        "prints the folder, which any from_pretrained loads.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n  distill models list\n  distill models prepare pkg:smollm2-135m-instruct\n"
+        "  distill models prepare models/my-model.Q4_K_M.gguf",
+    )
+    p.add_argument("action", choices=["list", "prepare"], help="list: the packaged models and their state; prepare: "
+                   "convert the named models (if not done yet) and print their folders, one per line")
+    p.add_argument("names", nargs="*", metavar="NAME", help="with prepare: pkg:NAME or path/to/model.gguf")
+    p.add_argument("--cache-dir", default=None,
+                   help="folder for converted models (default: $DISTILL_CACHE/models or ~/.cache/distill/models)")
+    p.set_defaults(run=models_cli)

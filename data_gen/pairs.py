@@ -19,20 +19,19 @@ them in its own format at training time; malformed and prose answers stay raw te
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import gc
 import hashlib
 import json
 import os
 import random
-import shutil
-import tempfile
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from data_gen.negatives import Answer, synthetic_negatives
-from eval.io import DistillError, atomic_write, write_json, write_jsonl
+from eval.io import DistillError, atomic_folder, atomic_write, write_json, write_jsonl
 from eval.parse import CALLS, MALFORMED
 from eval.tasks import Task, file_fingerprint, load_tasks
 from eval.verify import ERRORS, judge, parse_trace
@@ -400,21 +399,13 @@ def write_pairs(out_dir: str | os.PathLike, rows: list[dict], stats: dict, info:
         if part:
             splits[s] = Dataset.from_list(part)
     dd = DatasetDict(splits)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with atomic_folder(out_dir) as tmp:
         dd.save_to_disk(str(tmp / "dataset"))
         for s in splits:
             write_jsonl(tmp / f"{s}.jsonl", ({k: r[k] for k in columns} for r in rows if r["split"] == s))
         with atomic_write(tmp / "README.md") as f:
             f.write(dataset_card(summary, info))
         write_json(tmp / "pairs_stats.json", {"summary": summary, "mining": stats, **info})
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     if push_to_hub:
         push_pairs(out_dir, push_to_hub, private=private)
     return summary
@@ -508,3 +499,46 @@ def pairs_cli(args) -> int:
     if args.push_to_hub:
         print(f"  pushed to https://huggingface.co/datasets/{args.push_to_hub}")
     return 0
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "pairs",
+        help="mine DPO preference pairs (chosen = verified-correct, rejected = verified-wrong) into a HF dataset",
+        description="Verify teacher (and student) traces and mine preference pairs: chosen = a correct, schema-valid "
+        "teacher answer (or the task's expected calls with --chosen-from gold); rejected = the teacher's incorrect "
+        "answers, the student's incorrect answers (--student-traces) and synthetic hard negatives (--synthetic K), each "
+        "re-verified and labelled with its error type. Writes --out/dataset (save_to_disk, train/test split by task "
+        "id), train.jsonl, test.jsonl, a dataset card README.md and pairs_stats.json.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="example:\n  distill pairs --tasks tasks.jsonl --traces teacher.jsonl --student-traces student.jsonl "
+        "--synthetic 2 --max-pairs-per-task 8 --mix teacher=2,student=1,synthetic=1 --out pairs/",
+    )
+    p.add_argument("--tasks", required=True, help="tasks .jsonl file")
+    p.add_argument("--traces", nargs="*", default=[], help="teacher traces .jsonl file(s)")
+    p.add_argument("--student-traces", nargs="*", default=None, help="student traces .jsonl file(s): on-policy negatives")
+    p.add_argument("--out", required=True, help="output folder (replaced atomically)")
+    p.add_argument(
+        "--chosen-from",
+        choices=["teacher", "gold", "teacher-or-gold"],
+        default="teacher",
+        help="where chosen answers come from: correct teacher traces, the tasks' expected calls, or the teacher with "
+        "expected calls where no teacher trace is correct (default: %(default)s)",
+    )
+    p.add_argument("--synthetic", type=int, default=2, metavar="K", help="synthetic hard negatives per task (default: %(default)s)")
+    p.add_argument("--max-pairs-per-task", type=int, default=8, help="cap on pairs per task (default: %(default)s)")
+    p.add_argument(
+        "--mix",
+        default=None,
+        help="relative share of rejected sources, e.g. teacher=2,student=1,synthetic=1 (default: equal; 0 excludes a source)",
+    )
+    p.add_argument(
+        "--error-weights",
+        default=None,
+        help="relative share of rejected error types, e.g. schema_violation=2,malformed=0.5 (default: equal; 0 excludes)",
+    )
+    p.add_argument("--test-size", type=float, default=0.1, help="share of tasks held out as the test split (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed for the split, the mix and synthetic negatives (default: %(default)s)")
+    p.add_argument("--push-to-hub", default=None, metavar="REPO", help="also upload the dataset and card to this Hub dataset repo (token from HF_TOKEN or the cached login)")
+    p.add_argument("--private", action="store_true", help="with --push-to-hub: create the repo private")
+    p.set_defaults(run=pairs_cli)

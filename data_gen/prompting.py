@@ -15,6 +15,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from eval.io import DistillError
+
 STYLES = ("hermes", "python")
 
 # A completion prompt is a run of "### Tools / ### Request / ### Answer" sections; the model's answer ends
@@ -176,10 +178,11 @@ def cut_at_stop(text: str) -> tuple[str, bool]:
     return text[:i].rstrip(), True
 
 
-def load_chat_template(tokenizer, path: str | None) -> None:
-    """Replace the tokenizer's chat template with the Jinja file at `path` (--chat-template)."""
-    if path:
-        tokenizer.chat_template = Path(path).read_text(encoding="utf-8")
+def load_chat_template(tokenizer, spec: str | None) -> None:
+    """Replace the tokenizer's chat template with `spec` (--chat-template): a shipped template's name or a Jinja
+    file."""
+    if spec:
+        tokenizer.chat_template = resolve_chat_template(spec)[0]
 
 
 def render_prompt(tokenizer, messages: list[dict], tools: list[dict], style: str = "hermes") -> tuple[str, bool]:
@@ -193,3 +196,20 @@ def render_prompt(tokenizer, messages: list[dict], tools: list[dict], style: str
         )
         return text, False
     return completion_prompt(messages, tools, style), True
+
+
+TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
+
+
+def resolve_chat_template(spec: str) -> tuple[str, str]:
+    """(template text, where it came from) for a chat template given by name (one shipped with distill:
+    `hermes_tool`, `gemma3_tool`) or as a Jinja file path. Recipes' `chat_template` and every `--chat-template`
+    flag go through here."""
+    shipped = TEMPLATES_DIR / f"{spec}.jinja"
+    path = shipped if shipped.is_file() else Path(spec)
+    if not path.is_file():
+        names = sorted(p.stem for p in TEMPLATES_DIR.glob("*.jinja"))
+        raise DistillError(
+            f"chat_template: {spec!r} is neither a template shipped with distill ({', '.join(names)}) nor a file"
+        )
+    return path.read_text(encoding="utf-8"), str(path)

@@ -18,6 +18,7 @@ an optional argument the answer leaves out may be omitted or given its default.
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 
@@ -164,3 +165,19 @@ def import_xlam_cli(args) -> int:
     n = write_jsonl(args.out, records)
     print(f"wrote {n} tasks to {args.out} (category {args.category})")
     return 0
+
+
+def add_parser(sources: argparse._SubParsersAction) -> None:
+    """`distill import jsonl` (registered under `distill import`)."""
+    j = sources.add_parser(
+        "jsonl",
+        help="tasks from xLAM/APIGen-style rows (query, tools, answers)",
+        description="Convert rows in the xLAM/APIGen format ({\"query\": str, \"tools\": [...] or JSON string, "
+        "\"answers\": [...] or JSON string}) into tasks. Tools may be in OpenAI form or xLAM's "
+        "{name, description, parameters: {arg: {type, description}}} form; answers become the expected calls.",
+    )
+    j.add_argument("path", help="input .jsonl file")
+    j.add_argument("--category", default="xlam", help="category written on every task (default: %(default)s)")
+    j.add_argument("--id-prefix", default=None, help="task id prefix (default: the category)")
+    j.add_argument("--out", required=True, help="output tasks .jsonl file (written atomically)")
+    j.set_defaults(run=import_xlam_cli)

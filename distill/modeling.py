@@ -127,7 +127,7 @@ def load_student(model_args, training_args, *, init_adapter: str | None = None):
     if training_args.model_init_kwargs:
         kwargs.update(training_args.model_init_kwargs)
         training_args.model_init_kwargs = None  # consumed here; the trainer receives a model object
-    from distill.local_models import resolve_model
+    from data_gen.local_models import resolve_model
 
     # A .gguf file or pkg: name loads from its converted folder; the recipe (and run.json) keep the name.
     path = resolve_model(model_args.model_name_or_path)

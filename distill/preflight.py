@@ -18,11 +18,10 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 
 from trl.data_utils import common_prefix_length  # TRL's own rule for where a completion starts
 
-from eval.io import DistillError
+from eval.io import DistillError, percentile
 
 logger = logging.getLogger(__name__)
 
@@ -117,17 +116,12 @@ def _ids(out) -> list[int]:
 def percentiles(values: list[int]) -> dict:
     if not values:
         return {"p50": 0, "p90": 0, "p99": 0, "max": 0, "mean": 0.0}
-    s = sorted(values)
-
-    def rank(q):  # nearest-rank percentile: the smallest value with at least q of the values at or below it
-        return s[max(1, math.ceil(q * len(s) - 1e-9)) - 1]
-
     return {
-        "p50": rank(0.50),
-        "p90": rank(0.90),
-        "p99": rank(0.99),
-        "max": s[-1],
-        "mean": round(sum(s) / len(s), 1),
+        "p50": round(percentile(values, 0.50), 1),
+        "p90": round(percentile(values, 0.90), 1),
+        "p99": round(percentile(values, 0.99), 1),
+        "max": max(values),
+        "mean": round(sum(values) / len(values), 1),
     }
 
 

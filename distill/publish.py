@@ -17,15 +17,14 @@ back and the adapter's config loaded with peft before anything is uploaded; then
 
 from __future__ import annotations
 
+import argparse
 import json
-import os
 import re
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
-from eval.io import DistillError, atomic_write
+from eval.io import DistillError, atomic_folder, atomic_write, fill_paragraphs
 
 # What a user of the adapter needs; trainer state, optimizer checkpoints, training_args.bin (a pickle) and TRL's
 # template card stay behind.
@@ -236,9 +235,7 @@ def stage(checkpoint: str | Path, repo_id: str, *, out: str | Path | None = None
     rep = _read_json(report_path) if report_path else None
 
     out = Path(out) if out else ckpt / "publish"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_folder(out) as tmp:
         for name in ADAPTER_FILES[1:] + TOKENIZER_FILES + ("run.json",):
             if (ckpt / name).is_file():
                 shutil.copy2(ckpt / name, tmp / name)
@@ -255,12 +252,6 @@ def stage(checkpoint: str | Path, repo_id: str, *, out: str | Path | None = None
             f.write(model_card(repo_id, run, rep, base_model=base, datasets=[dataset_id] if dataset_id else [],
                                license=license))
         validate(tmp, expect_results=rep is not None)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out, warnings
 
 
@@ -360,3 +351,38 @@ def publish_cli(args) -> int:
                  commit_message=f"distill publish {Path(args.checkpoint).resolve().name}")
     print(f"uploaded {folder} -> {url}")
     return 0
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "publish",
+        help="upload a trained student (adapter, tokenizer, run.json, model card with eval results) or a dataset to the Hub",
+        description=fill_paragraphs("Stage a checkpoint for the Hugging Face Hub and upload it: the LoRA adapter, the tokenizer with "
+        "its chat template, run.json, the eval report, and a model card (base_model, datasets, library_name: peft, "
+        "tags, model-index results per category from the newest CHECKPOINT/eval*/report.json of this adapter or "
+        "--report). The staged folder is validated (card metadata parsed back, adapter config read by peft, no token "
+        "in any file) before create_repo and upload_folder. With --dataset, a `distill pairs` folder is pushed "
+        "with its dataset card instead. The token comes from HF_TOKEN or the cached login (`hf auth login`) and is "
+        "never printed."),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n"
+        "  distill publish checkpoints/qwen05-dpo --repo-id me/qwen05-fc --dry-run\n"
+        "  distill publish checkpoints/qwen05-dpo --repo-id me/qwen05-fc --private --dataset-id me/fc-pairs\n"
+        "  distill publish --dataset pairs/ --repo-id me/fc-pairs",
+    )
+    p.add_argument("checkpoint", nargs="?", default=None, metavar="CHECKPOINT",
+                   help="training run folder (checkpoints/<run>) with adapter_config.json and adapter_model.safetensors")
+    p.add_argument("--repo-id", required=True, help="Hub repository, owner/name (created if missing)")
+    p.add_argument("--private", action="store_true", help="create the repository private")
+    p.add_argument("--dry-run", action="store_true", help="stage and validate only; upload nothing")
+    p.add_argument("--dataset", default=None, metavar="PAIRS_DIR",
+                   help="publish a preference dataset (a `distill pairs` --out folder) with its card, instead of a checkpoint")
+    p.add_argument("--report", default=None, help="eval report to publish with (default: the newest CHECKPOINT/eval*/report.json)")
+    p.add_argument("--no-eval", action="store_true", help="publish without eval results (refused otherwise)")
+    p.add_argument("--base-model", default=None, help="Hub id of the base model (default: run.json's model_name_or_path); "
+                   "needed when training used a local copy")
+    p.add_argument("--dataset-id", default=None, help="Hub id of the training data, for the card's `datasets` "
+                   "(default: run.json's dataset path when it is a Hub id)")
+    p.add_argument("--license", default=None, help="license for the card metadata, e.g. apache-2.0 (default: none given)")
+    p.add_argument("--stage-dir", default=None, help="folder to stage into, replaced atomically (default: CHECKPOINT/publish)")
+    p.set_defaults(run=publish_cli)

@@ -29,12 +29,23 @@ from typing import Any
 
 import yaml
 
+from data_gen.prompting import resolve_chat_template  # noqa: F401  (re-exported for recipes' users)
 from eval.io import DistillError
 
 logger = logging.getLogger(__name__)
 
-TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
 STAGES = ("sft", "dpo")
+
+
+def recipes_dir() -> Path:
+    """The recipes shipped with distill: `recipes/` of a source checkout, else the copy an installed wheel holds
+    as the package data `distill.recipes`."""
+    checkout = Path(__file__).resolve().parent.parent / "recipes"
+    if (checkout / "demo").is_dir():
+        return checkout
+    from importlib.resources import files
+
+    return Path(str(files("distill.recipes")))
 
 
 @dataclass
@@ -70,7 +81,7 @@ class DistillArguments:
     chat_template: str | None = field(
         default=None,
         metadata={
-            "help": "Chat template to train with: the name of one shipped in distill/templates "
+            "help": "Chat template to train with: the name of one shipped with distill (data_gen/templates) "
             "(hermes_tool, gemma3_tool) or a path to a .jinja file. Unset: the student's own template, "
             "which must pass the tool-call check. Saved with the tokenizer in the checkpoint."
         },
@@ -197,18 +208,6 @@ def parse_recipe(argv: list[str]) -> Recipe:
     recipe = Recipe(path=path, script=script, training=training, model=model, overrides=overrides)
     validate(recipe)
     return recipe
-
-
-def resolve_chat_template(spec: str) -> tuple[str, str]:
-    """(template text, where it came from) for a `chat_template` value: a shipped name or a file path."""
-    shipped = TEMPLATES_DIR / f"{spec}.jinja"
-    path = shipped if shipped.is_file() else Path(spec)
-    if not path.is_file():
-        names = sorted(p.stem for p in TEMPLATES_DIR.glob("*.jinja"))
-        raise DistillError(
-            f"chat_template: {spec!r} is neither a template shipped with distill ({', '.join(names)}) nor a file"
-        )
-    return path.read_text(encoding="utf-8"), str(path)
 
 
 def validate(recipe: Recipe) -> None:

@@ -14,6 +14,7 @@ TensorBoard logs (runs/) and the last checkpoint-<step>/ folders, from which a r
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import sys
@@ -25,8 +26,9 @@ logger = logging.getLogger("distill.train")
 
 USAGE = """\
 usage: distill train RECIPE.yaml [--key value ...]
+       distill train --config RECIPE.yaml [--key value ...]
        distill train --chain SFT.yaml DPO.yaml [--key value ...]
-       python -m distill.train --list-keys sft|dpo
+       distill train --list-keys sft|dpo
 
 Train one stage (stage: sft or dpo) of a student from a YAML recipe, with QLoRA, under `accelerate launch -m
 distill.train ...` or in one process. Keys: distill's (stage, dataset_path, init_adapter, chat_template,
@@ -50,8 +52,8 @@ def run_stage(recipe, *, end: bool = True):
     from transformers import AutoTokenizer, set_seed
     from trl import DPOTrainer, SFTTrainer
 
+    from data_gen.local_models import resolve_model
     from distill import modeling, preflight, run_info, train_data
-    from distill.local_models import resolve_model
     from distill.recipe import resolve_chat_template
 
     s, t, m = recipe.script, recipe.training, recipe.model
@@ -83,7 +85,7 @@ def run_stage(recipe, *, end: bool = True):
     if resumed_from:
         logger.info("resuming from %s at step %s", resumed_from, resumed_at)
 
-    # A .gguf file or pkg: name loads from its converted folder (distill.local_models); run.json keeps the name.
+    # A .gguf file or pkg: name loads from its converted folder (data_gen.local_models); run.json keeps the name.
     model_path = resolve_model(m.model_name_or_path)
     tokenizer = AutoTokenizer.from_pretrained(
         model_path, revision=m.model_revision, trust_remote_code=t.trust_remote_code
@@ -195,7 +197,7 @@ def _finished_step(output_dir: str) -> int | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from distill.recipe import make_parser, parse_recipe
+    from distill.recipe import STAGES, make_parser, parse_recipe
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
@@ -203,8 +205,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if argv else 2
     if argv[0] == "--list-keys":
         stage = argv[1] if len(argv) > 1 else "sft"
+        if stage not in STAGES:
+            raise DistillError(f"--list-keys: unknown stage {stage!r} (one of {', '.join(STAGES)})")
         make_parser(stage, prog=f"keys of a stage: {stage} recipe (YAML key: value, or --key value)").print_help()
         return 0
+    if argv[0] == "--config":  # `--config RECIPE.yaml`, as `trl sft --config` takes it
+        argv = argv[1:]
     chain = "--chain" in argv
     if chain:
         argv.remove("--chain")
@@ -217,7 +223,8 @@ def main(argv: list[str] | None = None) -> int:
             f"expected one recipe, got {len(paths)} ({' '.join(paths) or 'none'}); "
             "use --chain to train several stages in a row"
         )
-    if chain and any(o.split("=")[0] in ("--output_dir", "--init_adapter") for o in overrides):
+    per_stage = {"--output_dir", "--output-dir", "--init_adapter", "--init-adapter"}
+    if chain and any(o.split("=")[0] in per_stage for o in overrides):
         raise DistillError(
             "--output_dir and --init_adapter differ per stage: set them in each recipe, not as "
             "flags with --chain"
@@ -230,6 +237,30 @@ def main(argv: list[str] | None = None) -> int:
     for i, recipe in enumerate(recipes):
         run_stage(recipe, end=i == len(recipes) - 1)
     return 0
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "train",
+        help="train one stage of a student (QLoRA SFT or DPO) from a YAML recipe",
+        description="Train one stage of a student (stage: sft or dpo) from a YAML recipe with QLoRA: the same as "
+        "`accelerate launch -m distill.train RECIPE.yaml`, in one process. Recipe keys are distill's (stage, "
+        "dataset_path, init_adapter, chat_template, sft_format, max_truncated_share, audit_max_rows, resume) and "
+        "every field of TRL's SFTConfig/DPOConfig and ModelConfig (`python -m distill.train --list-keys sft|dpo` "
+        "lists them); unknown keys are errors. Flags after the recipe (--key value) override the file. The run "
+        "writes checkpoints/<run>/ (adapter, tokenizer, run.json, trainer logs) and resumes from its last "
+        "checkpoint when rerun.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        add_help=False,
+        epilog="examples:\n"
+        "  distill train recipes/debug/tiny_cpu.yaml --max_steps 4\n"
+        "  distill train --chain recipes/qwen2.5-0.5b-instruct/sft.yaml recipes/qwen2.5-0.5b-instruct/dpo.yaml\n"
+        "  accelerate launch --config_file recipes/accelerate/multi_gpu.yaml -m distill.train recipes/qwen3-1.7b/sft.yaml\n"
+        "runbook: recipes/README.md",
+    )
+    # The arguments after `train` go to `main` untouched: recipe overrides are TRL's own `--key value` flags,
+    # which only TRL's parser knows (see USAGE for the forms).
+    p.set_defaults(run=main, raw_argv=True)
 
 
 if __name__ == "__main__":

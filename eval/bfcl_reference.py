@@ -206,7 +206,7 @@ def reference_traces(tasks_path: str, model: str = "bfcl-reference") -> tuple[li
     BFCL's checker). Lets a user see the verifier at work, and check it against BFCL, on their own machine."""
     import json
 
-    from data_gen.bfcl import bfcl_data_dir
+    from eval.bfcl_data import bfcl_data_dir
     from eval.parse import render
     from eval.tasks import load_tasks
     from eval.verify import verify

@@ -11,11 +11,12 @@ Pure Python; matplotlib is imported only to draw.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 from pathlib import Path
 
-from eval.io import DistillError, atomic_write, write_json
+from eval.io import DistillError, atomic_write, fill_paragraphs, write_json
 from eval.verify import ERRORS, OK
 
 REQUIRED = ("model", "n", "accuracy", "strict_accuracy", "by_category", "errors", "tasks_fingerprint")
@@ -207,3 +208,25 @@ def compare_cli(args) -> int:
         print(f"{c['label']}: accuracy {c['overall']['accuracy']:.3f}{gap}, strict {c['overall']['strict_accuracy']:.3f}")
     print(f"-> {out / 'compare.md'}")
     return 0
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "compare",
+        help="the teacher and its students side by side: per category and error type, Markdown and a PNG",
+        description=fill_paragraphs("Put eval reports side by side: overall accuracy, strict accuracy, schema- and format-valid "
+        "rates, tokens/s and latency; accuracy and strict accuracy per category; the error mix. The first REPORT "
+        "is the reference (usually the teacher) and the others show their gap to it in percentage points. Writes "
+        "compare.md, compare.json and compare.png (grouped bars) into --out."),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="example:\n  distill compare reports/teacher checkpoints/qwen05-dpo/eval checkpoints/qwen15-dpo/eval "
+        "--out reports/compare",
+    )
+    p.add_argument("reports", nargs="+", metavar="REPORT", help="report.json files or folders holding one; the first is the reference")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--labels", default=None, help="comma-separated column names, one per REPORT (default: the adapter's "
+                   "folder name, or the model name)")
+    p.add_argument("--allow-different-tasks", action="store_true",
+                   help="compare reports scored on different task files (refused by default: the numbers do not compare)")
+    p.add_argument("--no-plots", action="store_true", help="skip compare.png")
+    p.set_defaults(run=compare_cli)

@@ -10,13 +10,13 @@
 
 from __future__ import annotations
 
-import math
+import argparse
 import os
 import re
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from eval.io import DistillError, atomic_write, read_jsonl, write_json, write_jsonl
+from eval.io import DistillError, atomic_write, percentile, read_jsonl, write_json, write_jsonl
 from eval.tasks import Task, file_fingerprint, load_tasks
 from eval.verify import ERRORS, OK, verify
 
@@ -49,19 +49,10 @@ def _rate(k: int, n: int) -> float:
     return round(k / n, 6) if n else 0.0
 
 
-def _percentile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    values = sorted(values)
-    i = (len(values) - 1) * q
-    lo, hi = math.floor(i), math.ceil(i)
-    return values[lo] + (values[hi] - values[lo]) * (i - lo)
-
-
 def throughput(traces: list[dict]) -> dict:
     lat = [t["latency_s"] for t in traces if isinstance(t.get("latency_s"), (int, float))]
     toks = sum(t.get("completion_tokens") or 0 for t in traces if isinstance(t.get("latency_s"), (int, float)))
-    p50, p95 = _percentile(lat, 0.5), _percentile(lat, 0.95)
+    p50, p95 = percentile(lat, 0.5), percentile(lat, 0.95)
     return {
         "traces_timed": len(lat),
         "latency_p50_s": round(p50, 4) if p50 is not None else None,
@@ -243,3 +234,24 @@ def score_cli(args) -> int:
             f"schema-valid {r['schema_valid_rate']:.3f} over {r['n']} traces -> {where}/report.json"
         )
     return 0
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "score",
+        help="verify traces against their tasks and write report.json, verdicts.jsonl, summary.md",
+        description="Verify every trace (parse the output, validate arguments against the tool's JSON Schema, "
+        "match the expected calls with BFCL's AST rules) and write report.json, verdicts.jsonl and summary.md "
+        "into --out.",
+    )
+    p.add_argument("--tasks", required=True, help="tasks .jsonl file")
+    p.add_argument("--traces", required=True, nargs="+", help="one or more traces .jsonl files")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument(
+        "--model",
+        default=None,
+        help="score only traces of this model (default: all; a file with several models is scored per model "
+        "in one report each under --out/<model>)",
+    )
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots (accuracy by category, error mix)")
+    p.set_defaults(run=score_cli)

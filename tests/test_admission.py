@@ -10,7 +10,7 @@ import yaml
 
 from distill.cli import main
 from distill.fleet import load_fleet, resolve
-from tests.report_builders import build_report, write_tasks
+from distill.testing.report_builders import build_report, write_tasks
 
 # The student: simple 9/10 correct (one wrong value: schema-valid), parallel 5/10 with four schema-invalid
 # answers, irrelevance 4/4 but only 4 tasks. The teacher: simple 10/10, parallel 6/10, irrelevance 4/4.

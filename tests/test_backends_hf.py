@@ -10,7 +10,7 @@ import pytest
 
 from data_gen.backends.base import Request, Sampling
 from data_gen.generate import generate
-from tests.openai_stub import write_tasks
+from distill.testing.openai_stub import write_tasks
 
 
 @pytest.fixture(scope="module")

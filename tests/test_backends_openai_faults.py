@@ -1,4 +1,4 @@
-"""The `openai` backend against a real HTTP server (tests/openai_stub.py) that fails on purpose: 500s and 429s
+"""The `openai` backend against a real HTTP server (distill/testing/openai_stub.py) that fails on purpose: 500s and 429s
 for a while, Retry-After, stalls past the timeout, a request that keeps failing, a server that is down or goes
 away, a rejected key. Nothing may be lost or duplicated, and the key never shows."""
 
@@ -16,7 +16,7 @@ from data_gen.backends.base import Sampling
 from data_gen.backends.openai_backend import OpenAIBackend
 from data_gen.generate import generate
 from eval.io import DistillError
-from tests.openai_stub import Fault, StubServer, free_port, write_tasks
+from distill.testing.openai_stub import Fault, StubServer, free_port, write_tasks
 
 
 def backend_for(server_url, **kw):

@@ -6,7 +6,8 @@ from collections import Counter
 
 import pytest
 
-from data_gen.bfcl import SUPPORTED_CATEGORIES, bfcl_data_dir, convert_entry
+from data_gen.bfcl import SUPPORTED_CATEGORIES, convert_entry
+from eval.bfcl_data import bfcl_data_dir
 from eval.bfcl_reference import BfclChecker, perturbed_cases
 from eval.tasks import task_from_dict
 from eval.verify import verify

@@ -1,5 +1,5 @@
 """The verifier-gated cascade: it escalates exactly when the gold-free check rejects an answer, its cost adds up, and
-best-of-k votes among schema-valid samples. Expectations come from how tests/fleet_world.py built each answer
+best-of-k votes among schema-valid samples. Expectations come from how distill/testing/fleet_world.py built each answer
 (right, a schema-valid wrong value, a missing required argument, malformed, an unknown function)."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from distill.fleet.cascade import (
     vote,
 )
 from eval.tasks import task_from_dict
-from tests.fleet_world import MEMBERS, answer, build_world, correct_by_construction, error_kind
+from distill.testing.fleet_world import MEMBERS, answer, build_world, correct_by_construction, error_kind
 
 VISIBLE = {"schema", "malformed", "unknown_function"}  # wrong answers a gold-free check can see
 

@@ -8,7 +8,7 @@ import re
 import pytest
 
 from distill.cli import main
-from tests.report_builders import build_report, write_tasks
+from distill.testing.report_builders import build_report, write_tasks
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -12,9 +12,9 @@ import shutil
 import pytest
 
 from distill.cli import main
-from tests.openai_stub import Fault, StubServer
-from tests.openai_stub import write_tasks as write_search_tasks
-from tests.report_builders import write_tasks
+from distill.testing.openai_stub import Fault, StubServer
+from distill.testing.openai_stub import write_tasks as write_search_tasks
+from distill.testing.report_builders import write_tasks
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 FILES = ("traces.jsonl", "eval.json", "report.json", "verdicts.jsonl", "summary.md", "accuracy_by_category.png",

@@ -1,5 +1,5 @@
 """`distill fleet eval` on a fleet with known strengths: every number in its table is recomputed here from how the
-answers were built (tests/fleet_world.py), the answer to "does the fleet beat the teacher?" follows from them, and
+answers were built (distill/testing/fleet_world.py), the answer to "does the fleet beat the teacher?" follows from them, and
 bad input fails with the file and the member named."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pytest
 
 from distill.cli import main
 from distill.fleet import load_fleet, save_fleet
-from tests.fleet_world import MEMBERS, build_world, correct_by_construction, error_kind
+from distill.testing.fleet_world import MEMBERS, build_world, correct_by_construction, error_kind
 
 VISIBLE = {"schema", "malformed", "unknown_function"}
 

@@ -1,5 +1,5 @@
 """`distill fleet serve` in front of real OpenAI-compatible servers on 127.0.0.1: `transformers serve` over the tiny
-local model (member `tiny`, the dear one), the stdlib stub server of tests/openai_stub.py (member `stub`, cheap), and a
+local model (member `tiny`, the dear one), the stdlib stub server of distill/testing/openai_stub.py (member `stub`, cheap), and a
 member `ghost` whose endpoint nothing listens on. The stub is the second server because its answers are known: a call
 to the request's first tool with {"query": ...}, schema-valid or not depending on the tool, which is what the
 escalation checks need (a random tiny model's text cannot be made to fail or pass the schema on purpose).
@@ -21,8 +21,8 @@ import pytest
 
 from distill.cli import main
 from distill.fleet import load_fleet, save_fleet
-from tests.fleet_world import DOMAINS, build_world
-from tests.openai_stub import StubServer, free_port
+from distill.testing.fleet_world import DOMAINS, build_world
+from distill.testing.openai_stub import StubServer, free_port
 
 START_TIMEOUT_S = 150
 ALL = list(DOMAINS)

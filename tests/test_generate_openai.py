@@ -20,7 +20,7 @@ from data_gen.backends.base import Sampling
 from data_gen.backends.openai_backend import OpenAIBackend
 from data_gen.generate import generate
 from eval.parse import parse_output
-from tests.openai_stub import free_port, write_tasks
+from distill.testing.openai_stub import free_port, write_tasks
 
 SERVE_START_TIMEOUT_S = 120
 

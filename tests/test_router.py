@@ -1,4 +1,4 @@
-"""The cluster router on a fleet whose strengths are known by construction (tests/fleet_world.py): each small member
+"""The cluster router on a fleet whose strengths are known by construction (distill/testing/fleet_world.py): each small member
 is the best on one domain, the teacher is good everywhere and dear. Accuracies below are computed from the
 construction (which member answers which task right), not from the verdicts the router was fit on."""
 
@@ -14,7 +14,7 @@ from distill.cli import main
 from distill.fleet import load_fleet, save_fleet
 from distill.fleet.cascade import fleet_members
 from distill.fleet.router import _EMBEDDERS, load_router, question_text, registered_router, tools_text
-from tests.fleet_world import DOMAINS, MEMBERS, build_world, correct_by_construction
+from distill.testing.fleet_world import DOMAINS, MEMBERS, build_world, correct_by_construction
 
 SPECIALIST = {"weather": "weather-small", "math": "math-small", "flights": "flights-mid"}
 

@@ -275,7 +275,7 @@ def test_dpo_with_a_fresh_adapter_uses_the_base_as_its_reference(tmp_path, tiny_
 def test_trains_on_what_distill_pairs_writes(tmp_path, tiny_model_dir):
     """The real producer: `distill pairs` output (OUT/dataset, card, pairs_stats.json) goes straight into a recipe."""
     from distill.cli import main
-    from tests.tiny_pairs import CITIES, TOOLS
+    from distill.testing.tiny_pairs import CITIES, TOOLS
 
     tasks, traces = [], []
     for i, city in enumerate(CITIES * 2):

@@ -4,7 +4,7 @@
 - `hf`: a local transformers model (hf_backend.HFBackend)
 - `vllm`: vLLM's offline engine, an optional extra (vllm_backend.VLLMBackend)
 
-Each module is imported only when its backend is chosen (data_gen.generate.backend_from_args), so choosing
+Each module is imported only when its backend is chosen (data_gen.generate.build_backend), so choosing
 `openai` never imports torch and `hf` never imports vLLM.
 """
 

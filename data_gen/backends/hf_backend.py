@@ -21,8 +21,8 @@ from itertools import islice
 from pathlib import Path
 
 from data_gen.backends.base import Request, Result, Sampling
+from data_gen.local_models import resolve_model
 from data_gen.prompting import STOP, cut_at_stop, load_chat_template, render_prompt
-from distill.local_models import resolve_model
 from eval.io import DistillError
 
 DTYPES = ("auto", "bfloat16", "float16", "float32")
@@ -70,7 +70,7 @@ class HFBackend:
         self.adapter = adapter
         # A training run saves the tokenizer with the chat template it trained with beside its adapter: a
         # student is evaluated with that template, not the base model's.
-        # A .gguf file or pkg: name loads from its converted folder (distill.local_models); traces keep the name.
+        # A .gguf file or pkg: name loads from its converted folder (data_gen.local_models); traces keep the name.
         path = resolve_model(model)
         tok_source = adapter if adapter and (Path(adapter) / "tokenizer_config.json").is_file() else path
         try:

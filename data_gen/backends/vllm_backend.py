@@ -114,7 +114,7 @@ class VLLMBackend:
             ) from None
         from transformers import AutoTokenizer
 
-        from distill.local_models import resolve_model
+        from data_gen.local_models import resolve_model
 
         self.model = model
         self.sampling = sampling
@@ -124,7 +124,7 @@ class VLLMBackend:
         engine_args = dict(engine_args or {})
         self.adapter = adapter
         self.lora = None
-        path = resolve_model(model)  # a .gguf file or pkg: name -> its converted folder (distill.local_models)
+        path = resolve_model(model)  # a .gguf file or pkg: name -> its converted folder (data_gen.local_models)
         tok_source = path
         if adapter:
             # A LoRA adapter (a student) is applied per request; the engine must be built with LoRA enabled and

@@ -81,21 +81,14 @@ def save_fleet(path: str | os.PathLike, fleet: dict) -> None:
 
 @contextlib.contextmanager
 def fleet_lock(path: str | os.PathLike):
-    """Hold an exclusive lock on the fleet file's folder for a read-modify-write, so two admissions at once
-    cannot lose each other's member (POSIX; elsewhere no lock)."""
-    folder = Path(path).resolve().parent
-    folder.mkdir(parents=True, exist_ok=True)
-    try:
-        import fcntl
-    except ImportError:
+    """Hold an exclusive lock beside the fleet file for a read-modify-write, so two admissions at once cannot
+    lose each other's member."""
+    from filelock import FileLock
+
+    path = Path(path).resolve()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path.parent / f".{path.name}.lock")):
         yield
-        return
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # closing releases the lock
 
 
 def relative_to_fleet(fleet_path: str | os.PathLike, target: str | os.PathLike | None) -> str | None:

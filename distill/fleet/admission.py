@@ -20,6 +20,7 @@ the fleet must not route to a student whose latest evaluation failed), 2 for bad
 
 from __future__ import annotations
 
+import argparse
 import sys
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -27,7 +28,7 @@ from pathlib import Path
 
 from distill.fleet import fleet_lock, load_fleet, relative_to_fleet, save_fleet
 from eval.compare import default_label, load_report
-from eval.io import DistillError, read_jsonl
+from eval.io import DistillError, fill_paragraphs, read_jsonl
 
 METRICS = ("strict_accuracy", "accuracy")
 # The keys admission writes on a member; any other key of an existing entry (e.g. `endpoint`) is kept.
@@ -120,7 +121,7 @@ def parameter_count(model: str, trust_remote_code: bool = False) -> int | None:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from distill.local_models import resolve_model
+    from data_gen.local_models import resolve_model
 
     try:
         # A .gguf file or pkg: name reads the config of its converted folder (converted here if not yet).
@@ -268,3 +269,52 @@ def admit_cli(args) -> int:
     print(f"refused {entry['name']!r} for every category (lacked: {', '.join(lacked)})"
           + (f"; its previous entry was removed {where}" if replaced else f" {where}"))
     return 1
+
+
+def add_parser(actions: argparse._SubParsersAction) -> None:
+    """`distill fleet admit` (registered under `distill fleet`)."""
+    a = actions.add_parser(
+        "admit",
+        help="admit an evaluated student to fleet.yaml, category by category, with reasons",
+        description=fill_paragraphs("Decide per category whether the evaluated model joins the fleet, and write it to --fleet "
+        "(atomically; re-admitting a --name replaces its entry and keeps keys other tools added). A category is "
+        "admitted when it has at least --min-n scored traces, its --metric is at least --min-accuracy, its "
+        "schema-valid rate at least --min-schema-valid and, with --relative-to, its --metric at most --max-gap "
+        "below the teacher's on the same task file. The entry records the base model, adapter, parameter count "
+        "(from the model config, no weights loaded), cost, every category's numbers and decision, the report and "
+        "verdicts paths, the task-file fingerprint and the BFCL data version.\n\n"
+        "Exit status: 0 admitted for at least one category; 1 refused for every category (each reason printed; "
+        "an earlier entry of the same name is removed); 2 bad input."),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n"
+        "  distill fleet admit checkpoints/qwen05-dpo/eval --fleet fleet.yaml --min-accuracy 0.8\n"
+        "  distill fleet admit checkpoints/qwen05-dpo/eval --fleet fleet.yaml --relative-to reports/teacher --max-gap 0.05\n"
+        "  distill fleet admit reports/teacher --fleet fleet.yaml --name teacher --parameters 72.7e9 --min-accuracy 0",
+    )
+    a.add_argument("report", metavar="REPORT", help="report.json of the model (or its folder), with verdicts.jsonl beside it")
+    a.add_argument("--fleet", required=True, help="fleet file to update (created if missing)")
+    a.add_argument("--name", default=None, help="member name (default: the adapter's folder name, or the model name); "
+                   "an existing member of this name is replaced")
+    a.add_argument("--metric", choices=["strict_accuracy", "accuracy"], default="strict_accuracy",
+                   help="the per-category score the thresholds apply to: strict_accuracy (correct and schema-valid, "
+                   "what a real API accepts) or accuracy (BFCL's rules alone) (default: %(default)s)")
+    a.add_argument("--min-accuracy", type=float, default=0.75, metavar="X",
+                   help="lowest --metric a category may have, a share in [0, 1] (default: %(default)s)")
+    a.add_argument("--min-schema-valid", type=float, default=0.9, metavar="Y",
+                   help="lowest share of schema-valid answers a category may have (default: %(default)s)")
+    a.add_argument("--min-n", type=int, default=10,
+                   help="fewest scored traces a category needs before it can be admitted (default: %(default)s)")
+    a.add_argument("--relative-to", default=None, metavar="TEACHER_REPORT",
+                   help="the teacher's report.json on the same task file; needs --max-gap")
+    a.add_argument("--max-gap", type=float, default=None, metavar="Z",
+                   help="with --relative-to: most a category's --metric may fall below the teacher's, a share (0.05 = "
+                   "5 points)")
+    a.add_argument("--cost", type=float, default=None, metavar="C",
+                   help="the member's cost figure, in whatever unit every member of the fleet uses (e.g. $ per 1M "
+                   "tokens); default: its parameter count in billions (a 0.5B student costs 0.5), which ranks members "
+                   "as their inference compute does")
+    a.add_argument("--parameters", type=float, default=None, metavar="N",
+                   help="parameter count, when the model's config cannot be read here (a served model), e.g. 72.7e9")
+    a.add_argument("--trust-remote-code", action="store_true", help="allow model code from the Hub when reading the config")
+    a.add_argument("--dry-run", action="store_true", help="print the decision; write nothing")
+    a.set_defaults(run=admit_cli)

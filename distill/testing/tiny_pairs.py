@@ -1,10 +1,10 @@
 """A small preference dataset in distill's format (DESIGN.md "Preference dataset"), for tests and the debug
 recipe, until `distill pairs` output is at hand.
 
-    from tests.tiny_pairs import build_tiny_pairs
+    from distill.testing.tiny_pairs import build_tiny_pairs
     build_tiny_pairs(tmp_path / "pairs")      # DatasetDict(train, test) via save_to_disk, plus a README.md card
 
-    python -m tests.tiny_pairs recipes/debug/tiny   # rebuild the debug recipe's model/ and pairs/ folders
+    python -m distill.testing.tiny_pairs recipes/debug/tiny   # rebuild the debug recipe's model/ and pairs/ folders
 
 Rows mix single and parallel calls, prose and malformed rejections, optional system turns and different tools per
 row, so Arrow's struct merging and chat-template edge cases show up as they would in real data.
@@ -70,7 +70,7 @@ license: apache-2.0
 ---
 # tiny preference pairs
 
-Built by tests/tiny_pairs.py for distill's tests and recipes/debug. Teacher model: Qwen/Qwen2.5-72B-Instruct
+Built by distill/testing/tiny_pairs.py for distill's tests and recipes/debug. Teacher model: Qwen/Qwen2.5-72B-Instruct
 (nominal: the rows are generated, not sampled).
 """
 
@@ -150,7 +150,7 @@ def build_tiny_pairs(path: str | Path, *, n_train: int = 24, n_test: int = 8, se
 
 
 if __name__ == "__main__":
-    from tests.tiny_model import build_tiny_model
+    from distill.testing.tiny_model import build_tiny_model
 
     out = Path(sys.argv[1] if len(sys.argv) > 1 else "recipes/debug/tiny")
     build_tiny_model(out / "model")

@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from data_gen.negatives import Answer, synthetic_negatives
-from eval.io import DistillError, atomic_folder, atomic_write, write_json, write_jsonl
+from eval.io import DistillError, atomic_folder, atomic_write, read_jsonl, write_json, write_jsonl
 from eval.parse import CALLS, MALFORMED
 from eval.tasks import Task, file_fingerprint, load_tasks
 from eval.verify import ERRORS, judge, parse_trace
@@ -329,6 +329,27 @@ def teacher_info(traces: list[dict]) -> dict:
     }
 
 
+# Licenses of the task sources distill imports, by the prefix of a task's `source` field; a card for pairs built
+# from them carries it unless --license says otherwise.
+SOURCE_LICENSES = {"bfcl-eval": "apache-2.0"}
+
+
+def sources_license(tasks_path: str | os.PathLike) -> str | None:
+    """The one license every task's source shares (from SOURCE_LICENSES), or None when unknown or mixed."""
+    found = set()
+    for _, record in read_jsonl(tasks_path):
+        source = str(record.get("source") or "")
+        found.add(next((lic for prefix, lic in SOURCE_LICENSES.items() if source.startswith(prefix)), None))
+    return found.pop() if len(found) == 1 else None
+
+
+def card_configs(splits: dict, *, hub: bool) -> list[dict]:
+    """The card's `configs`: the JSONL files beside it in a `distill pairs` folder, so `load_dataset(folder)`
+    works; on the Hub, the parquet shards `push_to_hub` writes."""
+    files = [{"split": s, "path": f"data/{s}-*" if hub else f"{s}.jsonl"} for s in ("train", "test") if splits.get(s)]
+    return [{"config_name": "default", "data_files": files}]
+
+
 def dataset_card(summary: dict, info: dict) -> str:
     """A Hugging Face dataset card (YAML metadata + Markdown) for the preference dataset."""
     from huggingface_hub import DatasetCard, DatasetCardData
@@ -338,7 +359,7 @@ def dataset_card(summary: dict, info: dict) -> str:
         license=info.get("license") or "other",
         tags=["distill", "dpo", "preference", "function-calling", "tool-use"],
         task_categories=["text-generation"],
-        configs=[{"config_name": "default", "data_files": [{"split": s, "path": f"data/{s}-*"} for s in ("train", "test") if summary["splits"][s]]}],
+        configs=card_configs(summary["splits"], hub=False),
     )
     table = lambda d: "\n".join(f"| {k} | {v} |" for k, v in d.items()) or "| - | - |"  # noqa: E731
     body = f"""
@@ -419,7 +440,9 @@ def push_pairs(out_dir: str | os.PathLike, repo_id: str, private: bool = False) 
     token = os.environ.get("HF_TOKEN") or None
     dd = load_from_disk(str(Path(out_dir) / "dataset"))
     dd.push_to_hub(repo_id, private=private, token=token)
-    DatasetCard.load(Path(out_dir) / "README.md").push_to_hub(repo_id, token=token)
+    card = DatasetCard.load(Path(out_dir) / "README.md")
+    card.data.configs = card_configs({s: len(dd[s]) for s in dd}, hub=True)
+    card.push_to_hub(repo_id, token=token)
 
 
 def _read_traces(paths: list[str], tasks: dict[str, Task]) -> list[dict]:
@@ -454,8 +477,10 @@ def pairs(
     config: PairsConfig | None = None,
     push_to_hub: str | None = None,
     private: bool = False,
+    license: str | None = None,
 ) -> dict:
-    """The whole `distill pairs` job from Python: read, mine, write. Returns the summary."""
+    """The whole `distill pairs` job from Python: read, mine, write. Returns the summary. The card's license is
+    `license`, else the tasks' sources' license (BFCL: apache-2.0), else `other`."""
     config = config or PairsConfig()
     tasks = load_tasks(tasks_path)
     teacher = _read_traces(trace_paths, tasks) if trace_paths else []
@@ -469,6 +494,7 @@ def pairs(
         "teacher": teacher_info(teacher),
         "student": teacher_info(student),
         "config": asdict(config),
+        "license": license or sources_license(tasks_path),
     }
     return write_pairs(out_dir, rows, stats, info, push_to_hub=push_to_hub, private=private) | {"mining": stats}
 
@@ -485,7 +511,8 @@ def pairs_cli(args) -> int:
     )
     if not 0 <= config.test_size < 1:
         raise DistillError("--test-size must be in [0, 1)")
-    summary = pairs(args.tasks, args.traces or [], args.out, args.student_traces, config, args.push_to_hub, args.private)
+    summary = pairs(args.tasks, args.traces or [], args.out, args.student_traces, config, args.push_to_hub, args.private,
+                    license=args.license)
     m = summary["mining"]
     print(
         f"{summary['pairs']} pairs (train {summary['splits']['train']}, test {summary['splits']['test']}) from "
@@ -541,4 +568,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed for the split, the mix and synthetic negatives (default: %(default)s)")
     p.add_argument("--push-to-hub", default=None, metavar="REPO", help="also upload the dataset and card to this Hub dataset repo (token from HF_TOKEN or the cached login)")
     p.add_argument("--private", action="store_true", help="with --push-to-hub: create the repo private")
+    p.add_argument("--license", default=None, help="license for the dataset card, e.g. cc-by-4.0 (default: the task "
+                   "sources' license when distill knows it, e.g. apache-2.0 for BFCL; otherwise 'other')")
     p.set_defaults(run=pairs_cli)

@@ -150,7 +150,7 @@ def plan(out: Path, sizes: Sizes) -> list[Stage]:
                "smollm2-135m-demo", "--min-n", str(sizes.eval_per_category)]),
         Stage("publish", "Hub upload staged (dry run)", out / "publish" / "README.md",
               ["publish", o("checkpoints", "dpo"), "--repo-id", "your-name/smollm2-135m-fc-demo",
-               "--base-model", "HuggingFaceTB/SmolLM2-135M-Instruct", "--stage-dir", o("publish"), "--dry-run"]),
+               "--model", "HuggingFaceTB/SmolLM2-135M-Instruct", "--stage-dir", o("publish"), "--dry-run"]),
     ]
 
 

@@ -1,7 +1,7 @@
 """`distill merge CHECKPOINT --out DIR`: fold a LoRA adapter into a bf16 copy of its base model.
 
     distill merge checkpoints/qwen2.5-0.5b-instruct-dpo --out merged/qwen2.5-0.5b-fc
-    distill merge some/adapter --base Qwen/Qwen2.5-0.5B-Instruct --base-4bit --out merged/x   # no run.json
+    distill merge some/adapter --model Qwen/Qwen2.5-0.5B-Instruct --base-4bit --out merged/x   # no run.json
 
 A QLoRA adapter learned to correct the 4-bit base, W_q = dequant(quant(W)), not the original W. Merging it into
 W (the usual `from_pretrained(base) + merge_and_unload()`) gives a model that differs from the one that was
@@ -57,7 +57,7 @@ def merge(
         or json.loads((ckpt / "adapter_config.json").read_text()).get("base_model_name_or_path")
     )
     if not base:
-        raise DistillError(f"{ckpt}: no run.json or adapter base model; pass --base")
+        raise DistillError(f"{ckpt}: no run.json or adapter base model; pass --model")
     base = resolve_model(base)  # a .gguf file or pkg: name (as run.json records it) -> its converted folder
     trained_4bit = bool(model_cfg.get("load_in_4bit")) if run else base_4bit
     target = getattr(torch, dtype)
@@ -139,7 +139,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("checkpoint", help="a training run folder (checkpoints/<run>) or a folder holding a LoRA adapter")
     p.add_argument("--out", required=True, help="folder for the merged model (must not exist unless --overwrite)")
-    p.add_argument("--base", default=None, help="base model id or folder (default: model_name_or_path in run.json)")
+    p.add_argument("--model", "--base", dest="base", default=None,
+                   help="base model: Hub id, local folder, .gguf file or pkg:NAME (default: model_name_or_path in "
+                   "run.json); --base is the older spelling")
     p.add_argument(
         "--base-4bit",
         action="store_true",

@@ -2,7 +2,7 @@
 
     distill publish checkpoints/qwen05-dpo --repo-id me/qwen05-fc --dry-run     # stage and validate, upload nothing
     distill publish checkpoints/qwen05-dpo --repo-id me/qwen05-fc --private
-    distill publish checkpoints/tiny --repo-id me/tiny --base-model Qwen/Qwen2.5-0.5B-Instruct   # base was a local folder
+    distill publish checkpoints/tiny --repo-id me/tiny --model Qwen/Qwen2.5-0.5B-Instruct   # base was a local folder
     distill publish --dataset pairs/ --repo-id me/fc-pairs
 
 A checkpoint is staged into a folder (default CHECKPOINT/publish, rebuilt atomically) holding exactly what a
@@ -220,9 +220,9 @@ def stage(checkpoint: str | Path, repo_id: str, *, out: str | Path | None = None
     base = base_model or ((run.get("config") or {}).get("model") or {}).get("model_name_or_path") \
         or adapter_cfg.get("base_model_name_or_path")
     if not base:
-        raise DistillError(f"{ckpt}: neither run.json nor adapter_config.json names the base model; pass --base-model")
+        raise DistillError(f"{ckpt}: neither run.json nor adapter_config.json names the base model; pass --model")
     if not HUB_ID.match(base) or Path(base).exists():
-        warnings.append(f"base model {base!r} is a local folder, not a Hub id: pass --base-model HUB_ID so users can "
+        warnings.append(f"base model {base!r} is a local folder, not a Hub id: pass --model HUB_ID so users can "
                         f"load the adapter (an upload refuses it)")
     ds_path = (run.get("dataset") or {}).get("path")
     if dataset_id is None and ds_path and HUB_ID.match(ds_path) and not Path(ds_path).exists():
@@ -346,7 +346,7 @@ def publish_cli(args) -> int:
         return 0
     base = _read_json(folder / "adapter_config.json")["base_model_name_or_path"]
     if not HUB_ID.match(base) or Path(base).exists():
-        raise DistillError(f"base model {base!r} is a local folder: pass --base-model HUB_ID (the Hub id it is a copy of)")
+        raise DistillError(f"base model {base!r} is a local folder: pass --model HUB_ID (the Hub id it is a copy of)")
     url = upload(folder, args.repo_id, private=args.private,
                  commit_message=f"distill publish {Path(args.checkpoint).resolve().name}")
     print(f"uploaded {folder} -> {url}")
@@ -379,8 +379,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="publish a preference dataset (a `distill pairs` --out folder) with its card, instead of a checkpoint")
     p.add_argument("--report", default=None, help="eval report to publish with (default: the newest CHECKPOINT/eval*/report.json)")
     p.add_argument("--no-eval", action="store_true", help="publish without eval results (refused otherwise)")
-    p.add_argument("--base-model", default=None, help="Hub id of the base model (default: run.json's model_name_or_path); "
-                   "needed when training used a local copy")
+    p.add_argument("--model", "--base-model", dest="base_model", default=None,
+                   help="Hub id of the base model, for the card and adapter_config.json (default: run.json's "
+                   "model_name_or_path); needed when training used a local copy; --base-model is the older spelling")
     p.add_argument("--dataset-id", default=None, help="Hub id of the training data, for the card's `datasets` "
                    "(default: run.json's dataset path when it is a Hub id)")
     p.add_argument("--license", default=None, help="license for the card metadata, e.g. apache-2.0 (default: none given)")

@@ -156,6 +156,11 @@ def test_cli_writes_a_dataset_trl_trains_on(tmp_path, bfcl_tasks, tiny_model_dir
 
     meta = DatasetCard(card).data.to_dict()
     assert "dpo" in meta["tags"]
+    assert meta["license"] == "apache-2.0"  # the BFCL tasks' own license, read from their `source`
+    from datasets import load_dataset
+
+    local = load_dataset(str(out))  # the card's configs point at the folder's own files
+    assert {s: len(local[s]) for s in local} == {s: len(dd[s]) for s in dd}
     assert f"train {len(dd['train'])} pairs" in card and "teacher" in card
     jsonl_rows = (out / "train.jsonl").read_text().splitlines()
     assert len(jsonl_rows) == len(dd["train"])
@@ -193,17 +198,21 @@ def test_push_to_hub_uploads_dataset_and_card_with_env_token(tmp_path, bfcl_task
 
     calls = []
     monkeypatch.setattr(DatasetDict, "push_to_hub", lambda self, repo, **kw: calls.append(("data", repo, kw, set(self))))
-    monkeypatch.setattr(DatasetCard, "push_to_hub", lambda self, repo, **kw: calls.append(("card", repo, kw, self.content[:3])))
+    monkeypatch.setattr(DatasetCard, "push_to_hub", lambda self, repo, **kw: calls.append(
+        ("card", repo, kw, self.content[:3], self.data.configs, self.data.license)))
     monkeypatch.setenv("HF_TOKEN", "hf_secret_value_123")
     small = dict(list(bfcl_tasks.items())[:20])
     tasks_path = tmp_path / "tasks.jsonl"
     tasks_path.write_text("".join(json.dumps(t.record) + "\n" for t in small.values()))
     traces_path = tmp_path / "teacher.jsonl"
     traces_path.write_text("".join(json.dumps(t) + "\n" for t in _teacher_traces(small)))
-    pairs(str(tasks_path), [str(traces_path)], str(tmp_path / "out"), config=PairsConfig(test_size=0.3), push_to_hub="me/fc-pairs", private=True)
+    pairs(str(tasks_path), [str(traces_path)], str(tmp_path / "out"), config=PairsConfig(test_size=0.3), push_to_hub="me/fc-pairs", private=True,
+          license="cc-by-4.0")
     assert [c[0] for c in calls] == ["data", "card"]
     assert calls[0][1] == "me/fc-pairs" and calls[0][2] == {"private": True, "token": "hf_secret_value_123"}
-    assert calls[1][3] == "---"
+    assert calls[1][3] == "---" and calls[1][5] == "cc-by-4.0"
+    # on the Hub the card points at the parquet shards push_to_hub wrote, not the local JSONL files
+    assert [f["path"] for f in calls[1][4][0]["data_files"]] == ["data/train-*", "data/test-*"]
     out = capsys.readouterr()
     assert "hf_secret_value_123" not in out.out + out.err
     assert "hf_secret_value_123" not in (tmp_path / "out" / "README.md").read_text() + (tmp_path / "out" / "pairs_stats.json").read_text()

@@ -59,7 +59,7 @@ def hub_calls(monkeypatch, tmp_path):
 
 
 def test_dry_run_stages_a_loadable_adapter_and_a_card_with_eval_results(checkpoint, tiny_model_dir, hub_calls, capsys):
-    rc = main(["publish", str(checkpoint), "--repo-id", "me/tiny-fc", "--dry-run", "--base-model", "me/tiny-base",
+    rc = main(["publish", str(checkpoint), "--repo-id", "me/tiny-fc", "--dry-run", "--model", "me/tiny-base",
                "--dataset-id", "me/fc-pairs", "--license", "apache-2.0"])
     assert rc == 0 and hub_calls == []  # nothing uploaded
     staged = checkpoint / "publish"
@@ -160,7 +160,7 @@ def test_upload_creates_the_repo_and_uploads_the_staged_folder_token_never_print
 def test_upload_refusals_and_errors_without_the_token(checkpoint, hub_calls, monkeypatch, capsys):
     # a base model that is a local folder cannot be named on the Hub: refused before any request
     assert main(["publish", str(checkpoint), "--repo-id", "me/tiny-fc"]) == 2
-    assert "pass --base-model" in capsys.readouterr().err and hub_calls == []
+    assert "pass --model" in capsys.readouterr().err and hub_calls == []
     # the Hub's error message may echo the request; the token is masked
     from huggingface_hub import HfApi
 

@@ -11,26 +11,55 @@
 from __future__ import annotations
 
 import argparse
+import io
+import json
 import os
 import re
+import shutil
+import tempfile
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from eval.io import DistillError, atomic_write, percentile, read_jsonl, write_json, write_jsonl
+from eval.io import DistillError, atomic_folder, atomic_write, percentile, read_jsonl
 from eval.tasks import Task, file_fingerprint, load_tasks
 from eval.verify import ERRORS, OK, verify
 
+# Keys a trace may carry besides the model's output, with the JSON types they must have. The output itself (`raw`,
+# `tool_calls`) is the model's and any value of it gets a verdict; these are written by `distill generate` and
+# a wrong type means the file is not what it claims to be.
+_TRACE_KEYS = {
+    "task_id": ((str,), "a string"),
+    "model": ((str,), "a string"),
+    "sample": ((int,), "an integer"),
+    "prompt_tokens": ((int, type(None)), "an integer or null"),
+    "completion_tokens": ((int, type(None)), "an integer or null"),
+    "latency_s": ((int, float, type(None)), "a number or null"),
+    "finish_reason": ((str, type(None)), "a string or null"),
+}
+
+
+def check_trace(trace: dict, where: str) -> None:
+    """Raise a DistillError naming `where` and the key when a trace lacks task_id/model or has a key of the wrong
+    type (a list task_id, a dict model, token counts as strings)."""
+    for key in ("task_id", "model"):
+        if key not in trace:
+            raise DistillError(f"{where}: trace has no {key!r}")
+    for key, (types, what) in _TRACE_KEYS.items():
+        value = trace.get(key)
+        if key in trace and (not isinstance(value, types) or isinstance(value, bool)):
+            shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+            raise DistillError(f"{where}: key {key!r} must be {what}, got {type(value).__name__} {shown}")
+
 
 def read_traces(paths: list[str | os.PathLike], tasks: dict[str, Task]) -> list[tuple[str, int, dict]]:
-    """(file, line, trace) for every trace; unknown tasks, missing keys and duplicates are errors naming the line."""
+    """(file, line, trace) for every trace; unknown tasks, missing keys, keys of the wrong type, duplicates and a
+    cut-off last line (a `distill generate` killed or still running) are errors naming the line."""
     out = []
     seen: dict[tuple, str] = {}
     for path in paths:
-        for lineno, trace in read_jsonl(path, skip_torn_tail=True):
+        for lineno, trace in read_jsonl(path):
             where = f"{path}:{lineno}"
-            for key in ("task_id", "model"):
-                if key not in trace:
-                    raise DistillError(f"{where}: trace has no {key!r}")
+            check_trace(trace, where)
             if trace["task_id"] not in tasks:
                 raise DistillError(f"{where}: trace for unknown task {trace['task_id']!r} (not in the tasks file)")
             if "raw" not in trace and "tool_calls" not in trace:
@@ -136,14 +165,14 @@ def summary_markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_plots(report: dict, out_dir: Path) -> list[Path]:
-    """accuracy_by_category.png and errors.png; matplotlib is imported only here."""
+def render_plots(report: dict) -> dict[str, bytes]:
+    """accuracy_by_category.png and errors.png as PNG bytes; matplotlib is imported only here."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    paths = []
+    pngs = {}
     cats = list(report["by_category"])
     fig, ax = plt.subplots(figsize=(max(5, 0.9 * len(cats) + 2), 4))
     xs = range(len(cats))
@@ -155,7 +184,7 @@ def write_plots(report: dict, out_dir: Path) -> list[Path]:
     ax.set_title(f"Accuracy by category: {report['model']}")
     ax.legend()
     fig.tight_layout()
-    paths.append(_save(fig, out_dir / "accuracy_by_category.png"))
+    pngs["accuracy_by_category.png"] = _png(fig)
     plt.close(fig)
 
     errs = {e: k for e, k in report["errors"].items() if k}
@@ -165,15 +194,72 @@ def write_plots(report: dict, out_dir: Path) -> list[Path]:
     ax.set_xlabel("traces")
     ax.set_title("Error mix")
     fig.tight_layout()
-    paths.append(_save(fig, out_dir / "errors.png"))
+    pngs["errors.png"] = _png(fig)
     plt.close(fig)
+    return pngs
+
+
+def write_plots(report: dict, out_dir: Path) -> list[Path]:
+    """The plots of `render_plots`, each written atomically into out_dir."""
+    paths = []
+    for name, data in render_plots(report).items():
+        with atomic_write(Path(out_dir) / name, "wb") as f:
+            f.write(data)
+        paths.append(Path(out_dir) / name)
     return paths
 
 
-def _save(fig, path: Path) -> Path:
-    with atomic_write(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=110)
-    return path
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    return buf.getvalue()
+
+
+def write_all(out_dir: str | os.PathLike, files: dict[str, str | bytes]) -> None:
+    """Write every file (paths relative to out_dir) or none of them: a failure part-way (a full disk) leaves
+    out_dir as it was. Each file is written and synced in a staging folder first, and only when all are there are
+    they renamed into place (renames within one file system need no space). A missing out_dir is built whole
+    beside it and renamed in; an existing one keeps the files this call does not write (`distill eval` keeps its
+    traces there)."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DistillError(f"{out_dir}: exists and is not a folder")
+    for rel in files:  # a folder where a file goes (or a file where a folder goes) would fail half-way through
+        target = out_dir / rel
+        if target.is_dir():
+            raise DistillError(f"{target}: is a folder; a file is written there")
+        for parent in target.parents:
+            if parent == out_dir:
+                break
+            if parent.exists() and not parent.is_dir():
+                raise DistillError(f"{parent}: exists and is not a folder")
+    if not out_dir.exists():
+        with atomic_folder(out_dir) as tmp:
+            _stage(tmp, files)
+        return
+    try:
+        stage = Path(tempfile.mkdtemp(prefix=".staging.", suffix=".tmp", dir=out_dir))
+    except OSError as e:
+        raise DistillError(f"{out_dir}: cannot write it: {e.strerror or e}") from None
+    try:
+        _stage(stage, files)
+        for rel in files:
+            (out_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(stage / rel, out_dir / rel)
+    except OSError as e:
+        raise DistillError(f"{out_dir}: cannot write it: {e.strerror or e}") from None
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def _stage(folder: Path, files: dict[str, str | bytes]) -> None:
+    for rel, content in files.items():
+        path = folder / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "wb") as f:
+            f.write(content if isinstance(content, bytes) else content.encode("utf-8"))
+            f.flush()
+            os.fsync(f.fileno())
 
 
 def score_traces(
@@ -198,9 +284,17 @@ def score_traces(
         raise DistillError(f"no traces of model {model!r} in {', '.join(map(str, trace_paths))}")
     out_dir = Path(out_dir)
     fingerprint = file_fingerprint(tasks_path)
-    reports = {}
+    folders: dict[str, str] = {}  # model -> folder relative to out_dir ("" for out_dir itself)
+    for name in by_model:
+        folders[name] = "" if len(by_model) == 1 else _safe(name)
+        clash = next((other for other, f in folders.items() if f == folders[name] and other != name), None)
+        if clash is not None:
+            raise DistillError(f"models {clash!r} and {name!r} would share the report folder {out_dir / folders[name]}; "
+                               f"score them one at a time with --model and different --out")
+    # Everything is computed before anything is written, and written all at once: a failure on the second model
+    # cannot leave the first one's report behind.
+    reports, files = {}, {}
     for name, traces in by_model.items():
-        folder = out_dir if len(by_model) == 1 else out_dir / _safe(name)
         verdicts = [verify(tasks[t["task_id"]], t) for t in traces]
         report = {
             "model": name,
@@ -211,13 +305,14 @@ def score_traces(
             "throughput": throughput(traces),
             **(extra or {}),
         }
-        write_jsonl(folder / "verdicts.jsonl", verdicts)
-        write_json(folder / "report.json", report)
-        with atomic_write(folder / "summary.md") as f:
-            f.write(summary_markdown(report))
+        prefix = f"{folders[name]}/" if folders[name] else ""
+        files[prefix + "verdicts.jsonl"] = "".join(json.dumps(v, ensure_ascii=False) + "\n" for v in verdicts)
+        files[prefix + "report.json"] = json.dumps(report, indent=2, ensure_ascii=False) + "\n"
+        files[prefix + "summary.md"] = summary_markdown(report)
         if plots:
-            write_plots(report, folder)
+            files.update({prefix + n: png for n, png in render_plots(report).items()})
         reports[name] = report
+    write_all(out_dir, files)
     return reports
 
 

@@ -14,7 +14,7 @@ import argparse
 import sys
 
 from data_gen import bfcl, compose, generate, local_models, pairs, xlam
-from distill import demo, env, evaluate, merge, publish, train
+from distill import demo, env, evaluate, merge, publish, serve, train
 from distill.fleet import admission, router
 from distill.fleet import evaluate as fleet_evaluate
 from distill.fleet import serve as fleet_serve
@@ -59,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_parser(commands)
     merge.add_parser(commands)
     evaluate.add_parser(commands)
+    serve.add_parser(commands)
     compare.add_parser(commands)
 
     actions = commands.add_parser(

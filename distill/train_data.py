@@ -18,14 +18,26 @@ written: Qwen's and Llama's render a string argument as a quoted JSON string, an
 a `tool_calls` key as a call (transformers 5.24 drops None-valued keys before rendering; 5.17 does not). So each
 message column is rewritten into datasets' `Json` type (stored as JSON text, decoded per row): keys set to None
 dropped (`content` kept: `content: null` is the OpenAI form of a call), arguments parsed into objects.
+
+SFT rows are not the pairs: a task with three pairs would count three times, and irrelevance tasks (one pair each,
+at most) would be outweighed. SFT trains on one row per task and distinct chosen answer, then sets the share of
+no-call targets (abstentions on irrelevance prompts) among them by repeating rows of the side that is short:
+
+    rows = for_stage(split, "sft", no_call_share=0.3, seed=0, composition=info)
+    info   # {"source_rows": 1200, "distinct_rows": 555, "no_call_distinct": 200, "natural_no_call_share": 0.36,
+           #  "requested_no_call_share": 0.3, "rows": 667, "no_call_rows": 200, "no_call_share": 0.2999, ...}
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import random
 from pathlib import Path
 
 from eval.io import DistillError
+
+logger = logging.getLogger(__name__)
 
 REQUIRED = ("prompt", "chosen", "rejected", "tools")
 
@@ -101,11 +113,126 @@ def clean_messages(messages: list[dict], where: str) -> list[dict]:
     return out
 
 
-def for_stage(split, stage: str, sft_format: str = "completion", name: str = "train"):
+def _is_no_call(messages: list[dict]) -> bool:
+    """An answer without a tool call: a verified chosen answer of this kind is an abstention."""
+    return not any(m.get("tool_calls") for m in messages if m.get("role") == "assistant")
+
+
+def _answer_key(messages: list[dict]) -> str:
+    """The chosen answer's identity: its calls with arguments parsed (key order and spacing do not make two
+    answers distinct), or one key for any abstention (as `distill pairs` de-duplicates its chosen answers)."""
+    if _is_no_call(messages):
+        return "no-call"
+    calls = []
+    for m in messages:
+        for call in m.get("tool_calls") or []:
+            fn = call.get("function") or call
+            args = fn.get("arguments")
+            if isinstance(args, str):
+                try:
+                    args = json.loads(args)
+                except json.JSONDecodeError:
+                    pass  # for_stage names the row when it converts it
+            calls.append([fn.get("name"), args])
+    return json.dumps(calls, sort_keys=True, ensure_ascii=False)
+
+
+def _repeat_to(indices: list[int], n: int, rng: random.Random) -> list[int]:
+    """n rows drawn from `indices` as evenly as possible: each index floor(n/len) times, the remainder a random
+    subset without repeats (so no row is repeated twice more than another)."""
+    whole, extra = divmod(n, len(indices))
+    return indices * whole + sorted(rng.sample(indices, extra))
+
+
+def sft_selection(split, no_call_share: float | None = None, seed: int = 0) -> tuple[list[int], dict]:
+    """Which rows of a preference split SFT trains on, repeats included, and how they were chosen.
+
+    One row per (task, distinct chosen answer): the first row of each. Then, when `no_call_share` is set, the
+    rows whose chosen answer has no call (abstentions: on a verified dataset, irrelevance prompts) make up that
+    share: the side below its share is repeated (all distinct rows are kept; nothing is dropped, except with a
+    share of exactly 0 or 1, which drops the other side). A split without one of the two sides keeps its rows
+    and logs a warning. Pure Python over the `task_id`, `prompt`, `tools` and `chosen` columns."""
+    if no_call_share is not None and not 0.0 <= no_call_share <= 1.0:  # NaN fails both comparisons
+        raise DistillError(f"sft_no_call_share must be a share between 0 and 1 (or null), got {no_call_share}")
+    chosen = split["chosen"]
+    if "task_id" in split.column_names:
+        tasks = split["task_id"]
+    else:  # no provenance column (a dataset from elsewhere): the prompt and tools name the task
+        tasks = [json.dumps([p, t], sort_keys=True, default=str) for p, t in zip(split["prompt"], split["tools"])]
+    seen: set[tuple[str, str]] = set()
+    calls, no_calls = [], []
+    for i, (task, answer) in enumerate(zip(tasks, chosen)):
+        key = (task, _answer_key(answer))
+        if key in seen:
+            continue
+        seen.add(key)
+        (no_calls if key[1] == "no-call" else calls).append(i)
+    distinct = len(calls) + len(no_calls)
+    info = {
+        "source_rows": len(chosen),
+        "distinct_rows": distinct,
+        "call_distinct": len(calls),
+        "no_call_distinct": len(no_calls),
+        "natural_no_call_share": round(len(no_calls) / distinct, 4) if distinct else None,
+        "requested_no_call_share": no_call_share,
+    }
+    rng = random.Random(seed)
+    keep_calls, keep_no_calls = calls, no_calls
+    if no_call_share is not None and distinct:
+        if no_call_share == 0.0:
+            keep_no_calls = []
+        elif no_call_share == 1.0:
+            keep_calls = []
+        elif not calls or not no_calls:
+            logger.warning(
+                "sft_no_call_share %.2f cannot be met: the split has %s; SFT trains on its %d distinct rows as "
+                "they are",
+                no_call_share,
+                "no abstention (no-call) answers" if not no_calls else "no call answers",
+                distinct,
+            )
+        elif len(no_calls) / distinct < no_call_share:
+            # n / (n + calls) = share  ->  n = share * calls / (1 - share)
+            keep_no_calls = _repeat_to(no_calls, round(no_call_share * len(calls) / (1 - no_call_share)), rng)
+        else:
+            keep_calls = _repeat_to(calls, round((1 - no_call_share) * len(no_calls) / no_call_share), rng)
+    indices = sorted(keep_calls + keep_no_calls)
+    info.update(
+        rows=len(indices),
+        no_call_rows=len(keep_no_calls),
+        no_call_share=round(len(keep_no_calls) / len(indices), 4) if indices else None,
+    )
+    return indices, info
+
+
+def for_stage(
+    split,
+    stage: str,
+    sft_format: str = "completion",
+    name: str = "train",
+    *,
+    no_call_share: float | None = None,
+    seed: int = 0,
+    composition: dict | None = None,
+):
     """The columns the stage's TRL trainer reads, message columns in datasets' Json type (see module doc).
     dpo: prompt, chosen, rejected, tools. sft: prompt + completion (= chosen) with sft_format 'completion', or
-    messages (= prompt + chosen) with 'messages'."""
+    messages (= prompt + chosen) with 'messages', one row per task and distinct chosen answer with
+    `no_call_share` of abstentions (see sft_selection; None keeps the natural share). `composition`, when
+    given, is filled with how the SFT rows were chosen (for run.json)."""
     from datasets import Features, Json, Value
+
+    if stage == "sft":
+        indices, info = sft_selection(split, no_call_share, seed)
+        logger.info(
+            "SFT %s rows: %d distinct (task, answer) rows of %d pairs, %d of them abstentions (natural share "
+            "%s); %d rows after setting the no-call share to %s (now %s)",
+            name, info["distinct_rows"], info["source_rows"], info["no_call_distinct"],
+            info["natural_no_call_share"], info["rows"], no_call_share, info["no_call_share"],
+        )
+        if composition is not None:
+            composition.update(info)
+        split = split.select(indices)
 
     has_ids = "task_id" in split.column_names
 

@@ -3,7 +3,7 @@ distill's own entry point (`python -m distill.train RECIPE.yaml`), beside stock 
 data, same QLoRA settings, same machine, in the same run. Prints a table last.
 
 On a bare CUDA machine (Python 3.12 with torch, transformers, peft, accelerate; no trl, bitsandbytes, datasets):
-    ../shared/gpu/fetch-wheels.sh                     # beforehand, where pip works: wheels into .whl/
+    pip download -d .whl trl datasets bitsandbytes ...  # beforehand, where pip works (see docs/training.md)
     python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD
     OUT=/tmp/out python3 benchmarks/train_gpu.py      # about 6 min on one H100; details in $OUT/train_gpu.json
     python3 benchmarks/train_gpu.py --dry-run         # any machine: build tokenizer, data and recipes; print lengths

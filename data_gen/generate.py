@@ -8,7 +8,7 @@
     backend = OpenAIBackend("Qwen/Qwen2.5-72B-Instruct", base_url="http://127.0.0.1:8000/v1", sampling=Sampling())
     summary = generate("tasks.jsonl", backend, "traces.jsonl", samples=8)
 
-Each trace is one line (DESIGN.md's Trace, plus `backend`, `sampling` and, when the server returned them,
+Each trace is one line (the trace format of docs/tasks.md, plus `backend`, `sampling` and, when the server returned them,
 `raw_tool_calls`), appended and flushed the moment its request finishes. Crash safety comes from the file
 alone: a rerun of the same command reads the (task_id, model, sample) keys already written, skips them and
 generates the rest; a half-written last line (a killed writer) is cut off before appending, so it is neither
@@ -121,23 +121,107 @@ def repair_tail(path: Path) -> int:
         return size - (last_nl + 1)
 
 
+# How every line `distill generate` writes begins (json.dumps of trace_record, task_id first): a torn last line that
+# does not begin so was not left by a killed run of this command.
+TRACE_LINE_START = b'{"task_id": '
+
+
+def _foreign(path: Path, problem: str) -> DistillError:
+    return DistillError(f"{problem}; {path} is left untouched: it is not a traces file of `distill generate` (choose "
+                        f"another --out, or move the file away)")
+
+
+def _check_is_trace(rec: dict, where: str) -> None:
+    from eval.report import check_trace
+
+    try:
+        if "sample" not in rec:
+            raise DistillError(f"{where}: trace has no 'sample'")
+        check_trace(rec, where)
+    except DistillError as e:
+        raise DistillError(f"{where}: not a trace ({str(e).removeprefix(where + ': ')})") from None
+
+
+def check_out_file(path: Path) -> None:
+    """Refuse, before anything is created or locked, an --out that cannot be a traces file: a folder, a device, a
+    path under a file, an unreadable file, or a file whose first line is not a trace."""
+    from eval.report import check_trace
+
+    if path.is_dir():
+        raise DistillError(f"{path}: is a folder; --out is the traces .jsonl file to write")
+    for parent in path.parents:
+        if parent.exists() and not parent.is_dir():
+            raise DistillError(f"{path}: cannot create it: {parent} is a file, not a folder")
+    if not path.exists():
+        return
+    if not path.is_file():
+        raise DistillError(f"{path}: exists and is not a regular file")
+    try:
+        with open(path, "rb") as f:
+            first = next((line for line in f if line.strip()), None)
+    except OSError as e:
+        raise DistillError(f"{path}: cannot read it ({e.strerror or e})") from None
+    if first is None or (not first.endswith(b"\n") and first.startswith(TRACE_LINE_START)):
+        return  # empty, or only the torn first line of a killed run
+    try:
+        rec = json.loads(first.decode("utf-8"))
+    except (ValueError, RecursionError):  # JSONDecodeError, UnicodeDecodeError, too many digits
+        raise _foreign(path, f"{path}:1: not a JSON line") from None
+    if not isinstance(rec, dict):
+        raise _foreign(path, f"{path}:1: not a JSON object")
+    try:
+        _check_is_trace(rec, f"{path}:1")
+    except DistillError as e:
+        raise _foreign(path, str(e)) from None
+
+
+def _torn_tail(path: Path) -> bytes | None:
+    """The last line of the file when it lacks its newline (what a killed writer leaves), else None."""
+    with open(path, "rb") as f:
+        size = f.seek(0, os.SEEK_END)
+        if size == 0:
+            return None
+        f.seek(size - 1)
+        if f.read(1) == b"\n":
+            return None
+        pos, tail = size, b""
+        while pos > 0:  # back to the last newline, in blocks (the file may be large; the torn line is short)
+            step = min(1 << 16, pos)
+            f.seek(pos - step)
+            block = f.read(step)
+            i = block.rfind(b"\n")
+            if i >= 0:
+                return block[i + 1:] + tail
+            tail, pos = block + tail, pos - step
+        return tail
+
+
 def scan_traces(path: Path) -> tuple[set[tuple[str, str, int]], dict[str, set[str]]]:
     """The (task_id, model, sample) of every trace in the file, and per model the sampling settings its
-    traces were made with (as JSON text). A line that is not a trace is a DistillError naming it."""
+    traces were made with (as JSON text). A line that is not a trace (a key missing or of the wrong type, a line
+    that is not JSON, a torn last line that this command did not write) is a DistillError naming it."""
     keys: set[tuple[str, str, int]] = set()
     settings: dict[str, set[str]] = {}
     if not path.exists():
         return keys, settings
-    for lineno, rec in read_jsonl(path):
-        try:
-            key = (str(rec["task_id"]), str(rec["model"]), int(rec["sample"]))
-        except (KeyError, TypeError, ValueError):
-            raise DistillError(
-                f"{path}:{lineno}: not a trace (needs task_id, model and an integer sample); is --out the right file?"
-            ) from None
-        keys.add(key)
-        if "sampling" in rec:
-            settings.setdefault(key[1], set()).add(json.dumps(rec["sampling"], sort_keys=True))
+    try:
+        lineno = 0
+        for lineno, rec in read_jsonl(path, skip_torn_tail=True):
+            _check_is_trace(rec, f"{path}:{lineno}")
+            key = (rec["task_id"], rec["model"], rec["sample"])
+            keys.add(key)
+            if "sampling" in rec:
+                settings.setdefault(key[1], set()).add(json.dumps(rec["sampling"], sort_keys=True))
+        tail = _torn_tail(path)
+        if tail is not None and tail.strip() and not tail.startswith(TRACE_LINE_START):
+            try:
+                whole = isinstance(json.loads(tail), dict)  # a whole line without its newline was yielded above
+            except (ValueError, RecursionError):
+                whole = False
+            if not whole:
+                raise DistillError(f"{path}: its last line is not a trace")
+    except DistillError as e:
+        raise _foreign(path, str(e)) from None
     return keys, settings
 
 
@@ -167,19 +251,45 @@ def trace_record(result: Result, backend: Backend, parsed) -> dict:
     return rec
 
 
+def _append_line(f, data: bytes) -> None:
+    f.write(data)
+    f.flush()  # the line is in the OS once written: a killed process loses nothing after this
+
+
+def _sync(f) -> None:
+    f.flush()
+    os.fsync(f.fileno())
+
+
+def _write(path: Path, fn, *args):
+    """fn(*args), a write to the traces file: an OSError (a full disk, a quota, an I/O error) becomes a DistillError
+    naming the file. What was written before stays: whole lines, which a rerun resumes from (a partial last line
+    is cut off by the rerun's repair)."""
+    try:
+        return fn(*args)
+    except OSError as e:
+        raise DistillError(f"{path}: cannot write it: {e.strerror or e}") from None
+
+
 @contextlib.contextmanager
 def _locked_append(path: Path):
     """The output file opened for appending, holding an exclusive lock beside it (a second writer is refused)."""
     from filelock import FileLock, Timeout
 
-    path.parent.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(path.parent / f".{path.name}.lock"))
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         lock.acquire(timeout=0)
     except Timeout:
         raise DistillError(f"{path}: another `distill generate` is writing this file") from None
+    except OSError as e:
+        raise DistillError(f"{path}: cannot write it: {e.strerror or e}") from None
     try:
-        with open(path, "ab") as f:
+        try:
+            f = open(path, "ab")
+        except OSError as e:
+            raise DistillError(f"{path}: cannot write it: {e.strerror or e}") from None
+        with f:
             yield f
     finally:
         lock.release()
@@ -195,21 +305,51 @@ async def agenerate(
     progress: bool | None = None,
 ) -> Summary:
     """The async form of `generate`, for callers already inside an event loop."""
-    from tqdm import tqdm
-
-    from eval.parse import parse_output
     from eval.tasks import load_tasks
 
     if samples < 1:
         raise DistillError(f"--samples must be at least 1, got {samples}")
+    if limit is not None and limit < 1:
+        raise DistillError(f"--limit must be at least 1, got {limit}")
     tasks = list(load_tasks(tasks_path).values())
     if limit is not None:
         tasks = tasks[:limit]
     out = Path(out_path)
+    check_out_file(out)
+    # Read the whole file before the lock is taken (taking it creates a lock file beside --out), so a file that is
+    # not ours is refused with nothing created; under the lock the scan is reused unless the file changed since.
+    scanned = (_identity(out), scan_traces(out))
+    created = not out.exists()
+    try:
+        return await _agenerate(tasks, backend, out, samples, progress, scanned)
+    except BaseException:
+        with contextlib.suppress(OSError):  # a file this run created and wrote nothing to is not left behind
+            if created and out.exists() and out.stat().st_size == 0:
+                out.unlink()
+        raise
+
+
+def _identity(path: Path) -> tuple | None:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
+async def _agenerate(tasks: list, backend: Backend, out: Path, samples: int, progress: bool | None,
+                     scanned: tuple) -> Summary:
+    from tqdm import tqdm
+
+    from eval.parse import parse_output
+
     start = time.perf_counter()
     with _locked_append(out) as f:
-        dropped = repair_tail(out)
-        done, settings = scan_traces(out)
+        # Recognise the file before changing a byte of it: only then may a torn last line be cut off.
+        identity, (done, settings) = scanned
+        if _identity(out) != identity and out.stat().st_size > 0:  # another run wrote to it in between
+            done, settings = scan_traces(out)
+        dropped = _write(out, repair_tail, out)
         model = backend.model
         ours = json.dumps(backend.sampling.to_dict(), sort_keys=True)
         if settings.get(model, {ours}) != {ours}:
@@ -247,18 +387,18 @@ async def agenerate(
                 else:
                     parsed = parse_output(result.raw, result.raw_tool_calls)
                     line = json.dumps(trace_record(result, backend, parsed), ensure_ascii=False) + "\n"
-                    f.write(line.encode("utf-8"))
-                    f.flush()
+                    _write(out, _append_line, f, line.encode("utf-8"))
                     summary.written += 1
                     summary.outputs[parsed.status] += 1
                     summary.prompt_tokens += result.prompt_tokens or 0
                     summary.completion_tokens += result.completion_tokens or 0
                     if time.monotonic() - last_sync > FSYNC_EVERY_S:
-                        os.fsync(f.fileno())
+                        _write(out, os.fsync, f.fileno())
                         last_sync = time.monotonic()
                 bar.update(1)
                 if summary.failed:
                     bar.set_postfix(failed=sum(summary.failed.values()), refresh=False)
+            _write(out, _sync, f)
         except DistillError as e:
             if summary.written:
                 raise DistillError(
@@ -269,8 +409,8 @@ async def agenerate(
         finally:
             await results.aclose()  # cancels in-flight requests when the loop stops early
             bar.close()
-            f.flush()
-            os.fsync(f.fileno())
+            with contextlib.suppress(OSError):  # after a write error: whole lines reached the file, nothing to add
+                _sync(f)
     summary.elapsed_s = time.perf_counter() - start
     summary.http_statuses = dict(getattr(backend, "status_counts", {}) or {})
     return summary

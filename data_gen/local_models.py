@@ -10,7 +10,7 @@
 Why a converted copy instead of `gguf_file=` at every load: transformers dequantises a GGUF on every load, and
 slowly (its reader parses the vocabulary more than once: about a minute for Gemma 3 270M's 262k tokens, against
 seconds for the bf16 copy), and a model loaded from GGUF refuses to train or save until its quantizer is detached
-(STACK.md). So each source is converted once, into `$DISTILL_CACHE/models/<name>-<hash>` (default
+(transformers 5.x). So each source is converted once, into `$DISTILL_CACHE/models/<name>-<hash>` (default
 `~/.cache/distill/models/`), and every later resolve is a stat and a dictionary lookup.
 
 The copy is built in a temporary folder beside its final name under a per-model file lock, then renamed: the
@@ -268,7 +268,7 @@ def convert_gguf(gguf_path: str | os.PathLike, out_dir: str | os.PathLike) -> No
     except (ValueError, NotImplementedError, KeyError, OSError) as e:  # what transformers raises for a file it cannot read
         raise DistillError(f"{gguf_path}: transformers cannot load this GGUF ({type(e).__name__}: {e})") from None
     # A model loaded from GGUF still carries its quantizer: save_pretrained and the Trainer refuse it. The
-    # weights are plain tensors by now, so detaching it is all that is left (STACK.md).
+    # weights are plain tensors by now, so detaching it is all that is left.
     model.hf_quantizer = None
     model.is_quantized = False
     if hasattr(model.config, "quantization_config"):

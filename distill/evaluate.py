@@ -12,7 +12,7 @@ verifier as `distill score` (eval.report.score_traces). The output folder holds:
     traces.jsonl      the model's answers; appended, so rerunning the same command resumes after a crash
     eval.json         what the folder evaluates (model, adapter and its weights' sha256, tasks fingerprint) and
                       the wall clock of every run; a rerun with another model, adapter or task file is refused
-    report.json       DESIGN.md's eval report, plus `adapter_fingerprint`, `data_version` and `generation`
+    report.json       the eval report of docs/tasks.md, plus `adapter_fingerprint`, `data_version` and `generation`
                       (backend, batch size, wall-clock tokens/s, traces still missing)
     verdicts.jsonl, summary.md, accuracy_by_category.png, errors.png
 """

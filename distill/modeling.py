@@ -92,7 +92,7 @@ def build_lora_config(model_args):
 
 def _disable_avx512bf16(model) -> None:
     # On CPUs with AVX512-BF16, bitsandbytes repacks 4-bit weights in a no-grad eval forward (evaluation, DPO's
-    # reference pass), and the next training forward then fails with an in-place error on a leaf (STACK.md).
+    # reference pass), and the next training forward then fails with an in-place error on a leaf (bitsandbytes 0.50).
     import bitsandbytes as bnb
 
     for module in model.modules():

@@ -1,5 +1,6 @@
 """Training recipes: one YAML file parsed with TRL's `TrlParser` into distill's script arguments, TRL's
-`SFTConfig` or `DPOConfig` (picked by `stage`), and TRL's `ModelConfig`.
+`SFTConfig`, `DPOConfig` or `GRPOConfig` (picked by `stage`; grpo's adds the verifier reward, distill.grpo), and
+TRL's `ModelConfig`.
 
     # recipes/qwen2.5-0.5b-instruct/dpo.yaml (excerpt)
     stage: dpo
@@ -22,6 +23,7 @@ from __future__ import annotations
 import difflib
 import importlib.util
 import logging
+import math
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,18 +36,19 @@ from eval.io import DistillError
 
 logger = logging.getLogger(__name__)
 
-STAGES = ("sft", "dpo")
+STAGES = ("sft", "dpo", "grpo")
+# The loss_type names TRL 1.16's DPOTrainer computes. TRL checks a name only when it computes the first loss, after
+# the model has loaded; distill checks it while parsing the recipe (tests/test_dpo_losses.py keeps the two equal).
+DPO_LOSS_TYPES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
+                  "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm")
 
 
 def recipes_dir() -> Path:
     """The recipes shipped with distill: `recipes/` of a source checkout, else the copy an installed wheel holds
     as the package data `distill.recipes`."""
-    checkout = Path(__file__).resolve().parent.parent / "recipes"
-    if (checkout / "demo").is_dir():
-        return checkout
-    from importlib.resources import files
-
-    return Path(str(files("distill.recipes")))
+    here = Path(__file__).resolve().parent
+    checkout = here.parent / "recipes"
+    return checkout if (checkout / "demo").is_dir() else here / "recipes"
 
 
 @dataclass
@@ -55,7 +58,8 @@ class DistillArguments:
     stage: str = field(
         default="sft",
         metadata={
-            "help": "Training stage: 'sft' (supervised on prompt + chosen) or 'dpo' (chosen vs rejected).",
+            "help": "Training stage: 'sft' (supervised on prompt + chosen), 'dpo' (chosen vs rejected) or "
+            "'grpo' (the student's own sampled answers, rewarded by the verifier; a tasks file, no pairs).",
             "choices": list(STAGES),
         },
     )
@@ -64,7 +68,8 @@ class DistillArguments:
         metadata={
             "help": "Preference dataset: the folder `distill pairs --out` wrote, a folder written by "
             "`datasets.save_to_disk`, or a Hub dataset id. Columns prompt, chosen, rejected, tools. One dataset feeds both "
-            "stages: SFT trains on prompt + chosen."
+            "stages: SFT trains on prompt + chosen. Stage grpo: a tasks .jsonl file instead (each task with its "
+            "expected calls, e.g. from `distill import bfcl`)."
         },
     )
     dataset_train_split: str = field(default="train", metadata={"help": "Split to train on."})
@@ -95,6 +100,21 @@ class DistillArguments:
             "choices": ["completion", "messages"],
         },
     )
+    sft_no_call_share: float | None = field(
+        # Why 0.3 and not the natural share: SFT on the pairs themselves (17% no-call targets in distill's BFCL
+        # quality benchmark) took a 135M student from 100% to 6% on held-out irrelevance while it learnt to call.
+        # A set share keeps the call/no-call prior independent of how many irrelevance tasks a source holds
+        # (BFCL's live_irrelevance alone has more tasks than live_simple and live_multiple together), and an
+        # abstention is one short answer learnt in few steps: much more than a third of the rows would spend
+        # steps that the call format needs. benchmarks/quality.py's dev screen is where to revisit the value.
+        default=0.3,
+        metadata={
+            "help": "SFT: share (0-1) of the training rows whose target is an abstention (no call, on "
+            "irrelevance prompts). SFT trains on one row per task and distinct chosen answer, then repeats rows of "
+            "the side below its share (0 drops abstentions, 1 keeps only them). null keeps the natural share of "
+            "the de-duplicated rows. Default 0.3; the composition is recorded in run.json (sft_rows)."
+        },
+    )
     max_truncated_share: float = field(
         default=0.01,
         metadata={
@@ -111,6 +131,18 @@ class DistillArguments:
     resume: bool = field(
         default=True,
         metadata={"help": "Resume from the last checkpoint-<step> folder in output_dir when there is one."},
+    )
+    logps_guard_nats: float | None = field(
+        default=10.0,
+        metadata={
+            "help": "DPO: warn when logps/chosen (the summed log-probability of the chosen answers, nats) falls "
+            "more than this many nats below its first logged value: DPO pushing the good answers down with the bad "
+            "ones. null turns the guard off."
+        },
+    )
+    logps_guard_stop: bool = field(
+        default=False,
+        metadata={"help": "DPO: stop training when the logps/chosen guard trips (the adapter is saved as it is)."},
     )
 
 
@@ -129,7 +161,7 @@ def make_parser(stage: str, prog: str = "distill train"):
 
     # FastDPOConfig is TRL's DPOConfig plus the fast path's keys (`fast: true` and its settings, all off by
     # default), so every DPO recipe parses the same with or without them.
-    from distill.fast_dpo import FastDPOConfig
+    from distill.fast_dpo.config import FastDPOConfig
 
     if stage not in STAGES:
         raise DistillError(f"stage must be one of {', '.join(STAGES)}, got {stage!r}")
@@ -140,7 +172,12 @@ def make_parser(stage: str, prog: str = "distill train"):
         def error(self, message):
             raise DistillError(message)
 
-    config_cls = SFTConfig if stage == "sft" else FastDPOConfig
+    if stage == "grpo":
+        from distill.grpo import VerifierGRPOConfig  # TRL's GRPOConfig plus the `reward` key
+
+        config_cls = VerifierGRPOConfig
+    else:
+        config_cls = SFTConfig if stage == "sft" else FastDPOConfig
     return RecipeParser((DistillArguments, config_cls, ModelConfig), prog=prog)
 
 
@@ -215,6 +252,10 @@ def validate(recipe: Recipe) -> None:
     s, t, m, where = recipe.script, recipe.training, recipe.model, recipe.path
     if not m.model_name_or_path:
         raise DistillError(f"{where}: key 'model_name_or_path' is required (a Hub id or a local folder)")
+    if s.stage == "grpo":  # a tasks file, not pairs; GRPO has no max_length (distill.grpo)
+        from distill.grpo import check_recipe
+
+        check_recipe(s, t, where)
     if not s.dataset_path:
         raise DistillError(
             f"{where}: key 'dataset_path' is required (a save_to_disk folder or a Hub dataset id)"
@@ -225,6 +266,12 @@ def validate(recipe: Recipe) -> None:
     if not 0.0 <= s.max_truncated_share <= 1.0:
         raise DistillError(
             f"{where}: key 'max_truncated_share' is a share between 0 and 1, got {s.max_truncated_share}"
+        )
+    share = s.sft_no_call_share
+    if share is not None and (isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share <= 1):
+        raise DistillError(
+            f"{where}: key 'sft_no_call_share' is a share between 0 and 1 (null keeps the natural share), "
+            f"got {share!r}"
         )
     if s.audit_max_rows < 0:
         raise DistillError(f"{where}: key 'audit_max_rows' must be >= 0 (0 = all rows)")
@@ -244,7 +291,23 @@ def validate(recipe: Recipe) -> None:
                 f"{where}: assistant_only_loss needs sft_format: messages (with sft_format: "
                 "completion the loss is on the answer already)"
             )
-    if not t.max_length:
+    if s.stage == "dpo":
+        for name in t.loss_type:
+            if name not in DPO_LOSS_TYPES:
+                close = difflib.get_close_matches(str(name), DPO_LOSS_TYPES, n=1)
+                raise DistillError(
+                    f"{where}: key 'loss_type': unknown loss {name!r}"
+                    + (f" (did you mean {close[0]!r}?)" if close else "")
+                    + f"; TRL's DPO losses are {', '.join(DPO_LOSS_TYPES)}"
+                )
+    g = s.logps_guard_nats
+    if g is not None and (isinstance(g, bool) or not isinstance(g, (int, float)) or not math.isfinite(g) or g <= 0):
+        raise DistillError(
+            f"{where}: key 'logps_guard_nats' is a positive number of nats (null turns the guard off), got {g!r}"
+        )
+    if not isinstance(s.logps_guard_stop, bool):
+        raise DistillError(f"{where}: key 'logps_guard_stop' is true or false, got {s.logps_guard_stop!r}")
+    if s.stage != "grpo" and not t.max_length:
         raise DistillError(
             f"{where}: key 'max_length' must be set (tokens); the audit measures pairs against it"
         )

@@ -61,3 +61,32 @@ def tiny_adapter_dir(tiny_model_dir, tmp_path_factory):
     (run / "README.md").write_text("---\nlibrary_name: peft\n---\n# Model Card for Model ID\n")
     (run / "training_args.bin").write_bytes(b"\x80\x04pickle")
     return run
+
+
+# Tests never write into the repository: the working tree's `git status` must be the same after the suite as
+# before it (a developer's own uncommitted changes are fine; new or changed files from a test are not).
+_ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+
+def _git_status() -> set[str] | None:
+    import subprocess
+
+    if not (_ROOT / ".git").exists():
+        return None
+    r = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=_ROOT, capture_output=True,
+                       text=True)
+    return set(r.stdout.splitlines()) if r.returncode == 0 else None
+
+
+def pytest_sessionstart(session):
+    session.config._git_status_before = _git_status()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    before, after = session.config._git_status_before, _git_status()
+    if before is None or after is None or session.config.option.collectonly:
+        return
+    new = sorted(after - before)
+    if new:
+        print("\nthe test suite wrote into the repository (tests must use tmp_path):\n  " + "\n  ".join(new[:20]))
+        session.exitstatus = 1

@@ -1,4 +1,4 @@
-"""A small preference dataset in distill's format (DESIGN.md "Preference dataset"), for tests and the debug
+"""A small preference dataset in distill's format (docs/tasks.md), for tests and the debug
 recipe, until `distill pairs` output is at hand.
 
     from distill.testing.tiny_pairs import build_tiny_pairs

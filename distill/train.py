@@ -101,9 +101,14 @@ def run_stage(recipe, *, end: bool = True):
     splits = {"train": s.dataset_train_split}
     if t.eval_strategy != "no":
         splits["eval"] = s.dataset_test_split
+    sft_rows: dict = {}  # how SFT chose its rows from the pairs (train_data.sft_selection), for run.json
     rows = {
         key: train_data.for_stage(
-            train_data.get_split(data, name, s.dataset_path), s.stage, s.sft_format, name
+            train_data.get_split(data, name, s.dataset_path), s.stage, s.sft_format, name,
+            # the no-call share is set on the training rows; evaluation keeps the natural mix
+            no_call_share=s.sft_no_call_share if key == "train" else None,
+            seed=t.seed,
+            composition=sft_rows.setdefault(key, {}) if s.stage == "sft" else None,
         )
         for key, name in splits.items()
     }
@@ -140,6 +145,8 @@ def run_stage(recipe, *, end: bool = True):
     )
     info = run_info.start_info(recipe, data, audit=audit, resumed_from=resumed_from)
     info["resumed_at_step"] = resumed_at
+    if s.stage == "sft":
+        info["sft_rows"] = sft_rows
     if trainer.is_world_process_zero():
         run_info.write_run_info(t.output_dir, info)
 

@@ -4,7 +4,14 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
 import pytest  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session")
@@ -61,6 +68,30 @@ def tiny_adapter_dir(tiny_model_dir, tmp_path_factory):
     (run / "README.md").write_text("---\nlibrary_name: peft\n---\n# Model Card for Model ID\n")
     (run / "training_args.bin").write_bytes(b"\x80\x04pickle")
     return run
+
+
+@pytest.fixture(scope="session")
+def installed_wheel(tmp_path_factory) -> Path:
+    """The project built into a wheel and installed (not editable, no dependencies: the test venv has them) into
+    a folder of its own; PYTHONPATH=<that folder> makes it the `distill` a child process imports."""
+    work = tmp_path_factory.mktemp("wheel")
+    # Built from a copy: setuptools builds inside the source tree (build/), which must stay clean, and a stale
+    # build/ folder would leak old files into the wheel.
+    source = work / "source"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "build", "dist", "runs", "checkpoints", "*.egg-info", "__pycache__", ".pytest_cache",
+        ".hypothesis", ".whl", ".site"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
+                    str(work / "dist"), str(source)], check=True, capture_output=True, cwd=work)
+    (wheel,) = (work / "dist").glob("distill-*.whl")
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--target",
+                    str(work / "site"), str(wheel)], check=True, capture_output=True, cwd=work)
+    return wheel
+
+
+def wheel_env(wheel: Path) -> dict:
+    return {**os.environ, "PYTHONPATH": str(wheel.parent.parent / "site"), "OMP_NUM_THREADS": "1",
+            "HF_HUB_OFFLINE": "1"}
 
 
 # Tests never write into the repository: the working tree's `git status` must be the same after the suite as

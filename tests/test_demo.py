@@ -5,14 +5,13 @@ once). Then about 3.5 minutes on 2 CPU cores (measured 3 min 27 s), plus a rerun
 finished stage."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+from tests.conftest import wheel_env
 
 # What each stage leaves on disk (the demo's plan: distill/demo.py).
 STAGE_FILES = [
@@ -43,18 +42,23 @@ STAGE_FILES = [
 ]
 
 
-def _demo(out: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, "-m", "distill", "demo", "--quick", "--out", str(out)], cwd=REPO,
-                          env=env, capture_output=True, text=True, timeout=1800)
+def _demo(out: Path, wheel: Path) -> subprocess.CompletedProcess:
+    """`distill demo --quick` as a user who pip-installed the wheel runs it: from an empty folder, with the
+    installed package (not this checkout) on the path."""
+    workdir = out.parent / "empty"
+    workdir.mkdir(exist_ok=True)
+    proc = subprocess.run([sys.executable, "-m", "distill", "demo", "--quick", "--out", str(out)], cwd=workdir,
+                          env=wheel_env(wheel), capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, f"distill demo failed ({proc.returncode}):\n{proc.stderr[-6000:]}"
     return proc
 
 
 @pytest.mark.slow
-def test_demo_quick_runs_every_stage_and_resumes(tmp_path):
+def test_demo_quick_runs_every_stage_and_resumes(tmp_path, installed_wheel):
     out = tmp_path / "demo"
-    first = _demo(out)
+    first = _demo(out, installed_wheel)
+    # the recipes it trained with are the wheel's package data, not this checkout's recipes/
+    assert str(installed_wheel.parent.parent / "site" / "distill" / "recipes" / "demo" / "sft.yaml") in first.stderr
 
     missing = [f for f in STAGE_FILES if not (out / f).is_file()]
     assert not missing, f"stages left no output: {missing}"
@@ -94,7 +98,7 @@ def test_demo_quick_runs_every_stage_and_resumes(tmp_path):
 
     shutil.rmtree(out / "publish")
     adapter_before = (out / "checkpoints" / "dpo" / "adapter_model.safetensors").read_bytes()
-    second = _demo(out)
+    second = _demo(out, installed_wheel)
     timings = json.loads((out / "demo_timings.json").read_text())["stages_s"]
     ran = sorted(k.split(" ", 1)[1] for k, v in timings.items() if v != "skipped")
     assert ran == ["admit", "publish"], timings

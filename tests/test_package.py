@@ -3,40 +3,11 @@ templates, the test helpers and py.typed, and the installed package finds them f
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 import sys
 import zipfile
-from pathlib import Path
 
-import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="session")
-def installed_wheel(tmp_path_factory) -> Path:
-    """The project built into a wheel and installed (not editable, no dependencies: the test venv has them) into
-    a folder of its own; PYTHONPATH=<that folder> makes it the `distill` a child process imports."""
-    work = tmp_path_factory.mktemp("wheel")
-    # Built from a copy: setuptools builds inside the source tree (build/), which must stay clean, and a stale
-    # build/ folder would leak old files into the wheel.
-    source = work / "source"
-    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(
-        ".git", ".venv", "build", "dist", "runs", "checkpoints", "*.egg-info", "__pycache__", ".pytest_cache",
-        ".hypothesis", ".whl", ".site"))
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
-                    str(work / "dist"), str(source)], check=True, capture_output=True, cwd=work)
-    (wheel,) = (work / "dist").glob("distill-*.whl")
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--target",
-                    str(work / "site"), str(wheel)], check=True, capture_output=True, cwd=work)
-    return wheel
-
-
-def wheel_env(wheel: Path) -> dict:
-    return {**os.environ, "PYTHONPATH": str(wheel.parent.parent / "site"), "OMP_NUM_THREADS": "1",
-            "HF_HUB_OFFLINE": "1"}
+from tests.conftest import wheel_env
 
 
 def test_wheel_holds_recipes_templates_and_types(installed_wheel):

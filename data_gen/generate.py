@@ -32,6 +32,7 @@ from pathlib import Path
 from data_gen.backends.base import Backend, Request, Result, Sampling, derive_seed
 from data_gen.prompting import resolve_chat_template
 from eval.io import DistillError, read_jsonl
+from eval.secrets import scrub
 
 # fsync at most this often: flush() after every line already survives a killed process (the data is in the OS);
 # fsync adds survival of a power cut at a bounded cost instead of one disk sync per trace.
@@ -76,7 +77,7 @@ class Summary:
                 + "), not written; rerun the same command to retry them"
             )
             for kind, detail in self.failure_examples.items():
-                lines.append(f"    {kind}: {detail}")
+                lines.append(f"    {kind}: {scrub(detail)}")  # a server's error body may echo the request's key
         if self.dropped_tail_bytes:
             lines.append(f"  dropped a half-written last line ({self.dropped_tail_bytes} bytes) left by an interrupted run")
         return "\n".join(lines)
@@ -145,7 +146,6 @@ def _check_is_trace(rec: dict, where: str) -> None:
 def check_out_file(path: Path) -> None:
     """Refuse, before anything is created or locked, an --out that cannot be a traces file: a folder, a device, a
     path under a file, an unreadable file, or a file whose first line is not a trace."""
-    from eval.report import check_trace
 
     if path.is_dir():
         raise DistillError(f"{path}: is a folder; --out is the traces .jsonl file to write")

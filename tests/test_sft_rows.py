@@ -134,3 +134,54 @@ def test_mined_pairs_give_one_sft_row_per_task(tmp_path):
     sft = train_data.for_stage(split, "sft", no_call_share=None, composition=info)
     assert info["distinct_rows"] == len(sft) == len({r["task_id"] for r in rows})
     assert info["natural_no_call_share"] > per_pair[True] / len(rows), "de-duplication alone lifts the share"
+
+
+RECIPE = ("stage: sft\nmodel_name_or_path: some/model\ndataset_path: pairs\nuse_peft: true\nmax_length: 512\n"
+          "use_cpu: true\nbf16: false\n")
+
+
+@pytest.mark.parametrize("value", ["1.5", "-0.2", "nan", "abc", "true"])
+def test_a_recipe_with_a_share_outside_zero_one_is_refused_before_anything_loads(tmp_path, value):
+    """In the file or as a flag: parsing names the key; no model or dataset is looked at (neither exists)."""
+    from distill.recipe import parse_recipe
+
+    (tmp_path / "bad.yaml").write_text(RECIPE + f"sft_no_call_share: {value}\n")
+    (tmp_path / "ok.yaml").write_text(RECIPE)
+    with pytest.raises(DistillError, match="sft_no_call_share"):
+        parse_recipe([str(tmp_path / "bad.yaml")])
+    if value != "true":  # a flag value is a string; YAML's true is a bool only in the file
+        with pytest.raises(DistillError, match="sft_no_call_share"):
+            parse_recipe([str(tmp_path / "ok.yaml"), "--sft_no_call_share", value])
+
+
+def test_a_recipe_share_is_parsed_and_null_keeps_the_natural_share(tmp_path):
+    from distill.recipe import parse_recipe
+
+    (tmp_path / "a.yaml").write_text(RECIPE)
+    (tmp_path / "b.yaml").write_text(RECIPE + "sft_no_call_share: null\n")
+    assert parse_recipe([str(tmp_path / "a.yaml")]).script.sft_no_call_share == 0.3
+    assert parse_recipe([str(tmp_path / "b.yaml")]).script.sft_no_call_share is None
+    assert parse_recipe([str(tmp_path / "a.yaml"), "--sft_no_call_share", "0.5"]).script.sft_no_call_share == 0.5
+
+
+def test_distill_train_sft_trains_on_the_selected_rows_and_records_them(tmp_path, tiny_model_dir):
+    """The real path: a recipe with sft_no_call_share, run_stage, the trainer's dataset and run.json."""
+    from distill.recipe import parse_recipe
+    from distill.train import run_stage
+    from datasets import DatasetDict
+
+    pairs = tmp_path / "pairs"
+    DatasetDict(train=_split(n_call_tasks=6, n_irrelevance=2), test=_split(n_call_tasks=2, n_irrelevance=1)).save_to_disk(
+        str(pairs))
+    recipe = parse_recipe([
+        "recipes/debug/tiny_cpu.yaml", "--model_name_or_path", str(tiny_model_dir), "--dataset_path", str(pairs),
+        "--output_dir", str(tmp_path / "sft"), "--max_steps", "1", "--load_in_4bit", "false",
+        "--report_to", "none", "--sft_no_call_share", "0.5", "--eval_strategy", "steps", "--eval_steps", "1",
+    ])
+    trainer = run_stage(recipe)
+    assert len(trainer.train_dataset) == 14  # 7 distinct call rows + 2 abstentions repeated to 7
+    run = json.loads((tmp_path / "sft" / "run.json").read_text())
+    assert run["config"]["script"]["sft_no_call_share"] == 0.5
+    train, ev = run["sft_rows"]["train"], run["sft_rows"]["eval"]
+    assert (train["source_rows"], train["distinct_rows"], train["rows"], train["no_call_share"]) == (22, 9, 14, 0.5)
+    assert ev["requested_no_call_share"] is None and ev["rows"] == ev["distinct_rows"] == 4  # eval: natural mix

@@ -229,7 +229,8 @@ class Planner:
             jobs.append(self.sample("student", "the base student on training tasks (its own mistakes)",
                                     ["--model", STUDENT, "--chat-template", rel(TEMPLATE)]))
             student = ["--student-traces", o("student", "traces.jsonl")]
-        jobs.append(Job("pairs", "chosen: verified answers; rejected: base student + synthetic",
+        jobs.append(Job("pairs", "chosen: verified answers; rejected: " + ("base student + " if student else "")
+                        + "synthetic",
                         self.out / "pairs" / "pairs_stats.json",
                         ["pairs", "--tasks", o("train_tasks.jsonl"), *student, "--chosen-from", "gold", "--synthetic",
                          "2", "--max-pairs-per-task", "3", "--test-size", "0", "--out", o("pairs")]))

@@ -134,6 +134,13 @@ def run_stage(recipe, *, end: bool = True):
     else:
         trainer_cls = DPOTrainer
     throughput = run_info.ThroughputCallback()
+    callbacks, guard = [throughput], None
+    if s.stage == "dpo" and s.logps_guard_nats is not None:
+        # TRL logs logps/chosen but ships no guard against its collapse (distill/callbacks.py says why it matters)
+        from distill.callbacks import LogpsGuard
+
+        guard = LogpsGuard(s.logps_guard_nats, stop=s.logps_guard_stop)
+        callbacks.append(guard)
     trainer = trainer_cls(
         model=model,
         args=t,
@@ -141,7 +148,7 @@ def run_stage(recipe, *, end: bool = True):
         eval_dataset=rows.get("eval"),
         processing_class=tokenizer,
         peft_config=peft_config,
-        callbacks=[throughput],
+        callbacks=callbacks,
     )
     info = run_info.start_info(recipe, data, audit=audit, resumed_from=resumed_from)
     info["resumed_at_step"] = resumed_at
@@ -168,6 +175,7 @@ def run_stage(recipe, *, end: bool = True):
             global_step=trainer.state.global_step,
             metrics=metrics,
             throughput=throughput.summary(),
+            logps_guard=guard.summary() if guard else None,
             finished_at=run_info.now(),
         )
         run_info.write_run_info(t.output_dir, info)
@@ -200,7 +208,12 @@ def _finished_step(output_dir: str) -> int | None:
         info = json.loads((Path(output_dir) / "run.json").read_text())
     except (OSError, ValueError):
         return None
-    return info.get("global_step") if info.get("status") == "finished" else None
+    if info.get("status") != "finished":
+        return None
+    if ((info.get("logps_guard") or {}).get("tripped") or {}).get("stopped"):
+        # The guard ended this run on purpose: resuming would train on into the same collapse.
+        return max(info.get("global_step") or 0, info.get("config", {}).get("training", {}).get("max_steps") or 0)
+    return info.get("global_step")
 
 
 def main(argv: list[str] | None = None) -> int:

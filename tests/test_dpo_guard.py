@@ -3,8 +3,10 @@ than the threshold below its first logged value; ignores other keys; a non-numbe
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+from pathlib import Path
 
 import pytest
 from transformers import TrainerControl, TrainerState
@@ -73,3 +75,46 @@ def test_sft_logs_without_the_key_are_ignored():
 def test_threshold_must_be_a_positive_number(bad):
     with pytest.raises(ValueError, match="positive number of nats"):
         LogpsGuard(max_drop_nats=bad)
+
+
+# --- the real path: `distill train` on the tiny model, with a loss that pushes the chosen answers down
+
+
+@pytest.fixture(scope="module")
+def tiny_runs(tmp_path_factory, tiny_model_dir, tiny_pairs_dir):
+    from distill import cli
+
+    root = Path(__file__).resolve().parents[1] / "recipes" / "debug"
+    out = tmp_path_factory.mktemp("guard")
+    local = ["--model_name_or_path", str(tiny_model_dir), "--dataset_path", str(tiny_pairs_dir), "--report_to", "none"]
+    assert cli.main(["train", str(root / "tiny_cpu.yaml"), *local, "--output_dir", str(out / "sft"),
+                     "--max_steps", "1"]) == 0
+    # apo_down lowers the chosen answers' likelihood on purpose; one batch of every training row makes each
+    # logged logps/chosen a mean over the same answers, so the fall is the training's, not the batch's
+    dpo = [str(root / "tiny_cpu_dpo.yaml"), *local, "--init_adapter", str(out / "sft"), "--loss_type", "apo_down",
+           "--learning_rate", "0.01", "--per_device_train_batch_size", "64", "--logging_steps", "1",
+           "--max_steps", "6", "--save_steps", "6", "--logps_guard_nats", "0.001"]
+    return cli, dpo, out
+
+
+def test_distill_train_stops_a_dpo_run_whose_chosen_logps_fall(tiny_runs):
+    cli, dpo, out = tiny_runs
+    assert cli.main(["train", *dpo, "--output_dir", str(out / "stop"), "--logps_guard_stop", "true"]) == 0
+    info = json.loads((out / "stop" / "run.json").read_text())
+    guard = info["logps_guard"]
+    assert guard["tripped"]["stopped"] is True and guard["tripped"]["drop_nats"] > 0.001
+    assert info["global_step"] == guard["tripped"]["step"] < 6, "stopped at the first logged fall"
+    assert (out / "stop" / "adapter_model.safetensors").is_file(), "the adapter is saved as it was"
+    # a rerun does not resume into the same collapse
+    before = (out / "stop" / "run.json").read_text()
+    assert cli.main(["train", *dpo, "--output_dir", str(out / "stop"), "--logps_guard_stop", "true"]) == 0
+    assert (out / "stop" / "run.json").read_text() == before
+
+
+def test_distill_train_only_warns_by_default(tiny_runs, caplog):
+    cli, dpo, out = tiny_runs
+    with caplog.at_level(logging.WARNING, logger="distill.train"):
+        assert cli.main(["train", *dpo, "--output_dir", str(out / "warn")]) == 0
+    info = json.loads((out / "warn" / "run.json").read_text())
+    assert info["global_step"] == 6 and info["logps_guard"]["tripped"]["stopped"] is False
+    assert any("logps/chosen fell" in r.getMessage() for r in caplog.records)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from distill.recipe import DistillArguments, parse_recipe
+from distill.recipe import parse_recipe
 from distill.testing.report_builders import build_report, write_tasks
 from eval.io import DistillError
 
@@ -41,8 +41,6 @@ def _flag(argv, name):
     return argv[argv.index(name) + 1]
 
 
-@pytest.mark.xfail(not hasattr(DistillArguments, "logps_guard_nats"), strict=True,
-                   reason="the guard's recipe keys are added to distill/recipe.py after the restructure commit")
 @pytest.mark.parametrize("device", ["cpu", "cuda"])
 def test_plan_screens_every_arm_from_one_start_on_dev_and_touches_held_out_only_in_stage_b(quality, tmp_path, device):
     args = _args(quality, tmp_path, "--device", device, "--onpolicy", "2")

@@ -35,14 +35,18 @@ chosen answers) and trains --arm-steps more on the same pairs:
     sigmoid+sft       DPO plus an SFT term on the chosen answer (loss_type [sigmoid, sft], weights 1:1), at HI
     apo_zero          APO-zero (raises chosen, lowers rejected, each against the reference), at HI
     sigmoid-onpolicy  DPO at HI on pairs whose rejected answers are the start adapter's own mistakes (with
-                      --onpolicy; 12 answers per task the start student gives)
+                      --onpolicy K: the start student answers each training task K times)
+    sft+grpo          GRPO with the verifier's reward (recipes/demo/grpo.yaml, --grpo-generations answers per
+                      task) from the start adapter; present when distill has `stage: grpo`
+    grpo              the same from the base model, for --sft-steps + --arm-steps (the same total budget)
 
 Stage A (dev only): each arm saves --checkpoints evenly spaced checkpoints; each is scored on dev (accuracy per
 category, parse rate = format-valid answers), and the training log keeps logps/chosen, logps/rejected and the
 margin. Preference arms run with the logps/chosen guard set to stop (logps_guard_stop): an arm whose chosen
 log-probability falls more than --guard-nats below its first logged value is stopped and reported as collapsed,
-and cannot be picked. Picked on dev: the best SFT (start, or an sft checkpoint) and the best preference arm and
-checkpoint (learning rate, loss, step count), by dev accuracy, then parse rate, then fewer steps.
+and cannot be picked. Picked on dev: the best SFT (start, or an sft checkpoint) and the best arm beyond SFT
+(preference or GRPO) and its checkpoint (learning rate, loss, step count), by dev accuracy, then parse rate,
+then fewer steps.
 
 Stage B (held out, once): the selection is written to OUT/selection.json before any held-out answer is generated;
 a rerun whose dev results would pick differently is refused. The two picks are trained again with --seeds seeds
@@ -89,6 +93,8 @@ EVAL_CATEGORIES = ("simple_python", "multiple", "parallel", "parallel_multiple",
 TEMPLATE = REPO / "data_gen" / "templates" / "hermes_tool.jinja"
 SFT_RECIPE = REPO / "recipes" / "demo" / "sft.yaml"
 DPO_RECIPE = REPO / "recipes" / "demo" / "dpo.yaml"
+GRPO_RECIPE = REPO / "recipes" / "demo" / "grpo.yaml"
+RECIPES = {"sft": SFT_RECIPE, "dpo": DPO_RECIPE, "grpo": GRPO_RECIPE}
 # The issue's target for the best preference arm against the best SFT on held-out tasks.
 TARGET = {"min_gain": 0.03, "irrelevance": 0.60, "simple_python": 0.50, "max_drop_vs_base": 0.05}
 # Errors that mean the student did call a function (malformed text and prose are not calls).
@@ -101,12 +107,13 @@ class Arm:
     """One stage A condition: trains --arm-steps from the start adapter."""
 
     name: str
-    kind: str  # "sft" or "preference"
-    stage: str  # the recipe stage: "sft" or "dpo"
+    kind: str  # "sft", "preference" (DPO) or "rl" (GRPO with the verifier's reward)
+    stage: str  # the recipe stage: "sft", "dpo" or "grpo"
     lr: float
     flags: tuple[str, ...] = ()  # recipe flags beyond the common ones (the loss)
-    pairs: str = "pairs"  # the dataset folder under --out
+    pairs: str = "pairs"  # the dataset under --out: a pairs folder, or the tasks file for grpo
     what: str = ""
+    from_base: bool = False  # trains from the base model for --sft-steps + --arm-steps instead of from the start
 
 
 @dataclass
@@ -137,7 +144,27 @@ def arms(args) -> list[Arm]:
     if args.onpolicy:
         out.append(Arm("sigmoid-onpolicy", "preference", "dpo", hi, ("--loss_type", "sigmoid"),
                        pairs="pairs-onpolicy", what="DPO on the start student's own mistakes"))
-    return out
+    if grpo_available():
+        grpo = ("--num_generations", str(args.grpo_generations), "--per_device_train_batch_size",
+                str(args.grpo_generations * args.train_batch_size), "--max_completion_length", str(args.max_new_tokens))
+        out += [Arm("sft+grpo", "rl", "grpo", args.grpo_lr, grpo, pairs="train_tasks.jsonl",
+                    what="GRPO, the verifier's fine reward"),
+                Arm("grpo", "rl", "grpo", args.grpo_lr, grpo, pairs="train_tasks.jsonl", from_base=True,
+                    what="GRPO from the base model, same total steps")]
+    skip = set(args.skip_arms)
+    unknown = skip - {a.name for a in out}
+    if unknown:
+        raise DistillError(f"--skip-arms: no arm named {', '.join(sorted(unknown))} (arms: {', '.join(a.name for a in out)})")
+    if "sft" in skip:
+        raise DistillError("--skip-arms: the sft control cannot be skipped")
+    return [a for a in out if a.name not in skip]
+
+
+def grpo_available() -> bool:
+    """A `stage: grpo` in distill's recipes and the demo's GRPO recipe: then the GRPO arms join the screen."""
+    from distill.recipe import STAGES
+
+    return "grpo" in STAGES and GRPO_RECIPE.is_file()
 
 
 def split_dev(source: list[dict], held_out: list[dict], dev_per_category: int) -> tuple[list[dict], list[dict]]:
@@ -259,30 +286,43 @@ class Planner:
                     "--learning_rate", str(a.sft_lr), "--output_dir", rel(d), "--max_steps", str(a.sft_steps),
                     "--save_steps", str(a.sft_steps), "--save_total_limit", "1"])
 
-    def checkpoint_steps(self) -> list[int]:
+    def total_steps(self, arm: str) -> int:
+        """Stage A steps of an arm: --arm-steps past the start, or the same total from the base."""
         a = self.args
-        every = max(1, a.arm_steps // a.checkpoints)
-        return sorted({min(a.arm_steps, every * i) for i in range(1, a.checkpoints + 1)} | {a.arm_steps})
+        return a.sft_steps + a.arm_steps if self.by_name(arm).from_base else a.arm_steps
+
+    def by_name(self, arm: str) -> Arm:
+        return next(x for x in self.arms if x.name == arm)
+
+    def checkpoint_steps(self, arm: str = "sft") -> list[int]:
+        total = self.total_steps(arm)
+        every = max(1, total // self.args.checkpoints)
+        return sorted({min(total, every * i) for i in range(1, self.args.checkpoints + 1)} | {total})
 
     def train_arm(self, arm: Arm, seed: int, steps: int | None = None) -> Job:
-        """Stage A (steps None): --arm-steps with a checkpoint at each of checkpoint_steps(). Stage B: `steps`."""
+        """Stage A (steps None): the arm's steps with a checkpoint at each of checkpoint_steps(). Stage B: `steps`."""
         a = self.args
         d = self.arm_dir(arm.name, seed, steps)
-        max_steps = a.arm_steps if steps is None else steps
-        save = ["--save_steps", str(self.checkpoint_steps()[0]), "--save_total_limit", str(len(self.checkpoint_steps()))] \
-            if steps is None else ["--save_steps", str(max_steps), "--save_total_limit", "1"]
-        recipe = SFT_RECIPE if arm.stage == "sft" else DPO_RECIPE
-        guard = []
+        max_steps = self.total_steps(arm.name) if steps is None else steps
+        ckpts = self.checkpoint_steps(arm.name)
+        save = ["--save_steps", str(ckpts[0]), "--save_total_limit", str(len(ckpts))] if steps is None \
+            else ["--save_steps", str(max_steps), "--save_total_limit", "1"]
+        common = self.common_train(seed)
+        extra = []
         if arm.kind == "preference":
             # the reference per step: an arm trains on fewer pairs than the dataset holds
-            guard = ["--precompute_ref_log_probs", "false", "--beta", str(a.beta),
+            extra = ["--precompute_ref_log_probs", "false", "--beta", str(a.beta),
                      "--logps_guard_nats", str(a.guard_nats), "--logps_guard_stop", "true"]
+        if arm.stage == "grpo":  # no max_length; the batch (prompts x answers) comes with the arm's flags
+            common = [x for i, x in enumerate(common) if x not in ("--max_length", "--per_device_train_batch_size")
+                      and common[i - 1] not in ("--max_length", "--per_device_train_batch_size")]
+        start = [] if arm.from_base else ["--init_adapter", rel(self.start_dir(seed))]
         return Job(f"train {arm.name} seed {seed}", f"{arm.what}: {max_steps} steps at lr {arm.lr:g}",
                    d / "adapter_model.safetensors",
-                   ["train", rel(recipe), "--dataset_path", self.o(arm.pairs), *self.common_train(seed),
-                    "--learning_rate", str(arm.lr), "--init_adapter", rel(self.start_dir(seed)), "--output_dir", rel(d),
-                    "--max_steps", str(max_steps), *save, *guard, *arm.flags],
-                   needs=[self.start_dir(seed) / "adapter_model.safetensors"])
+                   ["train", rel(RECIPES[arm.stage]), "--dataset_path", self.o(arm.pairs), *common,
+                    "--learning_rate", str(arm.lr), *start, "--output_dir", rel(d),
+                    "--max_steps", str(max_steps), *save, *extra, *arm.flags],
+                   needs=[] if arm.from_base else [self.start_dir(seed) / "adapter_model.safetensors"])
 
     def onpolicy(self) -> list[Job]:
         """The start student answers the training tasks; its mistakes become the on-policy arm's rejected answers."""
@@ -302,10 +342,10 @@ class Planner:
         """{step: adapter folder} of a stage A run as it is on disk: its checkpoints, and the final adapter at the
         step the run ended (earlier than --arm-steps when the guard stopped it)."""
         d = self.arm_dir(arm, 0)
-        found = {step: d / f"checkpoint-{step}" for step in self.checkpoint_steps()
+        found = {step: d / f"checkpoint-{step}" for step in self.checkpoint_steps(arm)
                  if (d / f"checkpoint-{step}" / "adapter_model.safetensors").is_file()}
         if (d / "adapter_model.safetensors").is_file():
-            found[final_step(d, self.args.arm_steps)] = d
+            found[final_step(d, self.total_steps(arm))] = d
         return found
 
     def adapter(self, arm: str, seed: int, step: int, stage_b: bool) -> Path:
@@ -315,7 +355,7 @@ class Planner:
         if stage_b and seed != 0:
             return self.arm_dir(arm, seed, step)
         d = self.arm_dir(arm, 0)
-        planned = d if step == self.args.arm_steps else d / f"checkpoint-{step}"
+        planned = d if step == self.total_steps(arm) else d / f"checkpoint-{step}"
         return self.stage_a_adapters(arm).get(step, planned)
 
     def dev_dir(self, arm: str, step: int) -> Path:
@@ -471,7 +511,8 @@ def select(dev: dict, kinds: dict, collapsed_arms: set) -> dict:
     for role, kind in (("baseline", "sft"), ("candidate", "preference")):
         options = []
         for order, (arm, steps) in enumerate(dev.items()):
-            if kinds[arm] != kind or arm in collapsed_arms:
+            # the candidate: the best arm beyond SFT, preference-trained (DPO) or, where it ran, GRPO
+            if (kinds[arm] == "sft") != (kind == "sft") or arm in collapsed_arms:
                 continue
             for step, summary in steps.items():
                 options.append(((-summary["accuracy"], -(summary.get("format_valid_rate") or 0.0), step, order),
@@ -622,8 +663,8 @@ def stage_a_results(planner: Planner) -> dict:
 
 
 def _loss_of(arm: Arm) -> str:
-    if arm.stage == "sft":
-        return "sft"
+    if arm.stage in ("sft", "grpo"):
+        return {"sft": "sft", "grpo": "grpo (verifier reward)"}[arm.stage]
     f = list(arm.flags)
     types = f[f.index("--loss_type") + 1:]
     types = [t for t in types[: next((i for i, x in enumerate(types) if x.startswith("--")), len(types))]]
@@ -658,7 +699,9 @@ def markdown(res: dict) -> str:
         f"Every arm starts from one SFT adapter (start: {s['sft_steps']} steps of {s['train_batch_size']} at lr "
         f"{s['sft_lr']:g}) and trains {s['arm_steps']} more steps, checkpoints at steps "
         f"{', '.join(map(str, res['checkpoint_steps']))}; DPO beta {s['beta']}, logps/chosen guard "
-        f"{s['guard_nats']} nats (stops the arm).",
+        f"{s['guard_nats']} nats (stops the arm)." + (" The grpo arm trains from the base model for the same total "
+                                                "steps." if "grpo" in a["arms"] else "")
+        + (f" Arms not run: {', '.join(res['protocol']['arms_skipped'])}." if res["protocol"].get("arms_skipped") else ""),
         "Made on dev: " + ", ".join(res["protocol"]["choices_made_on_dev"]) + ". " + res["protocol"]["heldout"]
         + " Not screened: " + res["protocol"]["not_screened"] + ".", "",
         "## Stage A: screen on dev", "",
@@ -686,7 +729,7 @@ def markdown(res: dict) -> str:
         for step, dv in arm["dev"].items():
             lines.append(dev_row(name, arm["loss"], f"{arm['lr']:g}", step, dv, arm["training"], status))
     lines += ["", f"Picked on dev: baseline (best SFT) **{sel['baseline']['label']}** (step {sel['baseline']['step']}, "
-              f"dev {pct(sel['baseline']['dev']['accuracy'])}); candidate (best preference arm) "
+              f"dev {pct(sel['baseline']['dev']['accuracy'])}); candidate (best arm beyond SFT) "
               f"**{sel['candidate']['label']}** (step {sel['candidate']['step']}, dev "
               f"{pct(sel['candidate']['dev']['accuracy'])}).", "",
               f"## Stage B: held out, {len(next(iter(b['arms'].values()))['seeds'])} seeds", ""]
@@ -765,6 +808,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="the two DPO learning rates of the screen, LO,HI; the other preference arms use HI "
                    "(default: 5e-6,2e-5, the LoRA DPO recipes' range)")
     p.add_argument("--beta", type=float, default=0.1, help="DPO beta of every preference arm (default: %(default)s)")
+    p.add_argument("--grpo-lr", type=float, default=1e-5, help="GRPO learning rate (the demo GRPO recipe's)")
+    p.add_argument("--grpo-generations", type=int, default=4,
+                   help="GRPO answers sampled per task and step (default: %(default)s)")
+    p.add_argument("--skip-arms", type=lambda x: [a for a in x.split(",") if a], default=[],
+                   help="comma-separated arms left out of the screen (e.g. grpo on a small CPU); reported as such")
     p.add_argument("--guard-nats", type=float, default=10.0,
                    help="stop a preference arm whose logps/chosen falls this many nats below its first logged value")
     p.add_argument("--seeds", type=int, default=3, help="training seeds per arm in stage B (default: %(default)s)")
@@ -831,9 +879,10 @@ def main(argv=None) -> int:
         "protocol": {
             "dev_categories": sorted(stage_a["start"]["dev"]["by_category"]),
             "heldout_categories": list(EVAL_CATEGORIES),
-            "choices_made_on_dev": ["learning rate (two DPO rates screened)", "loss (sigmoid, sigmoid+sft, apo_zero"
-                                    + (", on-policy pairs" if args.onpolicy else "") + ")", "step count and checkpoint",
-                                    "which SFT is the baseline (start or continued)"],
+            "choices_made_on_dev": ["learning rate (two DPO rates screened)", "loss (" + ", ".join(
+                                        a.name for a in planner.arms if a.kind != "sft") + ")",
+                                    "step count and checkpoint", "which SFT is the baseline (start or continued)"],
+            "arms_skipped": args.skip_arms,
             "heldout": "Held-out tasks were evaluated once, after the selection was frozen "
                        f"({frozen['frozen_at']}, {rel(out / 'selection.json')}); nothing was chosen on them.",
             "not_screened": "beta, warmup and max_grad_norm: fixed from published recipes (beta "

@@ -45,8 +45,9 @@ def _flag(argv, name):
 def test_plan_screens_every_arm_from_one_start_on_dev_and_touches_held_out_only_in_stage_b(quality, tmp_path, device):
     args = _args(quality, tmp_path, "--device", device, "--onpolicy", "2")
     planner = quality.Planner(args)
+    grpo = quality.grpo_available()  # GRPO arms join the screen once distill has a `stage: grpo` recipe
     assert [a.name for a in planner.arms] == ["sft", "sigmoid-lr2e-05", "sigmoid-lr0.0001", "sigmoid+sft", "apo_zero",
-                                              "sigmoid-onpolicy"]
+                                              "sigmoid-onpolicy", *(["sft+grpo", "grpo"] if grpo else [])]
     prep = planner.prepare()
     assert [j.name for j in prep] == ["import train", "import held-out", "split", "compose", "sample student", "pairs"]
     # dev is carved from the imported training categories: train + dev per category are imported together
@@ -55,7 +56,14 @@ def test_plan_screens_every_arm_from_one_start_on_dev_and_touches_held_out_only_
 
     start = parse_recipe(planner.train_start(0).argv[1:])
     assert start.script.stage == "sft" and start.training.max_steps == 3 and start.training.seed == 0
-    recipes = {a.name: parse_recipe(planner.train_arm(a, 0).argv[1:]) for a in planner.arms}
+    recipes = {a.name: parse_recipe(planner.train_arm(a, 0).argv[1:]) for a in planner.arms if a.stage != "grpo"}
+    if grpo:
+        rl = {a.name: parse_recipe(planner.train_arm(a, 0).argv[1:]) for a in planner.arms if a.stage == "grpo"}
+        assert rl["sft+grpo"].script.init_adapter == planner.o("seed0", "start") and rl["grpo"].script.init_adapter is None
+        assert rl["sft+grpo"].training.max_steps == 4 and rl["grpo"].training.max_steps == 3 + 4  # same total budget
+        assert {r.script.stage for r in rl.values()} == {"grpo"}
+        assert {r.script.dataset_path for r in rl.values()} == {planner.o("train_tasks.jsonl")}
+        assert planner.checkpoint_steps("grpo") == [3, 6, 7]
     pairs = start.script.dataset_path
     for name, r in recipes.items():
         assert r.script.init_adapter == planner.o("seed0", "start"), name
@@ -96,6 +104,15 @@ def test_plan_screens_every_arm_from_one_start_on_dev_and_touches_held_out_only_
     assert adapters == [planner.o("seed0", "start"), planner.o("seed1", "start"), planner.o("seed2", "start"),
                         planner.o("seed0", "sigmoid+sft", "checkpoint-2"), planner.o("seed1", "sigmoid+sft-2"),
                         planner.o("seed2", "sigmoid+sft-2")]
+
+
+def test_arms_can_be_skipped_by_name_but_not_the_sft_control(quality, tmp_path):
+    names = [a.name for a in quality.arms(_args(quality, tmp_path, "--skip-arms", "apo_zero,sigmoid-lr2e-05"))]
+    assert names[:3] == ["sft", "sigmoid-lr0.0001", "sigmoid+sft"] and "apo_zero" not in names
+    with pytest.raises(DistillError, match="no arm named apo-zero"):
+        quality.arms(_args(quality, tmp_path, "--skip-arms", "apo-zero"))
+    with pytest.raises(DistillError, match="sft control cannot be skipped"):
+        quality.arms(_args(quality, tmp_path, "--skip-arms", "sft"))
 
 
 def test_dev_split_comes_from_training_categories_and_never_overlaps_held_out(quality):
@@ -247,7 +264,8 @@ def test_main_writes_stage_a_selection_and_stage_b_from_eval_reports(quality, tm
     assert quality.main([*sum(([k, v] for k, v in [("--out", args.out), ("--results", args.results)]), []),
                          "--device", "cpu", "--train-per-category", "6", "--dev-per-category", "2",
                          "--eval-per-category", "4", "--sft-steps", "3", "--arm-steps", "4", "--checkpoints", "2",
-                         "--dpo-lrs", "1e-4,2e-5", "--bootstrap", "300", "--student-samples", "0", "--scale-note", "CPU scale: no GPU lent."]) == 0
+                         "--dpo-lrs", "1e-4,2e-5", "--bootstrap", "300", "--student-samples", "0",
+                         *(["--skip-arms", "sft+grpo,grpo"] if quality.grpo_available() else []), "--scale-note", "CPU scale: no GPU lent."]) == 0
     [json_path] = Path(args.results).glob("quality-*-cpu.json")
     res = json.loads(json_path.read_text())
     assert res["sizes"]["eval_per_category"] == 4

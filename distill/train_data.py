@@ -35,6 +35,7 @@ import logging
 import random
 from pathlib import Path
 
+from data_gen.messages import clean_messages
 from eval.io import DistillError
 
 logger = logging.getLogger(__name__)
@@ -91,26 +92,9 @@ def get_split(data, name: str, dataset_path: str):
     return split
 
 
-def clean_messages(messages: list[dict], where: str) -> list[dict]:
-    out = []
-    for message in messages:
-        message = {k: v for k, v in message.items() if v is not None or k == "content"}
-        if message.get("tool_calls"):
-            calls = []
-            for call in message["tool_calls"]:
-                fn = dict(call.get("function") or call)
-                if isinstance(fn.get("arguments"), str):
-                    try:
-                        fn["arguments"] = json.loads(fn["arguments"])
-                    except json.JSONDecodeError as e:
-                        raise DistillError(
-                            f"{where}: tool-call arguments are not valid JSON ({e.msg}): "
-                            f"{fn['arguments'][:80]!r}"
-                        ) from None
-                calls.append({**call, "function": fn} if "function" in call else fn)
-            message["tool_calls"] = calls
-        out.append(message)
-    return out
+def is_text_form(split) -> bool:
+    """Whether the rows are text (TRL's standard preference format) rather than messages."""
+    return getattr(split.features.get("prompt"), "dtype", None) in ("string", "large_string")
 
 
 def _is_no_call(messages: list[dict]) -> bool:
@@ -221,6 +205,16 @@ def for_stage(
     `no_call_share` of abstentions (see sft_selection; None keeps the natural share). `composition`, when
     given, is filled with how the SFT rows were chosen (for run.json)."""
     from datasets import Features, Json, Value
+
+    if is_text_form(split):
+        # `distill pairs --trim-shared-prefix` writes rows already rendered with one student's chat template, some
+        # prompts ending inside the assistant turn: DPO takes them as they are (TRL's text preference format).
+        if stage != "dpo":
+            raise DistillError(
+                f"split {name!r} holds text-form rows (prompt, chosen and rejected already rendered, as `distill "
+                "pairs --trim-shared-prefix` writes them): they train DPO only; SFT needs conversational rows"
+            )
+        return split.select_columns(["prompt", "chosen", "rejected", "tools"])
 
     if stage == "sft":
         indices, info = sft_selection(split, no_call_share, seed)

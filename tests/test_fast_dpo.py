@@ -113,14 +113,16 @@ def lora_grads(model):
 # ---- per-sequence log-probs --------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("backend", ["docs", "sdpa"])
 @pytest.mark.parametrize(
     "layout",
-    ["packed", "one_pair_per_row", "unshared_prompt", "full_lm_head", "truncated"],
+    ["packed", "one_pair_per_row", "unshared_prompt", "full_lm_head", "selected_lm_head", "truncated"],
 )
-def test_sequence_logps_match_trl(layout, tiny_model_dir, tokenizer, dataset, tmp_path):
+def test_sequence_logps_match_trl(layout, backend, tiny_model_dir, tokenizer, dataset, tmp_path):
     """TRL's compute_ref_log_probs on its padded batch against ours on the packed layout, same model. Packed,
-    unpacked and unshared layouts all give TRL's numbers, hence each other's."""
-    from distill.fast_dpo.attention import dense_mask
+    unpacked and unshared layouts, per-document or dense-mask attention, every LM head: all give TRL's numbers,
+    hence each other's."""
+    from distill.fast_dpo.attention import attention_mask, use_backend
     from distill.fast_dpo.logps import sequence_logps
     from distill.fast_dpo.packing import collate_rows
     from distill.fast_dpo.trainer import pairs_from_dataset
@@ -136,9 +138,11 @@ def test_sequence_logps_match_trl(layout, tiny_model_dir, tokenizer, dataset, tm
     half = len(pairs) // 2
     rows = [[p] for p in pairs] if layout == "one_pair_per_row" else [pairs[:half], pairs[half:]]
     batch = collate_rows(rows, pad_id=tokenizer.pad_token_id, share_prompt=layout != "unshared_prompt")
+    use_backend(trainer.model, backend)
+    head = {"full_lm_head": "full", "selected_lm_head": "selected"}.get(layout, "fused")
     with torch.no_grad():
-        ours = sequence_logps(trainer.model, batch, dense_mask(batch["doc_ids"], batch["branch"]),
-                              lm_head="full" if layout == "full_lm_head" else "fused")
+        ours = sequence_logps(trainer.model, batch, attention_mask(batch["doc_ids"], batch["branch"], backend),
+                              lm_head=head)
     chosen, rejected = ours.logps.chunk(2)
     torch.testing.assert_close(chosen, trl_chosen, rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(rejected, trl_rejected, rtol=1e-5, atol=1e-4)
@@ -187,11 +191,16 @@ def test_loss_and_gradients_match_trl(case, tiny_model_dir, tokenizer, dataset, 
 
 def test_packed_unpacked_and_unshared_batches_give_one_loss(tiny_model_dir, tokenizer, dataset, tmp_path):
     losses, grads = {}, {}
-    for name, flags in {"packed": {}, "unpacked": dict(packing=False), "unshared": dict(share_prompt=False),
-                        "no_cache": dict(cache_ref_logps=False)}.items():
+    variants = {"packed": {}, "unpacked": dict(packing=False), "unshared": dict(share_prompt=False),
+                "no_cache": dict(cache_ref_logps=False), "dense_sdpa_fused_head": dict(attention_backend="sdpa",
+                                                                                       lm_head="fused")}
+    for name, flags in variants.items():
         trainer = fast_trainer(load_model(tiny_model_dir), dataset, tokenizer, tmp_path, **flags)
         perturb_adapter(trainer.model)
         batch = next(iter(trainer.get_train_dataloader()))
+        if name == "packed":  # on the CPU: per-document attention, so the pack is one row without padding
+            assert (trainer._backend, trainer._lm_head) == ("docs", "selected")
+            assert batch["input_ids"].shape[0] == 1 and (batch["doc_ids"] >= 0).all()
         if name == "unpacked":
             assert batch["input_ids"].shape[0] == 8  # one row per pair, padded
         if name == "no_cache":

@@ -35,7 +35,7 @@ def test_fast_dpo_config_is_trl_dpo_config_plus_the_fast_fields(tmp_path):
 
     assert FastDPOConfig is same and issubclass(FastDPOConfig, DPOConfig)
     args = FastDPOConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, fast=True, pack_tokens=4096)
-    assert (args.fast, args.pack_tokens, args.lm_head, args.loss_type) == (True, 4096, "fused", ["sigmoid"])
+    assert (args.fast, args.pack_tokens, args.lm_head, args.loss_type) == (True, 4096, "auto", ["sigmoid"])
     names = [f.name for f in FastDPOConfig.__dataclass_fields__.values()]
     assert tuple(names[-len(FAST_DPO_FIELDS):]) == FAST_DPO_FIELDS  # after DPOConfig's own fields
     # the Trainer pickles its arguments into training_args.bin

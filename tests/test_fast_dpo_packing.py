@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.nn.attention.flex_attention import create_mask
 
-from distill.fast_dpo.attention import dense_mask, mask_mod_for, resolve_backend
+from distill.fast_dpo.attention import dense_mask, docs_attention, document_layout, mask_mod_for, resolve_backend
 from distill.fast_dpo.packing import (
     CHOSEN,
     IGNORE,
@@ -145,8 +145,52 @@ def test_mask_gives_each_completion_exactly_its_stock_context():
     assert mask.any(dim=-1).all()
 
 
+@pytest.mark.parametrize("share_prompt", [True, False])
+def test_per_document_attention_equals_the_dense_mask_in_outputs_and_gradients(share_prompt):
+    """The docs backend's loop over documents against SDPA with the dense mask of the same rows: two rows with
+    padding between them and at the end, grouped-query heads (9 query heads over 3 key/value heads)."""
+    import torch.nn.functional as F
+
+    pairs = random_pairs(7, seed=11, prompt=(2, 20), completion=(1, 9))
+    batch = collate_rows([pairs[:3], pairs[3:]], pad_id=0, share_prompt=share_prompt, pad_to_multiple_of=16)
+    doc, branch = batch["doc_ids"], batch["branch"]
+    layout = document_layout(doc, branch)
+    assert layout.shape == (1, 1, 7, 5) and layout[0, 0, :, 0].tolist() == [0, 0, 0, 1, 1, 1, 1]
+    rows, t = doc.shape
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(rows, 9, t, 8, generator=g, requires_grad=True)
+    k = torch.randn(rows, 3, t, 8, generator=g, requires_grad=True)
+    v = torch.randn(rows, 3, t, 8, generator=g, requires_grad=True)
+    weight = torch.randn(rows, t, 9, 8, generator=g) * (doc >= 0)[:, :, None, None]  # padding is never scored
+    module = torch.nn.Module().eval()
+
+    ours, _ = docs_attention(module, q, k, v, layout, scaling=0.3)
+    (ours * weight).sum().backward()
+    ours_grads = [x.grad.clone() for x in (q, k, v)]
+    for x in (q, k, v):
+        x.grad = None
+    dense = F.scaled_dot_product_attention(q, k, v, attn_mask=dense_mask(doc, branch), scale=0.3, enable_gqa=True)
+    (dense.transpose(1, 2) * weight).sum().backward()
+
+    real = (doc >= 0)[:, :, None, None]
+    torch.testing.assert_close(ours * real, dense.transpose(1, 2) * real, rtol=1e-5, atol=1e-6)
+    assert torch.equal(ours[~(doc >= 0)], torch.zeros_like(ours[~(doc >= 0)]))
+    for mine, theirs in zip(ours_grads, (q.grad, k.grad, v.grad), strict=True):
+        torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-6)
+
+
+def test_per_document_attention_hands_any_other_mask_to_sdpa():
+    """The model keeps working for generation after fast DPO switched it to the docs backend."""
+    q, k, v = (torch.randn(1, 2, 5, 4) for _ in range(3))
+    mask = torch.ones(1, 1, 5, 5, dtype=torch.bool).tril()
+    module = torch.nn.Module().eval()
+    ours, _ = docs_attention(module, q, k, v, mask, scaling=0.5)
+    torch.testing.assert_close(ours, torch.nn.functional.scaled_dot_product_attention(
+        q, k, v, attn_mask=mask, scale=0.5).transpose(1, 2))
+
+
 def test_auto_backend_is_flex_on_cuda_only():
-    assert resolve_backend("auto", "cpu") == "sdpa"
+    assert resolve_backend("auto", "cpu") == "docs"
     assert resolve_backend("auto", "cuda") == "flex"
     with pytest.raises(DistillError):
         resolve_backend("flash", "cpu")

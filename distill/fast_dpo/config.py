@@ -35,8 +35,8 @@ if TYPE_CHECKING:  # the real class, for type checkers; built lazily at run time
 
 
 SUPPORTED_LOSS_TYPES = ("sigmoid", "ipo", "hinge", "robust", "sft")
-ATTENTION_BACKENDS = ("auto", "flex", "sdpa")
-LM_HEADS = ("fused", "full")
+ATTENTION_BACKENDS = ("auto", "flex", "docs", "sdpa")
+LM_HEADS = ("auto", "fused", "selected", "full")
 
 
 @dataclass
@@ -79,13 +79,16 @@ class FastDPOFields:
     )
     attention_backend: str = field(
         default="auto",
-        metadata={"help": "'flex' (flex attention, block-sparse; CUDA), 'sdpa' (dense boolean mask; any device) "
-                  "or 'auto' (flex on CUDA, sdpa elsewhere)."},
+        metadata={"help": "'flex' (flex attention, block-sparse; CUDA), 'docs' (SDPA document by document; any "
+                  "device), 'sdpa' (one dense boolean mask per row; any device, an ablation) or 'auto' (flex on "
+                  "CUDA, docs elsewhere)."},
     )
     lm_head: str = field(
-        default="fused",
-        metadata={"help": "'fused': TRL's chunked LM head on completion positions only. 'full': logits at every "
-                  "position (an ablation)."},
+        default="auto",
+        metadata={"help": "'fused': TRL's chunked LM head (on CUDA it projects completion positions only, "
+                  "elsewhere every position, in tiles). 'selected': the model's own head on the completion "
+                  "positions only (logits_to_keep). 'full': logits at every position (an ablation). 'auto': fused "
+                  "on CUDA, selected elsewhere."},
     )
 
 

@@ -9,8 +9,11 @@ The LM head is the memory peak with a large vocabulary (151,936 for Qwen2.5: 8,0
 4.5 GiB). TRL 1.16's fused LM head (`add_fused_lm_head`, called with `fused_lm_head=True` and labels) projects in
 tiles and, on CUDA, only the positions whose label is not -100, without materialising the logits. The packed
 layout keeps "token t is scored from the hidden state at t - 1" true everywhere (see packing.py), so that head
-is reused as is rather than written again. `lm_head="full"` computes every position's logits the ordinary way;
-it exists as the ablation that shows what the fused head saves.
+is reused as is rather than written again. Off CUDA that head projects every position (in tiles) rather than the
+scored ones, so there `lm_head="selected"` asks the model's own forward for the logits of the scored positions only
+(transformers' `logits_to_keep` with a tensor of positions): a pack's completions are a small share of its
+tokens, and for those the [positions, vocabulary] logits are small. `lm_head="full"` computes every position's
+logits the ordinary way; it exists as the ablation that shows what the other two save.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from . import trl_compat
+from .packing import IGNORE
 
 
 @dataclass
@@ -55,6 +59,27 @@ def segment_sums(values: torch.Tensor, index: torch.Tensor, n: int) -> torch.Ten
     return values.new_zeros(n).index_add(0, index[keep], values[keep])
 
 
+def _selected_head(model, kwargs, labels):
+    """Per-token log-probs [rows, T - 1] (0 where nothing is scored) from logits computed at the positions that
+    score a token in some row only; entropy (all scored tokens) and top-1 (for the logs) from the same logits."""
+    targets = labels[:, 1:]
+    keep = (targets != IGNORE).any(0).nonzero().squeeze(-1)  # positions t - 1 whose next token is scored
+    logits = model(**kwargs, logits_to_keep=keep).logits  # [rows, kept, vocabulary]
+    kept_targets = targets[:, keep]
+    kept = trl_compat.selective_log_softmax(logits, kept_targets.clamp(min=0))
+    scored = kept_targets != IGNORE
+    with torch.no_grad():
+        log_p = logits.float().log_softmax(-1)
+        entropy = -(log_p.exp() * log_p).sum(-1)
+        top1 = logits.argmax(-1) == kept_targets
+
+    def spread(values: torch.Tensor) -> torch.Tensor:  # back to [rows, T - 1], zero where not scored
+        values = torch.where(scored, values, torch.zeros_like(values))
+        return values.new_zeros(targets.shape).index_copy(1, keep, values)
+
+    return spread(kept), spread(entropy), spread(top1)
+
+
 def sequence_logps(
     model: torch.nn.Module,
     batch: dict[str, torch.Tensor],
@@ -76,11 +101,13 @@ def sequence_logps(
     entropy = top1 = None
     if lm_head == "fused":
         per_token, entropy, top1 = trl_compat.fused_forward(model, labels=labels, **kwargs)
+    elif lm_head == "selected":
+        per_token, entropy, top1 = _selected_head(model, kwargs, labels)
     elif lm_head == "full":
         logits = model(**kwargs).logits[:, :-1]
         per_token = trl_compat.selective_log_softmax(logits, labels[:, 1:].clamp(min=0))
     else:
-        raise ValueError(f"lm_head must be 'fused' or 'full', got {lm_head!r}")
+        raise ValueError(f"lm_head must be 'fused', 'selected' or 'full', got {lm_head!r}")
 
     width = index.shape[1]  # prompt-learning PEFT would prepend virtual tokens to the outputs
     flat_index = index.reshape(-1)

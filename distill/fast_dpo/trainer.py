@@ -16,8 +16,10 @@ log-probs from the cache) and the reference precompute.
 Differences from the stock trainer, all deliberate:
 - A step's batch is one pack of `pack_tokens` tokens holding however many pairs fit (about 14 for prompts of
   450 and completions of 70 at 8192), not `per_device_train_batch_size` pairs. The loss is the mean over the
-  pairs of the pack, as TRL's is over the pairs of its batch. With flex attention a pack is one row; with
-  SDPA, whose dense mask costs the square of the row, it is laid out as rows no longer than its longest pair.
+  pairs of the pack, as TRL's is over the pairs of its batch. With flex attention (CUDA) or per-document SDPA
+  (the CPU default) a pack is one row; with the dense-mask SDPA ablation, whose mask costs the square of the row,
+  it is laid out as rows no longer than its longest pair. Peak memory grows with pack_tokens: on the CPU it is
+  about the activations of pack_tokens tokens, so pick it near what a stock batch holds (docs/fast-dpo.md).
 - Packs are fixed once (first-fit decreasing over lengths); each epoch visits them in a new random order.
 - Supported: loss types in losses.SUPPORTED_LOSS_TYPES with loss_weights, beta, label_smoothing; PEFT (fresh
   adapter, or an SFT adapter with TRL's "ref" copy), a separate ref_model, full fine-tuning. Refused with a
@@ -166,6 +168,7 @@ class FastDPOTrainer(DPOTrainer):
             raise DistillError("fast DPO does not add the MoE load-balancing loss; set router_aux_loss_coef=0")
 
         self._backend = resolve_backend(args.attention_backend, self.accelerator.device)
+        self._lm_head = self._resolve_lm_head(args.lm_head)
         for m in (self.model, self.ref_model):
             if m is not None:
                 use_backend(m, self._backend)
@@ -187,6 +190,18 @@ class FastDPOTrainer(DPOTrainer):
         if self._cache_ref:
             for name, store in self._stores.items():
                 self._fill_reference(name, store)
+
+    def _resolve_lm_head(self, requested: str) -> str:
+        """'auto': TRL's fused head on CUDA (it projects only the scored positions there), the model's own head on
+        the scored positions elsewhere. Prompt-learning adapters prepend positions the scored ones would have to
+        be shifted by, so they keep the fused head."""
+        peft_configs = getattr(self.accelerator.unwrap_model(self.model), "peft_config", None) or {}
+        prompt_learning = any(getattr(c, "is_prompt_learning", False) for c in peft_configs.values())
+        if requested == "auto":
+            return "fused" if self.accelerator.device.type == "cuda" or prompt_learning else "selected"
+        if requested == "selected" and prompt_learning:
+            raise DistillError("lm_head 'selected' does not support prompt-learning adapters; use 'fused'")
+        return requested
 
     # ---- reference log-probs -------------------------------------------------------------------------------
 
@@ -218,7 +233,7 @@ class FastDPOTrainer(DPOTrainer):
 
     def _reference_batch_logps(self, batch, mask):
         with self._reference() as ref:
-            return sequence_logps(ref, batch, mask, lm_head=self.args.lm_head).logps.chunk(2)
+            return sequence_logps(ref, batch, mask, lm_head=self._lm_head).logps.chunk(2)
 
     def compute_reference_logps(self, pairs: list[Pair]) -> tuple[torch.Tensor, torch.Tensor]:
         """Reference log-probs of every pair, in packs of pack_tokens (forward only, so packing is always on)."""
@@ -245,7 +260,7 @@ class FastDPOTrainer(DPOTrainer):
             **fingerprint,
             "data": ref_cache.data_fingerprint(pairs),
             "max_length": self.args.max_length,
-            "compute": f"{self.accelerator.mixed_precision}/{self._backend}/{self.args.lm_head}",
+            "compute": f"{self.accelerator.mixed_precision}/{self._backend}/{self._lm_head}",
         }
 
     def _fill_reference(self, name: str, store: PairStore) -> None:
@@ -266,8 +281,9 @@ class FastDPOTrainer(DPOTrainer):
     def _collator(self, store: PairStore, *, packing: bool) -> PackedCollator:
         # Flex attention skips masked-out blocks, so one row of pack_tokens costs what its documents cost, and
         # it is compiled for a shape: a fixed width compiles once (without packing: the longest pair's width, as
-        # a width per batch would recompile). A dense mask makes attention cost the square of the row, so with
-        # SDPA a pack is laid out as several shorter rows (same pairs, same loss).
+        # a width per batch would recompile). The docs backend attends per document, so a pack is one row with
+        # no padding at all. A dense mask makes attention cost the square of the row, so with SDPA a pack is laid
+        # out as several shorter rows (same pairs, same loss).
         flex = self._backend == "flex"
         pad_to = None
         if flex:
@@ -279,7 +295,7 @@ class FastDPOTrainer(DPOTrainer):
             packing=packing,
             share_prompt=self.args.share_prompt,
             pad_to=pad_to,
-            split_rows=not flex,
+            split_rows=self._backend == "sdpa",
         )
 
     def _pad_token_id(self) -> int:
@@ -323,7 +339,7 @@ class FastDPOTrainer(DPOTrainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mode = "train" if self.model.training else "eval"
         mask = self._mask(inputs)
-        policy = sequence_logps(model, inputs, mask, lm_head=self.args.lm_head)
+        policy = sequence_logps(model, inputs, mask, lm_head=self._lm_head)
         chosen_logps, rejected_logps = policy.logps.chunk(2)
         if "ref_chosen_logps" in inputs:
             ref_chosen, ref_rejected = inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]

@@ -445,7 +445,7 @@ def dataset_card(summary: dict, info: dict) -> str:
     body = f"""
 # Function-calling preference pairs (distill)
 
-DPO preference pairs in TRL's conversational format with a `tools` column, mined by
+DPO preference pairs in TRL's {"standard (text) format, rendered for one student" if "prefix_trim" in (info.get("policy_filters") or {}) else "conversational format"} with a `tools` column, mined by
 distill from verified traces: **chosen** answers are correct by the Berkeley Function
 Calling Leaderboard's AST rules and valid against the tools' JSON Schemas; **rejected** answers were verified
 incorrect and carry their error type.

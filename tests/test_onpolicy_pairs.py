@@ -299,6 +299,8 @@ def test_cli_on_policy_from_sampled_tiny_student_traces(tasks, tiny_adapter_dir,
         assert r["rejected_source"] == "student" and r["pair_kind"] == pair_kind(task, r["rejected_error"])
         assert isinstance(r["prompt"], str) and r["rejected_nll"] > 0
     assert all(tid in small for tid, _ in sampled)
+    card = (tmp_path / "pairs" / "README.md").read_text()
+    assert "standard (text) format" in card and "shared_prefix" in card and "pair kind" in card
 
 
 @pytest.mark.parametrize("flags, message", [

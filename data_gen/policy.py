@@ -193,16 +193,22 @@ def drop_far_off_policy(rows: list[dict], nll: list[float], max_nll: float) -> t
 
 
 def nll_summary(rows: list[dict], nll: list[float]) -> dict:
-    """Median and 10th/90th percentile of the rejected answers' NLL per pair kind: what a threshold would cut."""
-    by_kind: dict[str, list[float]] = {}
-    for row, value in zip(rows, nll):
-        by_kind.setdefault(row.get("pair_kind", "-"), []).append(value)
+    """Count, 10th/50th/90th percentile of the rejected answers' NLL per pair kind and per rejected source: what a
+    threshold would cut."""
 
     def q(values, share):
-        values = sorted(values)
         return round(values[min(len(values) - 1, int(share * len(values)))], 2)
 
-    return {k: {"n": len(v), "p10": q(v, 0.1), "p50": q(v, 0.5), "p90": q(v, 0.9)} for k, v in sorted(by_kind.items())}
+    out = {}
+    for column in ("pair_kind", "rejected_source"):
+        groups: dict[str, list[float]] = {}
+        for row, value in zip(rows, nll):
+            groups.setdefault(str(row.get(column, "-")), []).append(value)
+        out[f"by_{column}"] = {
+            k: {"n": len(v), "p10": q(sorted(v), 0.1), "p50": q(sorted(v), 0.5), "p90": q(sorted(v), 0.9)}
+            for k, v in sorted(groups.items())
+        }
+    return out
 
 
 def _strip_bos(tokenizer, text: str) -> str:

@@ -171,6 +171,11 @@ def test_the_off_policy_filter_drops_exactly_the_rows_above_the_threshold(tasks,
         r for r, x in zip(full, nll) if x <= threshold]
     f = summary["policy_filters"]["off_policy_filter"]
     assert f["rows_dropped"] == sum(x > threshold for x in nll) > 0
+    by_kind = f["rejected_nll"]["by_pair_kind"]
+    assert sum(v["n"] for v in by_kind.values()) == len(rows) == f["rows_scored"]
+    wrong = sorted(x for r, x in zip(rows, nll) if r["pair_kind"] == "wrong_call")
+    assert by_kind["wrong_call"]["p50"] == pytest.approx(wrong[len(wrong) // 2], abs=0.01)
+    assert f["rejected_nll"]["by_rejected_source"]["student"]["n"] == len(rows)
     stats = json.loads((tmp_path / "kept" / "pairs_stats.json").read_text())
     assert stats["policy_filters"]["policy"]["adapter"] == str(tiny_adapter_dir)
     assert "rejected_nll" in (tmp_path / "kept" / "README.md").read_text()

@@ -624,6 +624,11 @@ def apply_policy_filters(rows: list[dict], config: PairsConfig, policy: PolicySp
     if config.max_rejected_nll is not None:
         nll = loaded.answer_nll(rows, "rejected")
         rows, out["off_policy_filter"] = drop_far_off_policy(rows, nll, config.max_rejected_nll)
+        if not rows:
+            raise DistillError(
+                f"--max-rejected-nll {config.max_rejected_nll}: every pair's rejected answer is less likely than that "
+                f"under the policy (NLL per pair kind: {json.dumps(out['off_policy_filter']['rejected_nll']['by_pair_kind'])})"
+            )
     if config.trim_shared_prefix:
         rows, out["prefix_trim"] = to_text_rows(loaded.tokenizer, rows, config.trim_min_share)
     out["rows"] = rows

@@ -176,6 +176,10 @@ def test_the_off_policy_filter_drops_exactly_the_rows_above_the_threshold(tasks,
     wrong = sorted(x for r, x in zip(rows, nll) if r["pair_kind"] == "wrong_call")
     assert by_kind["wrong_call"]["p50"] == pytest.approx(wrong[len(wrong) // 2], abs=0.01)
     assert f["rejected_nll"]["by_rejected_source"]["student"]["n"] == len(rows)
+    with pytest.raises(DistillError, match="every pair's rejected answer is less likely"):
+        pairs(tasks_path, [], str(tmp_path / "none"), student, PairsConfig(**config, max_rejected_nll=min(nll) / 2),
+              policy=spec)
+    assert not (tmp_path / "none").exists()
     stats = json.loads((tmp_path / "kept" / "pairs_stats.json").read_text())
     assert stats["policy_filters"]["policy"]["adapter"] == str(tiny_adapter_dir)
     assert "rejected_nll" in (tmp_path / "kept" / "README.md").read_text()

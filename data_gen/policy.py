@@ -169,8 +169,12 @@ def answer_ids(tokenizer, prompt: list[dict], tools, answer: list[dict], where: 
     conversation with the answer, and the answer where the two part."""
     tools = _tools(tools)
     prompt = clean_messages(prompt, where)
-    p = _ids(tokenizer.apply_chat_template(prompt, tools=tools, tokenize=True, add_generation_prompt=True))
-    full = _ids(tokenizer.apply_chat_template(prompt + clean_messages(answer, where), tools=tools, tokenize=True))
+    try:
+        p = _ids(tokenizer.apply_chat_template(prompt, tools=tools, tokenize=True, add_generation_prompt=True))
+        full = _ids(tokenizer.apply_chat_template(prompt + clean_messages(answer, where), tools=tools, tokenize=True))
+    except (ValueError, TypeError, KeyError) as e:  # no template, or one that cannot render these messages
+        raise DistillError(f"{where}: the policy's chat template fails on it ({type(e).__name__}: {e}); pass "
+                           "--chat-template") from None
     n = common_prefix_length(p, full)
     return full[:n], full[n:]
 
@@ -266,9 +270,13 @@ def to_text_rows(tokenizer, rows: list[dict], trim_min_share: float | None) -> t
         tools = _tools(row["tools"])
         prompt = clean_messages(row["prompt"], where)
         render = lambda msgs, **kw: tokenizer.apply_chat_template(msgs, tools=tools, tokenize=False, **kw)  # noqa: E731
-        head = render(prompt, add_generation_prompt=True)
-        full_c = render(prompt + clean_messages(row["chosen"], where))
-        full_r = render(prompt + clean_messages(row["rejected"], where))
+        try:
+            head = render(prompt, add_generation_prompt=True)
+            full_c = render(prompt + clean_messages(row["chosen"], where))
+            full_r = render(prompt + clean_messages(row["rejected"], where))
+        except (ValueError, TypeError, KeyError) as e:
+            raise DistillError(f"{where}: the policy's chat template fails on it ({type(e).__name__}: {e}); pass "
+                               "--chat-template") from None
         n = min(common_prefix_length(head, full_c), common_prefix_length(head, full_r))
         text_prompt = _strip_bos(tokenizer, full_c[:n])
         chosen, rejected = _end_of_turn(tokenizer, full_c[n:]), _end_of_turn(tokenizer, full_r[n:])

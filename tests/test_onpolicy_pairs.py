@@ -332,3 +332,14 @@ def test_bad_settings_are_errors_before_anything_is_read(flags, message, tmp_pat
     assert code == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_policy_without_a_chat_template_is_a_clear_error(rows, tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tok.chat_template = None
+    with pytest.raises(DistillError, match=r"row 0 .*chat template fails on it"):
+        to_text_rows(tok, rows, 0.5)
+    with pytest.raises(DistillError, match="chat template fails on it"):
+        answer_ids(tok, rows[0]["prompt"], rows[0]["tools"], rows[0]["rejected"], "row 0")

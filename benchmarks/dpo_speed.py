@@ -1,43 +1,61 @@
-"""Fast DPO (distill.fast_dpo) against stock TRL 1.16 DPOTrainer: tokens/s and peak GPU memory, same model
-shape, same QLoRA settings, same synthetic function-calling-shaped data, same process.
+"""Fast DPO (distill.fast_dpo) against stock TRL 1.16 DPOTrainer: tokens/s and peak memory, same model, same
+LoRA settings, same pairs.
 
-    python benchmarks/dpo_speed.py                       # CUDA: Qwen2.5-0.5B and 1.5B shapes, all configs
-    python benchmarks/dpo_speed.py --tiny                # CPU: a tiny Qwen2 shape, proves the script runs
-    OUT=results python benchmarks/dpo_speed.py --models 1.5b --configs stock,fast --steps 8
+    python benchmarks/dpo_speed.py --student              # CPU: SmolLM2-135M-Instruct on real BFCL pairs (~15 min, 2 cores)
+    python benchmarks/dpo_speed.py --models 1.5b --max-minutes 7    # one GPU: the 1.5B shape, every config (~8 min)
+    python benchmarks/dpo_speed.py --tiny                 # CPU rehearsal of the GPU run: tiny shape, a few minutes
 
-On a bare CUDA machine (Python 3.12, torch, transformers, peft, accelerate), install trl, bitsandbytes and
-datasets from wheels first (shared/gpu/fetch-wheels.sh), then run from the repository root with
-PYTHONPATH=$PWD/.site:$PWD.
+Results go to --out (default benchmarks/results) as dpo_speed-<date>-<cpu|gpu>.json and .md, rewritten after every
+run, so a killed run leaves what it measured ({"runs": [{"model", "config", "tokens_per_s", "peak_rss_gib" (CPU)
+or "peak_gib" (GPU), ...}]}). The --tiny rehearsal writes only when --out is given, as dpo_speed-<date>-tiny.*.
 
+--student (CPU). The packaged student (pkg:smollm2-135m-instruct, Hermes tool template) in float32, LoRA r16
+alpha 32 on all linear layers, no gradient checkpointing, max_length 2048, learning rate 5e-6, beta 0.1. Pairs are
+real: `distill import bfcl` of live_simple, live_multiple and live_irrelevance (--limit per category), then
+`distill pairs --chosen-from gold --synthetic 2` (chosen: the tasks' verified answers; rejected: synthetic hard
+negatives, as `distill demo` makes them without a teacher), --pairs of them drawn with --seed. Each trainer runs one
+epoch over the same pairs in its own child process: stock with --batch-size pairs per step and a reference
+forward every step (TRL's default), fast with packs of --pack-tokens and its reference log-probs computed once
+before training (ref_s). tokens/s counts what the pairs stand for, prompt + chosen plus prompt + rejected (TRL's
+num_tokens), over the whole epoch, so both rates divide the same work; e2e tok/s charges fast's reference pass
+too. peak RSS is the child's maximum resident set size (os.wait4's ru_maxrss), model loading and tokenising
+included; rss@train is the maximum reached before the first step.
+
+GPU (default without --tiny/--student; needs CUDA). On a bare CUDA machine (Python 3.12 with torch, transformers,
+peft, accelerate; no trl, bitsandbytes or datasets) carry those as wheels, as benchmarks/train_gpu.py describes:
+    pip download -d .whl "trl==1.16.*" datasets bitsandbytes ...     # beforehand, where pip works
+    python3 -m pip install -q --no-index --no-deps --target .site .whl/*.whl
+    PYTHONPATH=$PWD/.site:$PWD python3 benchmarks/dpo_speed.py --models 1.5b --max-minutes 7
 Order: a correctness check (fast vs stock loss and reference log-probs on one batch, random LoRA weights so the
-loss is not log 2), then for each model shape stock and fast, then the ablations on the last shape, each one
-part of the fast path switched off:
-  fast-no-share     prompt + chosen and prompt + rejected as separate sequences (no prefix sharing)
-  fast-no-pack      8 pairs per step, one per row, padded to the longest (no packing)
+loss is not log 2), then stock, fast and stock-precompute (TRL's own precompute_ref_log_probs) per model shape,
+then the ablations on the last shape, each one part of the fast path switched off or swapped:
   fast-no-refcache  a reference forward every step instead of the cached log-probs
+  fast-no-share     prompt + chosen and prompt + rejected as separate sequences (no prefix sharing)
+  fast-no-pack      --batch-size pairs per step, one per row, padded to the longest (no packing)
   fast-full-head    logits at every position instead of the fused head on completion tokens
-  fast-sdpa         dense-mask SDPA instead of block-sparse flex attention
-and stock-precompute (TRL's own precompute_ref_log_probs) for reference.
-
-Models are random-initialised from configs written below (no hub), saved once in bf16 and loaded in 4-bit:
-nf4, double quantisation, bf16 compute; LoRA r16 on all linear layers; gradient checkpointing; bf16. Data:
-prompts of 200-700 tokens, completions of 20-120, as tool schemas plus a question against a tool call.
-tokens/s counts what a pair stands for, prompt + chosen plus prompt + rejected (TRL's num_tokens), for both
-paths, so the figures compare DPO work done per second. Steady state: warm-up steps (compilation, allocator)
-are left out; the fast path's one-off reference pass is reported on its own (ref_s) and in an end-to-end rate
-over one epoch of the timed data (e2e tok/s). Prints a table last; writes JSON to $OUT/dpo_speed.json when
-$OUT is set (rewritten after every run, so a killed run leaves what it measured).
+  fast-sdpa         one dense-mask SDPA call per row instead of block-sparse flex attention
+  fast-docs         SDPA document by document (the CPU default) instead of flex attention
+  fast-selected-head  the model's own head on completion positions (the CPU default) instead of TRL's fused one
+Runs that would start after --max-minutes are skipped (and listed). Models are random-initialised Qwen2.5 shapes
+(no hub), saved once in bf16 and loaded in 4-bit: nf4, double quantisation, bf16 compute; LoRA r16 on all linear
+layers; gradient checkpointing; bf16. Data: prompts of 200-700 tokens, completions of 20-120, shaped like tool
+schemas plus a question against a tool call. Steady state: warm-up steps (compilation, allocator) are left out;
+the fast path's one-off reference pass is reported on its own (ref_s) and in an end-to-end rate (e2e tok/s).
+peak GiB is torch.cuda.max_memory_allocated.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import gc
 import json
 import math
 import os
 import platform
 import random
+import resource
+import subprocess
 import sys
 import tempfile
 import time
@@ -59,39 +77,73 @@ QWEN25 = {
                  num_key_value_heads=2),
 }
 ABLATIONS = {
+    "fast-no-refcache": dict(cache_ref_logps=False),
     "fast-no-share": dict(share_prompt=False),
     "fast-no-pack": dict(packing=False),
-    "fast-no-refcache": dict(cache_ref_logps=False),
     "fast-full-head": dict(lm_head="full"),
     "fast-sdpa": dict(attention_backend="sdpa"),
+    "fast-docs": dict(attention_backend="docs"),
+    "fast-selected-head": dict(lm_head="selected"),
+    "fast-fused-head": dict(lm_head="fused"),
 }
-ALL_CONFIGS = ["stock", "fast", *ABLATIONS, "stock-precompute"]
+ALL_CONFIGS = ["stock", "fast", "stock-precompute", *ABLATIONS]
+GPU_CONFIGS = [c for c in ALL_CONFIGS if c != "fast-fused-head"]  # fused is the CUDA default already
 WORDS = 2000  # word-level vocabulary of the synthetic tokenizer
+STUDENT = "pkg:smollm2-135m-instruct"
+STUDENT_CATEGORIES = "live_simple,live_multiple,live_irrelevance"
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--tiny", action="store_true", help="CPU smoke run: tiny model, short sequences, no 4-bit")
-    p.add_argument("--models", default=None, help="comma list of 0.5b,1.5b (default both; tiny with --tiny)")
-    p.add_argument("--configs", default=",".join(ALL_CONFIGS), help=f"comma list of {','.join(ALL_CONFIGS)}")
-    p.add_argument("--ablate-on", default=None, help="model shape for the ablations (default: the last one)")
-    p.add_argument("--steps", type=int, default=None, help="timed steps per run (default 6; 3 with --tiny)")
-    p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 2; 1 with --tiny)")
-    p.add_argument("--batch-size", type=int, default=8, help="pairs per step of the stock trainer")
-    p.add_argument("--pack-tokens", type=int, default=None, help="fast path row budget (default 8192; 1024 tiny)")
-    p.add_argument("--pairs", type=int, default=None, help="pairs in the dataset (default: enough for every run)")
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--tiny", action="store_true", help="CPU rehearsal of the GPU run: tiny model, no 4-bit")
+    mode.add_argument("--student", action="store_true",
+                      help="CPU: the packaged SmolLM2-135M-Instruct on real BFCL pairs, each trainer in a child process")
+    p.add_argument("--models", default=None, help="GPU: comma list of 0.5b,1.5b (default both; tiny with --tiny)")
+    p.add_argument("--configs", default=None,
+                   help=f"comma list of {','.join(ALL_CONFIGS)} (default: all but fast-fused-head on the GPU and "
+                   "with --tiny; stock,fast with --student)")
+    p.add_argument("--ablate-on", default=None, help="GPU: model shape for the ablations (default: the last one)")
+    p.add_argument("--steps", type=int, default=None, help="GPU/--tiny: timed steps per run (default 6; 3 with --tiny)")
+    p.add_argument("--warmup", type=int, default=None, help="GPU/--tiny: untimed steps first (default 2; 1 with --tiny)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="pairs per step of the stock trainer (default 8; 4 with --student)")
+    p.add_argument("--pack-tokens", type=int, default=None,
+                   help="fast path's tokens per step (default 8192; 1024 with --tiny; 3072 with --student)")
+    p.add_argument("--pairs", type=int, default=None,
+                   help="pairs in the dataset (default: enough for every run; 24 with --student)")
+    p.add_argument("--max-length", type=int, default=None, help="max_length of both trainers (default 1024; "
+                   "2048 with --student)")
+    p.add_argument("--limit", type=int, default=40, help="--student: BFCL tasks imported per category")
     p.add_argument("--max-minutes", type=float, default=9.0, help="skip runs that would start after this")
+    p.add_argument("--out", default=None, help="folder for dpo_speed-<date>-<cpu|gpu>.json and .md (default "
+                   "benchmarks/results; with --tiny nothing is written unless given)")
+    p.add_argument("--work", default=None, help="--student: folder for tasks, pairs and run logs (default: a "
+                   "temporary folder, removed at the end)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--child", nargs=2, metavar=("CONFIG", "SPEC"), help=argparse.SUPPRESS)  # one --student run
     args = p.parse_args(argv)
-    args.models = (args.models or ("tiny" if args.tiny else "0.5b,1.5b")).split(",")
-    args.configs = args.configs.split(",")
-    unknown = [c for c in args.configs if c not in ALL_CONFIGS] + [m for m in args.models if m not in QWEN25]
+    if args.student:
+        args.models = ["smollm2-135m"]
+        args.configs = (args.configs or "stock,fast").split(",")
+    else:
+        args.models = (args.models or ("tiny" if args.tiny else "0.5b,1.5b")).split(",")
+        args.configs = args.configs.split(",") if args.configs else list(GPU_CONFIGS)
+    unknown = [c for c in args.configs if c not in ALL_CONFIGS]
+    unknown += [m for m in args.models if m not in QWEN25 and not args.student]
     if unknown:
         p.error(f"unknown: {', '.join(unknown)}")
     args.ablate_on = args.ablate_on or args.models[-1]
     args.steps = args.steps or (3 if args.tiny else 6)
     args.warmup = args.warmup if args.warmup is not None else (1 if args.tiny else 2)
-    args.pack_tokens = args.pack_tokens or (1024 if args.tiny else 8192)
+    args.batch_size = args.batch_size or (4 if args.student else 8)
+    args.pack_tokens = args.pack_tokens or (1024 if args.tiny else 3072 if args.student else 8192)
+    args.max_length = args.max_length or (2048 if args.student else 1024)
+    if args.student:
+        args.pairs = args.pairs or 24
+    if args.out is None and not args.tiny:
+        args.out = str(REPO / "benchmarks" / "results")
     return args
 
 
@@ -163,10 +215,10 @@ def load_model(path: Path, tiny: bool):
                                                 device_map={"": 0})
 
 
-def lora_config():
+def lora_config(dropout: float = 0.05):
     from peft import LoraConfig
 
-    return LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear", task_type="CAUSAL_LM")
+    return LoraConfig(r=16, lora_alpha=32, lora_dropout=dropout, target_modules="all-linear", task_type="CAUSAL_LM")
 
 
 # ---- trainers ----------------------------------------------------------------------------------------------
@@ -178,10 +230,10 @@ def training_args(config: str, opts, out_dir: Path, cache_dir: Path, max_steps: 
     from distill.fast_dpo import FastDPOConfig
 
     common = dict(output_dir=str(out_dir), max_steps=max_steps, per_device_train_batch_size=opts.batch_size,
-                  learning_rate=5e-6, lr_scheduler_type="constant", max_length=1024, beta=0.1,
-                  gradient_checkpointing=True, logging_steps=1, save_strategy="no", report_to=[], seed=opts.seed,
-                  dataloader_num_workers=0, disable_tqdm=True)
-    if opts.tiny:
+                  learning_rate=5e-6, lr_scheduler_type="constant", max_length=opts.max_length, beta=0.1,
+                  gradient_checkpointing=not opts.student, logging_steps=1, save_strategy="no", report_to=[],
+                  seed=opts.seed, dataloader_num_workers=0, disable_tqdm=True)
+    if opts.tiny or opts.student:
         common.update(use_cpu=True, bf16=False)
     else:
         common.update(bf16=True)
@@ -191,13 +243,27 @@ def training_args(config: str, opts, out_dir: Path, cache_dir: Path, max_steps: 
                          **ABLATIONS.get(config, {}))
 
 
-def make_trainer(config, model, dataset, tokenizer, args):
+def make_trainer(config, model, dataset, tokenizer, args, lora_dropout: float = 0.05):
     from trl import DPOTrainer
 
     from distill.fast_dpo import FastDPOTrainer
 
     cls = DPOTrainer if config.startswith("stock") else FastDPOTrainer
-    return cls(model, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=lora_config())
+    return cls(model, args=args, train_dataset=dataset, processing_class=tokenizer,
+               peft_config=lora_config(lora_dropout))
+
+
+def pack_stats(trainer, args) -> dict:
+    """Pairs per step and how full the packs are, for a fast trainer."""
+    from distill.fast_dpo.packing import packed_length, plan_packs
+
+    pairs = trainer._stores["train"].pairs
+    lengths = [packed_length(p, share_prompt=args.share_prompt) for p in pairs]
+    if not args.packing:
+        return {"pairs_per_step": args.per_device_train_batch_size}
+    packs = plan_packs(lengths, args.pack_tokens)
+    return {"pairs_per_step": round(len(pairs) / len(packs), 2),
+            "pack_fill": round(sum(lengths) / (len(packs) * args.pack_tokens), 3)}
 
 
 class StepClock:
@@ -211,6 +277,7 @@ class StepClock:
         class Callback(TrainerCallback):
             def on_train_begin(self, args, state, control, **kw):
                 clock.reset_memory()
+                clock.rss_gib_at_begin = max_rss_gib()
                 clock.marks.append((time.perf_counter(), 0))
 
             def on_step_end(self, args, state, control, **kw):
@@ -220,6 +287,7 @@ class StepClock:
         self.callback = Callback()
         self.marks: list[tuple[float, int]] = []
         self.trainer = None
+        self.rss_gib_at_begin: float | None = None
 
     @staticmethod
     def sync():
@@ -234,6 +302,11 @@ class StepClock:
 
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
+
+
+def max_rss_gib() -> float:
+    """This process's maximum resident set size so far (Linux reports KiB)."""
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)
 
 
 def peak_gib():
@@ -279,15 +352,11 @@ def run_config(config, shape, model_dir, dataset, tokenizer, opts, work: Path, s
            "tokens_per_step": round((tok_end - tok_warm) / steps), "tokens_per_s": round(tokens_per_s, 1),
            "peak_gib": peak_gib(), "init_peak_gib": init_peak, "load_s": round(load_s, 2),
            "init_s": round(init_s, 2), "warmup_s": round(t_warm - marks[0][0], 2)}
-    if not config.startswith("stock"):
+    if config.startswith("stock"):
+        row["pairs_per_step"] = args.per_device_train_batch_size
+    else:
         row["ref_cache_hit"] = trainer.ref_cache_hits.get("train") if trainer.ref_cache_hits else None
-        store = trainer._stores["train"]
-        from distill.fast_dpo.packing import packed_length, plan_packs
-
-        packs = plan_packs([packed_length(p, share_prompt=args.share_prompt) for p in store.pairs], args.pack_tokens)
-        row["pairs_per_step"] = round(len(store.pairs) / len(packs), 2) if args.packing else args.per_device_train_batch_size
-        row["pack_fill"] = round(sum(packed_length(p, share_prompt=args.share_prompt) for p in store.pairs)
-                                 / (len(packs) * args.pack_tokens), 3)
+        row.update(pack_stats(trainer, args))
     if config in ("fast", "stock-precompute"):
         # The one-off reference pass: timed inside FastDPOTrainer; for TRL's precompute, what its construction
         # took beyond the stock trainer's. Charged to one epoch over the data the timed steps consumed.
@@ -352,6 +421,143 @@ def correctness_check(model_dir, dataset, tokenizer, opts, work: Path) -> dict:
             "passed": loss_diff <= loss_tol and ref_diff.max().item() <= ref_tol * scale}
 
 
+# ---- the packaged student on real pairs (CPU) ------------------------------------------------------------
+
+
+def distill_command(args: list[str], log: Path) -> None:
+    """Run one `distill` command (the installed CLI, in a child process); its output goes to `log`."""
+    cmd = [sys.executable, "-m", "distill", *args]
+    print("$ distill " + " ".join(args), flush=True)
+    with open(log, "a") as f:
+        done = subprocess.run(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT)
+    if done.returncode != 0:
+        raise SystemExit(f"distill {args[0]} failed (exit {done.returncode}); see {log}")
+
+
+def student_pairs(opts, work: Path) -> Path:
+    """Real preference pairs from BFCL live tasks, made with distill's own commands (kept in --work on reruns)."""
+    tasks, pairs = work / "tasks.jsonl", work / "pairs"
+    if not tasks.is_file():
+        distill_command(["import", "bfcl", "--categories", STUDENT_CATEGORIES, "--limit", str(opts.limit),
+                         "--out", str(tasks)], work / "data.log")
+    if not (pairs / "pairs_stats.json").is_file():
+        distill_command(["pairs", "--tasks", str(tasks), "--chosen-from", "gold", "--synthetic", "2",
+                         "--max-pairs-per-task", "2", "--test-size", "0", "--seed", str(opts.seed), "--out",
+                         str(pairs)], work / "data.log")
+    return pairs
+
+
+def student_rows(pairs: Path, opts):
+    """The --pairs pairs both trainers train on, in TRL's conversational format with tools."""
+    from distill import train_data
+
+    split = train_data.load_pairs(str(pairs))["train"]
+    if opts.pairs > len(split):
+        raise SystemExit(f"--pairs {opts.pairs}: {pairs} holds only {len(split)} pairs (raise --limit)")
+    return train_data.for_stage(split.shuffle(seed=opts.seed).select(range(opts.pairs)), "dpo")
+
+
+def student_child(opts) -> int:
+    """One trainer, one epoch over the pairs, in this (child) process; writes its row to the spec's `row` file."""
+    config, spec_file = opts.child
+    spec = json.loads(Path(spec_file).read_text())
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from data_gen.local_models import resolve_model
+    from distill.recipe import resolve_chat_template
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    work = Path(spec["work"])
+    t0 = time.perf_counter()
+    path = resolve_model(STUDENT)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer.chat_template, _ = resolve_chat_template("hermes_tool")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    rows = student_rows(Path(spec["pairs"]), opts)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    load_s = time.perf_counter() - t0
+    args = training_args(config, opts, work / f"out-{config}", work / f"ref-cache-{config}", -1)
+    args.num_train_epochs = 1
+    args.disable_tqdm = False  # a progress bar in the run's log
+    t0 = time.perf_counter()
+    trainer = make_trainer(config, model, rows, tokenizer, args, lora_dropout=0.0)
+    init_s = time.perf_counter() - t0
+    clock = StepClock()
+    clock.trainer = trainer
+    trainer.add_callback(clock.callback)
+    trainer.train()
+    (t_begin, _), (t_end, tokens) = clock.marks[0], clock.marks[-1]
+    durations = sorted(clock.marks[i + 1][0] - clock.marks[i][0] for i in range(len(clock.marks) - 1))
+    data = trainer.train_dataset
+    prompt = [len(x) for x in data["prompt_ids"]]
+    completion = [len(x) for x in data["chosen_ids"]] + [len(x) for x in data["rejected_ids"]]
+    epoch_s = t_end - t_begin
+    row = {"model": STUDENT, "config": config, "pairs": len(data), "steps": len(durations),
+           "pairs_per_step": opts.batch_size if config.startswith("stock") else None,
+           "epoch_s": round(epoch_s, 1), "s_per_step": round(epoch_s / len(durations), 2),
+           "median_step_s": round(durations[len(durations) // 2], 2), "tokens": tokens,
+           "tokens_per_s": round(tokens / epoch_s, 1), "rss_gib_at_train_start": clock.rss_gib_at_begin,
+           "load_s": round(load_s, 1), "init_s": round(init_s, 1), "threads": torch.get_num_threads(),
+           "mean_prompt_tokens": round(sum(prompt) / len(prompt), 1), "max_prompt_tokens": max(prompt),
+           "mean_completion_tokens": round(sum(completion) / len(completion), 1)}
+    if not config.startswith("stock"):
+        row.update(pack_stats(trainer, args), ref_s=round(trainer.ref_seconds, 1),
+                   ref_cache_hit=trainer.ref_cache_hits.get("train"),
+                   attention=trainer._backend, lm_head=trainer._lm_head, pack_tokens=args.pack_tokens)
+        row["e2e_tokens_per_s"] = round(tokens / (epoch_s + trainer.ref_seconds), 1)
+    Path(spec["row"]).write_text(json.dumps(row))
+    return 0
+
+
+def run_child(cmd: list[str], log: Path, env: dict) -> tuple[int, float]:
+    """(exit code, peak RSS in GiB) of a child process, from os.wait4's rusage of that child alone."""
+    with open(log, "w") as f:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here; Popen must not wait for it again
+    return proc.returncode, round(usage.ru_maxrss / 2**20, 3)
+
+
+def run_student(opts, argv: list[str], results: dict, save) -> None:
+    started = time.perf_counter()
+    keep = opts.work is not None
+    work = Path(opts.work) if keep else Path(tempfile.mkdtemp(prefix="dpo_speed_"))
+    work.mkdir(parents=True, exist_ok=True)
+    pairs = student_pairs(opts, work)
+    stats = json.loads((pairs / "pairs_stats.json").read_text())["summary"]
+    results["data"] = {"tasks": f"BFCL {STUDENT_CATEGORIES}, --limit {opts.limit} per category",
+                       "pairs_mined": stats["pairs"], "pairs_used": opts.pairs,
+                       "rejected_error": stats["rejected_error"], "category": stats.get("category")}
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "HF_HUB_OFFLINE": "1",
+           "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
+    for config in opts.configs:
+        elapsed = (time.perf_counter() - started) / 60
+        if elapsed > opts.max_minutes:
+            results["runs"].append({"model": STUDENT, "config": config,
+                                    "skipped": f"time ({elapsed:.1f} min > --max-minutes {opts.max_minutes})"})
+            continue
+        spec, row_file, log = work / f"{config}.spec.json", work / f"{config}.row.json", work / f"{config}.log"
+        row_file.unlink(missing_ok=True)
+        spec.write_text(json.dumps({"work": str(work), "pairs": str(pairs), "row": str(row_file)}))
+        print(f"{config}: training in a child process (log: {log})", flush=True)
+        code, peak = run_child([sys.executable, str(Path(__file__).resolve()), *argv, "--child", config, str(spec)],
+                               log, env)
+        if code == 0 and row_file.is_file():
+            row = json.loads(row_file.read_text())
+        else:
+            row = {"model": STUDENT, "config": config, "error": f"exit {code}: " + log.read_text()[-600:]}
+        row["peak_rss_gib"] = peak
+        results["runs"].append(row)
+        print(json.dumps(row), flush=True)
+        save()
+    if not keep:
+        import shutil
+
+        shutil.rmtree(work, ignore_errors=True)
+
+
 # ---- report ------------------------------------------------------------------------------------------------
 
 
@@ -361,7 +567,12 @@ def environment() -> dict:
     import trl
 
     env = {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
-           "trl": trl.__version__, "device": "cpu"}
+           "trl": trl.__version__, "device": "cpu", "cpu_count": os.cpu_count(),
+           "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
+    try:
+        env["memory_gib"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    except (ValueError, OSError):
+        pass
     if torch.cuda.is_available():
         env["device"] = torch.cuda.get_device_name(0)
         import bitsandbytes
@@ -370,51 +581,117 @@ def environment() -> dict:
     return env
 
 
+def _cell(value, fmt="{}") -> str:
+    return "-" if value is None else fmt.format(value)
+
+
 def table(results: dict) -> str:
+    """The runs as a Markdown table; ratios against the stock run of the same model."""
     rows = [r for r in results["runs"] if "tokens_per_s" in r]
-    stock = {r["model"]: r["tokens_per_s"] for r in rows if r["config"] == "stock"}
-    fast = {r["model"]: r["tokens_per_s"] for r in rows if r["config"] == "fast"}
-    head = f"{'model':<6} {'config':<17} {'s/step':>7} {'tok/step':>8} {'tok/s':>9} {'x stock':>7} {'x fast':>6} " \
-           f"{'peak GiB':>8} {'ref s':>6} {'e2e tok/s':>9}"
-    lines = [head, "-" * len(head)]
+    stock = {r["model"]: r for r in rows if r["config"] == "stock"}
+    fast = {r["model"]: r for r in rows if r["config"] == "fast"}
+    cpu = any("peak_rss_gib" in r for r in rows)
+    memory = "peak RSS GiB" if cpu else "peak GiB"
+    head = ["model", "config", "pairs/step", "s/step", "tok/s", "x stock", "x fast", memory, "mem x stock",
+            "ref s", "e2e tok/s"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        xs = f"{r['tokens_per_s'] / stock[r['model']]:.2f}" if r["model"] in stock else "-"
-        xf = f"{r['tokens_per_s'] / fast[r['model']]:.2f}" if r["model"] in fast else "-"
-        peak = f"{r['peak_gib']:.2f}" if r.get("peak_gib") is not None else "n/a"
-        lines.append(f"{r['model']:<6} {r['config']:<17} {r['s_per_step']:>7.3f} {r['tokens_per_step']:>8} "
-                     f"{r['tokens_per_s']:>9.0f} {xs:>7} {xf:>6} {peak:>8} {r.get('ref_s', '-'):>6} "
-                     f"{r.get('e2e_tokens_per_s', '-'):>9}")
+        mem = r.get("peak_rss_gib") if cpu else r.get("peak_gib")
+        base = stock.get(r["model"])
+        base_mem = (base or {}).get("peak_rss_gib" if cpu else "peak_gib")
+        cells = [r["model"], r["config"], _cell(r.get("pairs_per_step")), f"{r['s_per_step']:.3f}",
+                 f"{r['tokens_per_s']:.0f}",
+                 f"{r['tokens_per_s'] / base['tokens_per_s']:.2f}" if base else "-",
+                 f"{r['tokens_per_s'] / fast[r['model']]['tokens_per_s']:.2f}" if r["model"] in fast else "-",
+                 _cell(mem, "{:.2f}"), f"{mem / base_mem:.2f}" if mem and base_mem else "-",
+                 _cell(r.get("ref_s")), _cell(r.get("e2e_tokens_per_s"))]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     for r in results["runs"]:
         if "error" in r or "skipped" in r:
-            lines.append(f"{r['model']:<6} {r['config']:<17} {r.get('error') or r.get('skipped')}")
+            lines.append(f"| {r['model']} | {r['config']} | " + str(r.get("error") or r.get("skipped")).replace(
+                "\n", " ").replace("|", "/")[:300] + " |" + " |" * (len(head) - 3))
     c = results.get("correctness")
     if c:
+        lines.append("")
         lines.append(f"correctness ({c.get('model')}): stock loss {c['stock_loss']:.6f} (log 2 "
-                     f"{c.get('stock_loss_minus_log2', float('nan')):+.4f}), fast loss {c['fast_loss']:.6f}, max |ref logp "
-                     f"diff| {c['max_abs_ref_logp_diff']:.4g} (mean |logp| {c['mean_abs_ref_logp']:.1f}): "
+                     f"{c.get('stock_loss_minus_log2', float('nan')):+.4f}), fast loss {c['fast_loss']:.6f}, max |ref "
+                     f"logp diff| {c['max_abs_ref_logp_diff']:.4g} (mean |logp| {c['mean_abs_ref_logp']:.1f}): "
                      f"{'PASS' if c['passed'] else 'FAIL'}")
     return "\n".join(lines)
 
 
+def markdown(results: dict) -> str:
+    o, env = results["options"], results["env"]
+    title = f"# dpo_speed {results['date']} ({results['kind']})"
+    if results["kind"] == "cpu":
+        d = results.get("data", {})
+        about = (f"Stock TRL {env['trl']} DPOTrainer against fast DPO (distill.fast_dpo) on {STUDENT} (float32, LoRA "
+                 f"r16 alpha 32 all-linear, no gradient checkpointing), max_length {o['max_length']}, one epoch over "
+                 f"the same {d.get('pairs_used')} real pairs ({d.get('tasks')}; chosen: verified answers, rejected: "
+                 f"synthetic hard negatives). Stock: {o['batch_size']} pairs per step, reference forward every step. "
+                 f"Fast: packs of {o['pack_tokens']} tokens, reference log-probs computed once before training (ref "
+                 f"s). Each trainer in its own child process; peak RSS is that process's maximum resident set size "
+                 f"(os.wait4), model load included. tok/s: prompt + chosen plus prompt + rejected tokens (TRL's "
+                 f"num_tokens) over the epoch; e2e adds fast's reference pass. Machine: {env.get('cpu_count')} CPU "
+                 f"cores, {env.get('memory_gib')} GiB, OMP_NUM_THREADS={env.get('omp_num_threads')}, torch "
+                 f"{env['torch']}, transformers {env['transformers']}.")
+    else:
+        weights = "float32, no 4-bit (a rehearsal)" if o["tiny"] else "QLoRA nf4, bf16"
+        about = (f"Stock TRL {env['trl']} DPOTrainer against fast DPO on random-initialised Qwen2.5 shapes "
+                 f"({env['device']}), {weights}, LoRA r16 all-linear, gradient checkpointing, synthetic "
+                 f"function-calling-shaped pairs, max_length {o['max_length']}; {o['warmup']} warm-up and "
+                 f"{o['steps']} timed steps per run.")
+    shown, argv = [], list(results.get("argv", []))
+    while argv:  # where files went is not how the run was made
+        arg = argv.pop(0)
+        if arg in ("--out", "--work"):
+            argv = argv[1:]
+        else:
+            shown.append(arg)
+    command = "python benchmarks/dpo_speed.py " + " ".join(shown)
+    return f"{title}\n\n{about}\n\n    {command}\n\n{table(results)}\n"
+
+
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     opts = parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if opts.child:
+        return student_child(opts)
     import torch
-    from datasets import Dataset
 
-    if opts.tiny:
+    if opts.tiny or opts.student:
         torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     elif not torch.cuda.is_available():
-        print("no CUDA device: run with --tiny for the CPU smoke run", file=sys.stderr)
+        print("no CUDA device: run with --student (CPU benchmark) or --tiny (CPU rehearsal)", file=sys.stderr)
         return 2
     started = time.perf_counter()
-    out_dir = Path(os.environ["OUT"]) if os.environ.get("OUT") else None
-    results = {"env": environment(), "options": {k: v for k, v in vars(opts).items()}, "runs": []}
+    date = datetime.date.today().isoformat()
+    kind = "tiny" if opts.tiny else "cpu" if opts.student else "gpu"
+    results = {"date": date, "kind": kind, "argv": argv, "env": environment(),
+               "options": {k: v for k, v in vars(opts).items() if k != "child"}, "runs": []}
+    out_dir = Path(opts.out) if opts.out else None
 
     def save():
-        if out_dir is not None:
-            out_dir.mkdir(parents=True, exist_ok=True)
-            (out_dir / "dpo_speed.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+        if out_dir is None:
+            return
+        from eval.io import atomic_write
+
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with atomic_write(out_dir / f"dpo_speed-{date}-{kind}.json") as f:
+            f.write(json.dumps(results, indent=2, default=str) + "\n")
+        with atomic_write(out_dir / f"dpo_speed-{date}-{kind}.md") as f:
+            f.write(markdown(results))
+
+    if opts.student:
+        run_student(opts, argv, results, save)
+        results["wall_s"] = round(time.perf_counter() - started, 1)
+        save()
+        print()
+        print(table(results))
+        return 0 if all("tokens_per_s" in r for r in results["runs"]) else 1
+
+    from datasets import Dataset
 
     n_pairs = opts.pairs or max(opts.batch_size * (opts.warmup + opts.steps), 16 * (opts.warmup + opts.steps))
     device = "cpu" if opts.tiny else "cuda"
@@ -427,8 +704,8 @@ def main(argv=None) -> int:
 
         plan = []
         for shape in opts.models:
-            plan += [(shape, c) for c in opts.configs if c in ("stock", "fast")]
-        plan += [(opts.ablate_on, c) for c in opts.configs if c not in ("stock", "fast")]
+            plan += [(shape, c) for c in opts.configs if c in ("stock", "fast", "stock-precompute")]
+        plan += [(opts.ablate_on, c) for c in opts.configs if c not in ("stock", "fast", "stock-precompute")]
 
         model_dirs = {}
         for shape in dict.fromkeys([s for s, _ in plan] + [opts.models[0]]):

@@ -41,19 +41,29 @@ Tasks carry different tools per row and BFCL tools cannot run, so the rows hold 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import importlib.util
 import logging
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-
-from trl import GRPOConfig
+from typing import TYPE_CHECKING
 
 from eval import match as m
 from eval.io import DistillError
 from eval.parse import MALFORMED, parse_output
-from eval.tasks import Task, load_tasks
+from eval.tasks import Task, file_fingerprint, load_tasks
 from eval.verify import judge
+
+if TYPE_CHECKING:  # the real class, for type checkers; built lazily at run time (see __getattr__)
+    from trl import GRPOConfig
+
+    class VerifierGRPOConfig(GRPOConfig):  # noqa: D101
+        reward: list[str]
+
+        def reward_spec(self) -> RewardSpec: ...
+
 
 logger = logging.getLogger(__name__)
 
@@ -118,8 +128,8 @@ def resolve_reward(reward, weights=None) -> RewardSpec:
 
 
 @dataclass
-class VerifierGRPOConfig(GRPOConfig):
-    """TRL's GRPOConfig plus the verifier reward's key; `reward_weights` (TRL's) weighs its components."""
+class GRPORewardFields:
+    """What a `stage: grpo` recipe adds to TRL's GRPOConfig; TRL's own `reward_weights` weighs the components."""
 
     reward: list[str] = field(
         default_factory=lambda: [DEFAULT_REWARD],
@@ -131,15 +141,40 @@ class VerifierGRPOConfig(GRPOConfig):
         },
     )
 
-    def __post_init__(self):
-        super().__post_init__()
-        # A YAML string arrives as a str, flags as a list; resolve_reward accepts both and checks the names.
-        self.reward = [self.reward] if isinstance(self.reward, str) else list(self.reward)
-        spec = resolve_reward(self.reward, self.reward_weights)
-        self.reward_weights = list(spec.weights)
 
-    def reward_spec(self) -> RewardSpec:
-        return resolve_reward(self.reward, self.reward_weights)
+@functools.cache
+def _verifier_grpo_config_class() -> type:
+    from trl import GRPOConfig
+
+    # GRPORewardFields first in the bases so that its fields come after GRPOConfig's (dataclasses collect fields
+    # from the last base to the first); GRPOConfig's __post_init__ still runs.
+    @dataclass
+    class VerifierGRPOConfig(GRPORewardFields, GRPOConfig):
+        """TRL's GRPOConfig plus the verifier reward's key (distill.grpo.GRPORewardFields)."""
+
+        def __post_init__(self):
+            super().__post_init__()
+            # A YAML string arrives as a str, flags as a list; resolve_reward accepts both and checks the names,
+            # so a bad reward fails when the recipe is parsed, before any weights load.
+            self.reward = [self.reward] if isinstance(self.reward, str) else list(self.reward)
+            self.reward_weights = list(resolve_reward(self.reward, self.reward_weights).weights)
+
+        def reward_spec(self) -> RewardSpec:
+            return resolve_reward(self.reward, self.reward_weights)
+
+    # pickles (the Trainer's training_args.bin) find the class through the module's __getattr__ below
+    VerifierGRPOConfig.__module__, VerifierGRPOConfig.__qualname__ = __name__, "VerifierGRPOConfig"
+    return VerifierGRPOConfig
+
+
+def __getattr__(name: str):
+    # Building the class imports TRL (and torch): only when a recipe of stage grpo is parsed or trained, so that
+    # the reward functions above load with the verifier alone.
+    if name == "VerifierGRPOConfig":
+        cls = _verifier_grpo_config_class()
+        globals()["VerifierGRPOConfig"] = cls
+        return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # --- scoring one answer (pure) ------------------------------------------------------------------------------------
@@ -321,24 +356,36 @@ class _ComponentReward:
 # --- data ---------------------------------------------------------------------------------------------------------
 
 
-def check_tasks_path(path: str | None, where: str = "dataset_path") -> None:
+def check_tasks_path(path: str | None) -> None:
     """Refuse what cannot be a tasks file before anything loads: a folder (a preference dataset from `distill
     pairs`, most likely) or a file of another kind. A path that does not exist yet is checked at start."""
     if not path:
-        raise DistillError(f"{where}: stage grpo needs a tasks .jsonl file (from distill import ...)")
+        raise DistillError("key 'dataset_path' is required: stage grpo trains on a tasks .jsonl file")
     p = Path(path)
     if p.is_dir():
-        kind = (
-            "a preference dataset"
-            if (p / "dataset_dict.json").is_file() or (p / "dataset").is_dir()
-            else "a folder"
-        )
+        pairs = (p / "dataset_dict.json").is_file() or (p / "dataset").is_dir()
         raise DistillError(
-            f"{where}: {path} is {kind}; stage grpo trains on a tasks .jsonl file (each task with its "
-            "expected calls, e.g. from `distill import bfcl`), not on pairs"
+            f"key 'dataset_path': {path} is {'a preference dataset' if pairs else 'a folder'}; stage grpo trains "
+            "on a tasks .jsonl file (each task with its expected calls, e.g. from `distill import bfcl`), not on "
+            "pairs"
         )
-    if p.suffix not in (".jsonl", ".json") and p.exists():
-        raise DistillError(f"{where}: {path} is not a .jsonl tasks file")
+    if p.suffix not in (".jsonl", ".json"):
+        raise DistillError(f"key 'dataset_path': {path} is not a tasks .jsonl file")
+
+
+def check_recipe(script, training, where: str) -> None:
+    """What a grpo recipe must satisfy, checked when it is parsed (no weights, no data read)."""
+    try:
+        check_tasks_path(script.dataset_path)
+    except DistillError as e:
+        raise DistillError(f"{where}: {e}") from None
+    if training.eval_strategy != "no":
+        raise DistillError(
+            f"{where}: key 'eval_strategy' must be 'no' for stage grpo (it has no eval split); score the "
+            "student on held-out tasks with `distill eval`"
+        )
+    if training.use_vllm and importlib.util.find_spec("vllm") is None:
+        raise DistillError(f"{where}: key 'use_vllm' is true but vLLM is not installed (pip install vllm)")
 
 
 def load_train_tasks(path: str) -> dict[str, Task]:
@@ -346,13 +393,21 @@ def load_train_tasks(path: str) -> dict[str, Task]:
     reward compares against). Raises DistillError naming the file and line."""
     check_tasks_path(path)
     if not Path(path).is_file():
-        raise DistillError(f"dataset_path: {path}: no such tasks file")
+        raise DistillError(f"key 'dataset_path': {path}: no such tasks file")
     try:
         return load_tasks(path)
     except DistillError as e:
         raise DistillError(
-            f"dataset_path: {e} (stage grpo needs every task with its expected calls)"
+            f"key 'dataset_path': {e} (stage grpo needs every task with its expected calls)"
         ) from None
+
+
+def prepare_data(dataset_path: str, tokenizer):
+    """(tasks by id, {"train": prompt rows}, audit): what `distill train` reads for stage grpo, before any
+    weights load."""
+    tasks = load_train_tasks(dataset_path)
+    rows, audit = build_dataset(tasks, tokenizer)
+    return tasks, {"train": rows}, audit
 
 
 def trainer_prompt_text(tokenizer, text: str) -> tuple[str, int]:
@@ -417,8 +472,8 @@ def build_trainer(
     peft_config=None,
     callbacks=None,
 ):
-    """TRL's GRPOTrainer with the verifier reward; returns (trainer, reward) so the caller can record
-    `reward.summary()` in run.json."""
+    """TRL's GRPOTrainer with the verifier's reward functions; the reward object rides along as
+    `trainer.verifier_reward` (its `summary()` goes into run.json)."""
     from trl import GRPOTrainer
 
     reward = VerifierReward(
@@ -433,4 +488,39 @@ def build_trainer(
         peft_config=peft_config,
         callbacks=callbacks,
     )
-    return trainer, reward
+    trainer.verifier_reward = reward
+    return trainer
+
+
+def trainer_factory(tasks: dict[str, Task], stop_ids=()):
+    """A callable with the trainer classes' keywords (model, args, train_dataset, eval_dataset, processing_class,
+    peft_config, callbacks), so `distill train` builds the GRPO trainer at the same place as the others."""
+
+    def make(
+        *, model, args, train_dataset, processing_class, eval_dataset=None, peft_config=None, callbacks=None
+    ):
+        if eval_dataset is not None:
+            raise DistillError("stage grpo has no eval split (score the student with distill eval)")
+        return build_trainer(
+            model,
+            args,
+            tasks,
+            train_dataset,
+            processing_class,
+            stop_ids=stop_ids,
+            peft_config=peft_config,
+            callbacks=callbacks,
+        )
+
+    return make
+
+
+def tasks_info(path: str, tasks: dict[str, Task]) -> dict:
+    """For run.json: the tasks file a GRPO run trained on."""
+    return {
+        "path": path,
+        "fingerprint": file_fingerprint(path),
+        "n": len(tasks),
+        "categories": dict(Counter(t.category for t in tasks.values())),
+        "irrelevance": sum(1 for t in tasks.values() if not t.expected),
+    }

@@ -1,4 +1,4 @@
-"""Train one stage of a student, QLoRA SFT or DPO, from a recipe (see recipes/README.md).
+"""Train one stage of a student, QLoRA SFT, DPO or GRPO, from a recipe (see recipes/README.md).
 
     accelerate launch -m distill.train recipes/qwen2.5-0.5b-instruct/sft.yaml
     accelerate launch --config_file recipes/accelerate/multi_gpu.yaml -m distill.train recipes/qwen2.5-0.5b-instruct/dpo.yaml
@@ -28,9 +28,9 @@ USAGE = """\
 usage: distill train RECIPE.yaml [--key value ...]
        distill train --config RECIPE.yaml [--key value ...]
        distill train --chain SFT.yaml DPO.yaml [--key value ...]
-       distill train --list-keys sft|dpo
+       distill train --list-keys sft|dpo|grpo
 
-Train one stage (stage: sft or dpo) of a student from a YAML recipe, with QLoRA, under `accelerate launch -m
+Train one stage (stage: sft, dpo or grpo) of a student from a YAML recipe, with QLoRA, under `accelerate launch -m
 distill.train ...` or in one process. Keys: distill's (stage, dataset_path, init_adapter, chat_template,
 sft_format, max_truncated_share, audit_max_rows, resume) plus every field of TRL's SFTConfig or DPOConfig and
 ModelConfig; unknown keys are errors. `--key value` flags override the file. A run resumes from the last
@@ -97,36 +97,44 @@ def run_stage(recipe, *, end: bool = True):
         tokenizer.pad_token = tokenizer.eos_token
     stop_ids = preflight.stop_token_ids(tokenizer, model_path, m.model_revision)
     preflight.check_chat_template(tokenizer, source=source, stop_ids=stop_ids)
-    data = train_data.load_pairs(s.dataset_path)
-    splits = {"train": s.dataset_train_split}
-    if t.eval_strategy != "no":
-        splits["eval"] = s.dataset_test_split
-    sft_rows: dict = {}  # how SFT chose its rows from the pairs (train_data.sft_selection), for run.json
-    rows = {
-        key: train_data.for_stage(
-            train_data.get_split(data, name, s.dataset_path), s.stage, s.sft_format, name,
-            # the no-call share is set on the training rows; evaluation keeps the natural mix
-            no_call_share=s.sft_no_call_share if key == "train" else None,
-            seed=t.seed,
-            composition=sft_rows.setdefault(key, {}) if s.stage == "sft" else None,
+    if s.stage == "grpo":  # a tasks file: prompt rows rendered with this tokenizer (distill.grpo)
+        from distill import grpo
+
+        grpo_tasks, rows, audit = grpo.prepare_data(s.dataset_path, tokenizer)
+        data = rows
+    else:
+        data = train_data.load_pairs(s.dataset_path)
+        splits = {"train": s.dataset_train_split}
+        if t.eval_strategy != "no":
+            splits["eval"] = s.dataset_test_split
+        sft_rows: dict = {}  # how SFT chose its rows from the pairs (train_data.sft_selection), for run.json
+        rows = {
+            key: train_data.for_stage(
+                train_data.get_split(data, name, s.dataset_path), s.stage, s.sft_format, name,
+                # the no-call share is set on the training rows; evaluation keeps the natural mix
+                no_call_share=s.sft_no_call_share if key == "train" else None,
+                seed=t.seed,
+                composition=sft_rows.setdefault(key, {}) if s.stage == "sft" else None,
+            )
+            for key, name in splits.items()
+        }
+        audit = preflight.audit_lengths(
+            rows["train"],
+            tokenizer,
+            stage=s.stage,
+            max_length=t.max_length,
+            truncation_mode=t.truncation_mode,
+            max_truncated_share=s.max_truncated_share,
+            max_rows=s.audit_max_rows,
+            split=s.dataset_train_split,
         )
-        for key, name in splits.items()
-    }
-    audit = preflight.audit_lengths(
-        rows["train"],
-        tokenizer,
-        stage=s.stage,
-        max_length=t.max_length,
-        truncation_mode=t.truncation_mode,
-        max_truncated_share=s.max_truncated_share,
-        max_rows=s.audit_max_rows,
-        split=s.dataset_train_split,
-    )
 
     model, peft_config = modeling.load_student(m, t, init_adapter=s.init_adapter)
 
     if s.stage == "sft":
         trainer_cls = SFTTrainer
+    elif s.stage == "grpo":  # TRL's GRPOTrainer with the verifier's reward functions
+        trainer_cls = grpo.trainer_factory(grpo_tasks, stop_ids)
     elif t.fast:  # same loss as DPOTrainer: prompt once per pair, packed rows, cached reference (distill.fast_dpo)
         from distill.fast_dpo import FastDPOTrainer
 
@@ -154,6 +162,9 @@ def run_stage(recipe, *, end: bool = True):
     info["resumed_at_step"] = resumed_at
     if s.stage == "sft":
         info["sft_rows"] = sft_rows
+    if s.stage == "grpo":
+        info["dataset"]["tasks"] = grpo.tasks_info(s.dataset_path, grpo_tasks)
+        info["reward"] = trainer.verifier_reward.spec.to_dict()
     if trainer.is_world_process_zero():
         run_info.write_run_info(t.output_dir, info)
 
@@ -169,6 +180,8 @@ def run_stage(recipe, *, end: bool = True):
     trainer.save_model(t.output_dir)
     trainer.save_state()
     trainer.save_metrics("all", metrics)
+    if s.stage == "grpo":  # the configuration plus what this process's reward scored, how fast, which errors
+        info["reward"] = trainer.verifier_reward.summary()
     if trainer.is_world_process_zero():
         info.update(
             status="finished",
@@ -262,11 +275,12 @@ def main(argv: list[str] | None = None) -> int:
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "train",
-        help="train one stage of a student (QLoRA SFT or DPO) from a YAML recipe",
-        description="Train one stage of a student (stage: sft or dpo) from a YAML recipe with QLoRA: the same as "
+        help="train one stage of a student (QLoRA SFT, DPO or GRPO) from a YAML recipe",
+        description="Train one stage of a student (stage: sft, dpo or grpo) from a YAML recipe with QLoRA: the same as "
         "`accelerate launch -m distill.train RECIPE.yaml`, in one process. Recipe keys are distill's (stage, "
         "dataset_path, init_adapter, chat_template, sft_format, max_truncated_share, audit_max_rows, resume) and "
-        "every field of TRL's SFTConfig/DPOConfig and ModelConfig (`python -m distill.train --list-keys sft|dpo` "
+        "every field of TRL's SFTConfig/DPOConfig/GRPOConfig and ModelConfig (`python -m distill.train --list-keys "
+        "sft|dpo|grpo` "
         "lists them); unknown keys are errors. Flags after the recipe (--key value) override the file. The run "
         "writes checkpoints/<run>/ (adapter, tokenizer, run.json, trainer logs) and resumes from its last "
         "checkpoint when rerun.",

@@ -327,3 +327,186 @@ def test_bad_tasks_inputs_are_clear_errors(tiny, tmp_path):
     bad.write_text("".join(json.dumps(r) + "\n" for r in lines))
     with pytest.raises(DistillError, match=r"no_expected.jsonl:3: .*missing key 'expected'.*expected calls"):
         load_train_tasks(str(bad))
+
+
+# --- through `distill train` ---------------------------------------------------------------------------------------
+
+PARIS_ANSWER = (
+    '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris", "unit": "celsius"}}\n</tool_call>'
+)
+
+
+@pytest.fixture(scope="module")
+def policy(tmp_path_factory):
+    """A tiny model that answers the Paris weather task right about 9 times in 10 at temperature 1, and a tasks
+    file with that task and one irrelevance task. A randomly initialised model never writes a call, so every
+    answer in a group would score the same and GRPO would have no gradient; a policy that is sometimes right is
+    what GRPO learns from. Built by 100 plain full-parameter steps on that one answer (seconds)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    root = tmp_path_factory.mktemp("grpo")
+    shutil.copytree(DEBUG / "tiny", root / "tiny")
+    tok = AutoTokenizer.from_pretrained(root / "tiny" / "model")
+    lines = [json.loads(line) for line in open(root / "tiny" / "tasks.jsonl")]
+    keep = [r for r in lines if r["id"] in ("tiny_weather_paris", "tiny_irrelevance_joke")]
+    (root / "tasks.jsonl").write_text("".join(json.dumps(r) + "\n" for r in keep))
+    rows, _ = build_dataset(load_train_tasks(str(root / "tasks.jsonl")), tok)
+    prompt = tok(next(r["prompt"] for r in rows if r["task_id"] == "tiny_weather_paris"))["input_ids"]
+    answer = tok(PARIS_ANSWER, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    ids = torch.tensor([prompt + answer])
+    labels = ids.clone()
+    labels[0, : len(prompt)] = -100
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(root / "tiny" / "model")
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(100):
+        model(input_ids=ids, labels=labels).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    model.save_pretrained(root / "policy")
+    tok.save_pretrained(root / "policy")
+    return root
+
+
+def _train(policy, out, *flags) -> int:
+    from distill.cli import main
+
+    recipe = policy / "tiny_cpu_grpo.yaml"
+    shutil.copy(DEBUG / "tiny_cpu_grpo.yaml", recipe)
+    return main(
+        [
+            "train",
+            str(recipe),
+            "--model_name_or_path",
+            str(policy / "policy"),
+            "--dataset_path",
+            str(policy / "tasks.jsonl"),
+            "--output_dir",
+            str(out),
+            "--max_steps",
+            "1",
+            "--report_to",
+            "none",
+            *flags,
+        ]
+    )
+
+
+def _lora(folder):
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "adapter_model.safetensors"))
+
+
+def test_one_grpo_step_through_distill_train_moves_lora_logs_reward_and_records_it(policy):
+    out = policy / "runs" / "base"
+    assert _train(policy, out) == 0
+    logs = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    step = next(h for h in logs if "reward" in h)
+    assert step["frac_reward_zero_std"] < 1, "the Paris group must hold right and wrong answers"
+    assert 0 < step["reward"] < 1 and 0 < step["rewards/correct/mean"] < 1
+    assert step["verifier/answers_per_s"] > 1000
+    lora = _lora(out)
+    # peft starts every lora_B at zero: any nonzero B is the step's update
+    assert any(v.abs().sum() > 0 for k, v in lora.items() if "lora_B" in k)
+    run = json.loads((out / "run.json").read_text())
+    assert run["stage"] == "grpo" and run["status"] == "finished" and run["global_step"] == 1
+    assert run["config"]["training"]["reward"] == ["fine"]
+    assert run["config"]["training"]["reward_weights"] == [0.5, 0.1, 0.1, 0.1, 0.2]
+    assert run["reward"]["preset"] == "fine" and run["reward"]["components"] == PRESETS["fine"]
+    assert run["reward"]["answers_scored"] == 16 and sum(run["reward"]["errors"].values()) == 16
+    assert run["dataset"]["tasks"]["n"] == 2 and run["dataset"]["tasks"]["fingerprint"].startswith("sha256:")
+    assert run["audit"]["irrelevance_tasks"] == 1
+
+
+def test_grpo_from_an_init_adapter_against_its_frozen_copy(policy):
+    start = policy / "runs" / "base"
+    if not (start / "adapter_model.safetensors").is_file():
+        assert _train(policy, start) == 0
+    out = policy / "runs" / "from-adapter"
+    assert _train(policy, out, "--init_adapter", str(start), "--beta", "0.04", "--reward", "binary") == 0
+    before, after = _lora(start), _lora(out)
+    assert before.keys() == after.keys(), "the saved adapter is the trained one only (no 'ref' copy)"
+    assert any(not torch_equal(before[k], after[k]) for k in before)
+    run = json.loads((out / "run.json").read_text())
+    assert run["init_adapter"] == str(start) and run["reward"]["components"] == {"correct": 1.0}
+    logs = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    assert "kl" in next(h for h in logs if "reward" in h)
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return torch.equal(a, b)
+
+
+def _fail_if_weights_load(monkeypatch):
+    from distill import modeling
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("weights loaded before the input was checked")
+
+    monkeypatch.setattr(modeling, "load_student", refuse)
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (
+            ["--dataset_path", "{tiny}/pairs"],
+            "is a preference dataset; stage grpo trains on a tasks .jsonl file",
+        ),
+        (["--reward", "correct", "formt"], "unknown component(s) 'formt'"),
+        (["--reward_weights", "1", "2"], "reward_weights: 2 weight(s) for 5 reward component(s)"),
+        (["--eval_strategy", "steps"], "key 'eval_strategy' must be 'no' for stage grpo"),
+        (
+            ["--dataset_path", "{tiny}/no_expected.jsonl"],
+            "no_expected.jsonl:1: missing key 'expected' (stage grpo needs every task with its expected calls)",
+        ),
+    ],
+)
+def test_bad_grpo_input_is_a_clear_error_before_weights_load(tiny, flags, message, monkeypatch, capsys):
+    from distill.cli import main
+
+    _fail_if_weights_load(monkeypatch)
+    lines = [json.loads(line) for line in open(tiny / "tasks.jsonl")]
+    del lines[0]["expected"]
+    (tiny / "no_expected.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    recipe = tiny / "grpo.yaml"
+    shutil.copy(DEBUG / "tiny_cpu_grpo.yaml", recipe)
+    flags = [f.format(tiny=tiny) for f in flags]
+    code = main(
+        [
+            "train",
+            str(recipe),
+            "--model_name_or_path",
+            str(tiny / "model"),
+            "--dataset_path",
+            str(tiny / "tasks.jsonl"),
+            "--output_dir",
+            str(tiny / "out"),
+            *flags,
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and message in err, err
+    assert not (tiny / "out" / "run.json").exists()
+
+
+def test_list_keys_grpo(capsys):
+    from distill.train import main
+
+    assert main(["--list-keys", "grpo"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    for key in (
+        "--reward ",
+        "--reward_weights",
+        "--num_generations",
+        "--max_completion_length",
+        "--use_vllm",
+        "--beta",
+        "--init_adapter",
+    ):
+        assert key in out, key
+    assert "'binary' (1 when correct by BFCL's rules" in out

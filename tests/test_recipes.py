@@ -38,7 +38,8 @@ def bf16_gpu(monkeypatch):
 def test_the_recipe_set_is_complete():
     assert len(STUDENTS) >= 6, STUDENTS
     for student in STUDENTS:
-        assert {p.name for p in RECIPES if p.parent.name == student} == {"sft.yaml", "dpo.yaml"}
+        names = {p.name for p in RECIPES if p.parent.name == student}
+        assert {"sft.yaml", "dpo.yaml"} <= names <= {"sft.yaml", "dpo.yaml", "grpo.yaml"}, (student, names)
     assert {p.stem for p in ACCELERATE} == {"single_gpu", "multi_gpu", "zero2", "zero3", "fsdp2_qlora"}
     assert Path("recipes/debug/tiny_cpu.yaml") in RECIPES and (ROOT / "recipes" / "README.md").is_file()
 
@@ -58,7 +59,7 @@ def test_recipe_parses_and_builds_qlora_configs(path, bf16_gpu):
 
     recipe = parse_recipe([str(path)])
     stage = recipe.script.stage
-    assert stage == ("dpo" if "dpo" in path.stem else "sft")
+    assert stage == ("dpo" if "dpo" in path.stem else "grpo" if "grpo" in path.stem else "sft")
     assert recipe.model.use_peft and recipe.model.load_in_4bit
     assert recipe.training.output_dir.startswith("checkpoints/")
     if recipe.script.chat_template:

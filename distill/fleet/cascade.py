@@ -7,8 +7,17 @@
 A function call can be checked without knowing the right answer: it must parse, name a tool that the request
 offers, and its arguments must pass that tool's JSON Schema. That is exactly a verdict's `schema_valid` (the
 verifier's `schema_problem`, what a real API would refuse), so the cascade's decisions on recorded verdicts
-(`fleet eval`) are the decisions `fleet serve` makes on live answers. An answer without a call is accepted: it
-may be a correct abstention, and nothing short of the gold answer tells otherwise.
+(`fleet eval`) are the decisions `fleet serve` makes on live answers.
+
+An answer without a call passes that check, yet it is right only when no offered tool fits; a member that never
+calls would end every cascade. The abstention policy decides (`--abstain-policy`, default `admitted`):
+- `admitted`: a no-call answer is accepted only from a member admitted for abstention on the request's category
+  (fleet.yaml `abstains`, written by `distill fleet admit` from how often its no-call answers were right on that
+  category); otherwise the cascade escalates. The category is the one the request declares or the router infers
+  (its nearest cluster's); a request of unknown category (the plain cascade, without a router) escalates every
+  no-call answer, and the dearest member's answer stands when nobody calls.
+- `accept`: every no-call answer is accepted (the behaviour before the policy existed).
+- `escalate`: every no-call answer escalates.
 
 A member with `best_of: k` in fleet.yaml spends test-time compute instead of escalating: it answers k times,
 the schema-valid answers vote, and the most frequent call wins (ties: the earliest sample); it escalates only
@@ -39,6 +48,7 @@ class Member:
     endpoint: dict | None = None  # {"base_url", "model", ...} for `fleet serve`
     verdicts: Path | None = None
     report: Path | None = None
+    abstains: set[str] = field(default_factory=set)  # categories it is admitted for abstention on (fleet.yaml)
     entry: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -48,6 +58,10 @@ class Member:
 
     def admitted_for(self, category: str | None) -> bool:
         return category is None or self.categories is None or category in self.categories
+
+    def abstains_on(self, category: str | None) -> bool:
+        """Whether a no-call answer of this member is trusted on requests of `category` (never when unknown)."""
+        return category is not None and category in self.abstains
 
 
 def fleet_members(fleet_path: str | os.PathLike) -> list[Member]:
@@ -74,10 +88,13 @@ def fleet_members(fleet_path: str | os.PathLike) -> list[Member]:
         cats = m.get("categories")
         if cats is not None and not (isinstance(cats, list) and all(isinstance(c, str) for c in cats)):
             raise DistillError(f"{where}: 'categories' must be a list of category names")
+        abstains = m.get("abstains") or []
+        if not (isinstance(abstains, list) and all(isinstance(c, str) for c in abstains)):
+            raise DistillError(f"{where}: 'abstains' must be a list of category names")
         members.append(Member(
             name=m["name"], cost=float(cost), categories=None if cats is None else set(cats), best_of=best_of,
             endpoint=endpoint, verdicts=resolve(fleet_path, m.get("verdicts")), report=resolve(fleet_path, m.get("report")),
-            entry=m,
+            abstains=set(abstains), entry=m,
         ))
     return sorted(members, key=lambda x: (x.cost, x.name))
 
@@ -92,6 +109,16 @@ class Outcome:
     accepted: bool  # passed the gold-free check (parsed, known functions, schema-valid)
     correct: bool  # strict: correct by BFCL's rules and schema-valid
     samples: int = 1
+    abstained: bool = False  # the answer returned makes no call
+
+
+NO_CALL_KEY = "[]"  # call_key of an answer without a call
+
+
+def is_abstention(verdict: dict, expects_nothing: bool) -> bool:
+    """Whether the answer behind a verdict made no call: a `no_call` error, or a correct answer to a task whose
+    right answer is to call nothing (`expects_nothing`: the task's `expected` is empty)."""
+    return verdict.get("error") == "no_call" or (expects_nothing and bool(verdict["correct"]))
 
 
 def strict(v: dict) -> bool:
@@ -140,20 +167,22 @@ def vote(samples: list[dict], keys: list[str | None]) -> Outcome:
         return Outcome(False, False, len(samples))
     counts = Counter(k for _, k in valid)
     top = max(counts.values())
-    winner = next(v for v, k in valid if counts[k] == top)  # earliest sample among the most frequent answers
-    return Outcome(True, strict(winner), len(samples))
+    winner, key = next((v, k) for v, k in valid if counts[k] == top)  # earliest sample among the most frequent
+    return Outcome(True, strict(winner), len(samples), key == NO_CALL_KEY)
 
 
 def member_outcomes(
-    member_name: str, verdicts: dict[str, list[dict]], k: int = 1, answers: dict[tuple[str, int], str] | None = None
+    member_name: str, verdicts: dict[str, list[dict]], k: int = 1, answers: dict[tuple[str, int], str] | None = None,
+    expects_nothing: set[str] | frozenset = frozenset(),
 ) -> dict[str, Outcome]:
     """{task_id: Outcome} of a member answering with k samples (k=1: its first sample). best-of-k needs `answers`
-    (the calls of each sample) to vote; a task with fewer than k samples is an error naming the member."""
+    (the calls of each sample) to vote; a task with fewer than k samples is an error naming the member.
+    `expects_nothing`: ids of tasks whose right answer is no call (to tell a correct abstention from a correct call)."""
     out = {}
     for tid, vs in verdicts.items():
         if k == 1:
             v = vs[0]
-            out[tid] = Outcome(bool(v["schema_valid"]), strict(v), 1)
+            out[tid] = Outcome(bool(v["schema_valid"]), strict(v), 1, is_abstention(v, tid in expects_nothing))
             continue
         if len(vs) < k:
             raise DistillError(f"member {member_name!r}: best-of-{k} needs {k} samples per task, task {tid!r} has {len(vs)}")
@@ -176,9 +205,30 @@ class CascadeResult:
     cost: float  # sum of cost x samples over every member tried
 
 
-def run_cascade(ladder: list[Member], outcomes: dict[str, Outcome]) -> CascadeResult:
+ABSTAIN_POLICIES = ("admitted", "accept", "escalate")
+DEFAULT_ABSTAIN_POLICY = "admitted"
+
+
+def check_policy(policy: str) -> str:
+    if policy not in ABSTAIN_POLICIES:
+        raise DistillError(f"--abstain-policy must be one of {', '.join(ABSTAIN_POLICIES)}, got {policy!r}")
+    return policy
+
+
+def abstention_accepted(member: Member, category: str | None, policy: str = DEFAULT_ABSTAIN_POLICY) -> bool:
+    """Whether the cascade stops at a no-call answer of `member` to a request of `category` (see the module doc)."""
+    if policy == "accept":
+        return True
+    if policy == "escalate":
+        return False
+    return member.abstains_on(category)
+
+
+def run_cascade(ladder: list[Member], outcomes: dict[str, Outcome], category: str | None = None,
+                policy: str = DEFAULT_ABSTAIN_POLICY) -> CascadeResult:
     """Walk the ladder (members in the order to try) on one task's outcomes {member: Outcome}: the first accepted
-    answer is returned; when all are rejected, the last member's answer is (it is the best the fleet has)."""
+    answer is returned (a no-call answer only as the abstention policy allows for `category`); when all are
+    rejected, the last member's answer is (it is the best the fleet has)."""
     if not ladder:
         raise DistillError("the cascade has no member to try")
     tried, cost = [], 0.0
@@ -186,7 +236,7 @@ def run_cascade(ladder: list[Member], outcomes: dict[str, Outcome]) -> CascadeRe
         o = outcomes[m.name]
         tried.append(m.name)
         cost += m.cost * o.samples
-        if o.accepted:
+        if o.accepted and (not o.abstained or abstention_accepted(m, category, policy)):
             return CascadeResult(m.name, tried, True, o.correct, cost)
     return CascadeResult(ladder[-1].name, tried, False, outcomes[ladder[-1].name].correct, cost)
 
@@ -229,3 +279,31 @@ def check_answer(task, raw: str | None, tool_calls: list | None = None) -> Check
     if problem is not None:
         return Check(False, problem, parsed.calls)
     return Check(True, "", parsed.calls)
+
+
+def gate(check: Check, member: Member, category: str | None, policy: str = DEFAULT_ABSTAIN_POLICY) -> Check:
+    """`check` with the abstention policy applied: an accepted answer without a call is rejected (the cascade
+    escalates) unless `member` is trusted to abstain on `category`."""
+    if check.accepted and check.calls == [] and not abstention_accepted(member, category, policy):
+        why = ("its abstentions are not admitted for this request's category" if policy == "admitted"
+               else "--abstain-policy escalate")
+        where = f"category {category!r}" if category is not None else "a request of unknown category"
+        return Check(False, f"answered without a call on {where}; {why}", [])
+    return check
+
+
+def choose_answer(task, member: Member, messages: list[dict], category: str | None = None,
+                  policy: str = DEFAULT_ABSTAIN_POLICY) -> tuple[int | None, str]:
+    """Which of one member's answers (OpenAI `message` objects, its `best_of` samples) the cascade returns: the
+    index of the most frequent accepted answer (ties: the earliest), or None and why the first was rejected. A
+    request without tools (task None) cannot be checked: the first answer is returned. What `fleet serve` applies
+    to a member's live answers, and what `fleet eval` replays from verdicts."""
+    if task is None:
+        return 0, ""
+    checks = [gate(check_answer(task, m.get("content"), m.get("tool_calls")), member, category, policy) for m in messages]
+    valid = [(i, c) for i, c in enumerate(checks) if c.accepted]
+    if not valid:
+        return None, checks[0].reason
+    counts = Counter(call_key(c.calls) for _, c in valid)
+    top = max(counts.values())
+    return next(i for i, c in valid if counts[call_key(c.calls)] == top), ""

@@ -11,7 +11,8 @@ what it paid (member cost x samples, for every member it asked). Strategies:
 - each member alone (one sample), and best-of-k of it where its verdicts hold k samples per task;
 - the oracle: the cheapest member that got each task right (an upper bound no router reaches);
 - the cascade: cheapest member first, escalating while the verifier rejects the answer (malformed, unknown
-  function, schema failure: all knowable without the gold answer, so these are the decisions `fleet serve` makes);
+  function, schema failure: all knowable without the gold answer, so these are the decisions `fleet serve` makes)
+  and on an answer without a call unless the abstention policy trusts it (--abstain-policy, distill.fleet.cascade);
 - the cluster router over a sweep of alpha (its pick answers, whatever the verifier says);
 - router + cascade over the same sweep (the router's pick first, then up the cost ladder).
 Requests are taken not to declare their category (as at serving time): the router infers it from the nearest cluster.
@@ -31,9 +32,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from distill.fleet.cascade import (
+    ABSTAIN_POLICIES,
+    DEFAULT_ABSTAIN_POLICY,
     CascadeResult,
     Member,
     Outcome,
+    check_policy,
     cost_ladder,
     fleet_members,
     member_outcomes,
@@ -50,7 +54,8 @@ DEFAULT_ALPHAS = tuple(round(a / 10, 1) for a in range(11))
 @dataclass
 class Strategy:
     name: str
-    kind: str  # single | oracle | cascade | router | router+cascade
+    kind: str  # single | oracle | cascade | router | router+cascade, or "cascade [accept]" and "router+cascade [accept]"
+    # (the same with every no-call answer accepted, for comparison)
     results: dict[str, CascadeResult]  # task id -> what happened
     alpha: float | None = None
     k: int | None = None
@@ -143,10 +148,13 @@ def _verdict_overrides(pairs: list[str]) -> dict[str, Path]:
 
 
 def evaluate_fleet(fleet_path, tasks_path, *, router_dir=None, alphas=DEFAULT_ALPHAS, teacher=None, teacher_cost=None,
-                   verdicts: list[str] | None = None, best_of_sweep=(3, 5)) -> dict:
-    """Every strategy's numbers on the held-out tasks: {"rows": [...], "teacher": name, "answer": {...}, ...}."""
+                   verdicts: list[str] | None = None, best_of_sweep=(3, 5), abstain_policy=DEFAULT_ABSTAIN_POLICY) -> dict:
+    """Every strategy's numbers on the held-out tasks: {"rows": [...], "teacher": name, "answer": {...}, ...}.
+    The cascades follow `abstain_policy` (see distill.fleet.cascade); with a policy other than `accept`, rows with
+    every no-call answer accepted are added for comparison (`[accept]`)."""
     from eval.tasks import load_tasks
 
+    check_policy(abstain_policy)
     members = fleet_members(fleet_path)
     teacher_m, added = _teacher_member(teacher, teacher_cost, members)
     if added:
@@ -157,6 +165,7 @@ def evaluate_fleet(fleet_path, tasks_path, *, router_dir=None, alphas=DEFAULT_AL
         raise DistillError(f"--verdicts names {', '.join(sorted(unknown))}, not in the fleet ({', '.join(m.name for m in members)})")
     tasks = load_tasks(tasks_path)
     ids = list(tasks)
+    nothing = {t for t, task in tasks.items() if not task.expected}  # right answer: no call
 
     # outcomes[task][member] as each member answers inside the fleet (its best_of), and single-model variants
     outcomes: dict[str, dict[str, Outcome]] = {t: {} for t in ids}
@@ -183,7 +192,7 @@ def evaluate_fleet(fleet_path, tasks_path, *, router_dir=None, alphas=DEFAULT_AL
                     raise DistillError(f"member {m.name!r} has best_of {k}: its verdicts need {k} samples per task "
                                        f"(found {n_samples}) and the answers in {traces}")
                 continue
-            out = member_outcomes(m.name, vs, k, answers)
+            out = member_outcomes(m.name, vs, k, answers, nothing)
             singles.append(_single(m, out, k))
             if k == m.best_of:
                 for t, o in out.items():
@@ -193,7 +202,12 @@ def evaluate_fleet(fleet_path, tasks_path, *, router_dir=None, alphas=DEFAULT_AL
     ladder = cost_ladder(members)  # requests declare no category: every member is suitable
     strategies = list(singles)
     strategies.append(_oracle(ladder, outcomes, ids))
-    strategies.append(Strategy("cascade", "cascade", {t: run_cascade(ladder, outcomes[t]) for t in ids}))
+    compare = abstain_policy != "accept"
+    strategies.append(Strategy("cascade", "cascade", {t: run_cascade(ladder, outcomes[t], None, abstain_policy)
+                                                      for t in ids}))
+    if compare:
+        strategies.append(Strategy("cascade [accept]", "cascade [accept]", {t: run_cascade(ladder, outcomes[t], None, "accept")
+                                                                   for t in ids}))
 
     router = None
     notes = []
@@ -215,8 +229,11 @@ def evaluate_fleet(fleet_path, tasks_path, *, router_dir=None, alphas=DEFAULT_AL
                 m, o = d.pick, outcomes[t][d.pick.name]
                 picks[t] = CascadeResult(m.name, [m.name], o.accepted, o.correct, m.cost * o.samples)
             strategies.append(Strategy(f"router a={a:g}", "router", picks, alpha=a))
-            strategies.append(Strategy(f"router+cascade a={a:g}", "router+cascade",
-                                       {t: run_cascade(d.ladder, outcomes[t]) for t, d in decisions.items()}, alpha=a))
+            strategies.append(Strategy(f"router+cascade a={a:g}", "router+cascade", {
+                t: run_cascade(d.ladder, outcomes[t], d.category, abstain_policy) for t, d in decisions.items()}, alpha=a))
+            if compare and a == router.alpha:
+                strategies.append(Strategy(f"router+cascade a={a:g} [accept]", "router+cascade [accept]", {
+                    t: run_cascade(d.ladder, outcomes[t], d.category, "accept") for t, d in decisions.items()}))
     else:
         notes.append("no router: fit one with `distill fleet fit` (or pass --router) to see the router strategies")
 
@@ -233,8 +250,10 @@ def evaluate_fleet(fleet_path, tasks_path, *, router_dir=None, alphas=DEFAULT_AL
         "tasks": str(tasks_path), "n": len(ids), "fleet": str(fleet_path), "teacher": teacher_m.name,
         "teacher_cost": teacher_m.request_cost, "router": str(router_dir) if router_dir else None,
         "router_alpha": router.alpha if router else None,
+        "router_predictor": router.predictor if router else None, "abstain_policy": abstain_policy,
         "members": [{"name": m.name, "cost": m.cost, "best_of": m.best_of,
-                     "categories": sorted(m.categories) if m.categories is not None else None} for m in members],
+                     "categories": sorted(m.categories) if m.categories is not None else None,
+                     "abstains": sorted(m.abstains)} for m in members],
         "rows": rows, "answer": answer, "best_of_vs_larger": test_time, "notes": notes,
         "_strategies": strategies, "_tasks": tasks,
     }
@@ -289,7 +308,8 @@ def _answer(rows: list[dict], teacher: dict) -> dict:
 def _router_label(result: dict) -> str:
     if result["router"] is None:
         return "none"
-    return f"{result['router']} (fit with alpha {result['router_alpha']:g})"
+    return (f"{result['router']} (fit with alpha {result['router_alpha']:g}, predictor "
+            f"{result.get('router_predictor') or 'clusters'})")
 
 
 def _markdown(result: dict) -> str:
@@ -299,7 +319,9 @@ def _markdown(result: dict) -> str:
         "# Fleet evaluation",
         "",
         f"{result['n']} held-out tasks ({result['tasks']}); teacher: **{t}** (cost {result['teacher_cost']:g} per "
-        f"request); router: {_router_label(result)}.",
+        f"request); router: {_router_label(result)}; abstention policy: {result.get('abstain_policy', 'accept')} "
+        f"(a no-call answer ends a cascade only from a member admitted for abstention on the request's category; "
+        f"`[accept]` rows accept every no-call answer).",
         "",
         "**Does the fleet beat the teacher?** " + result["answer"]["text"],
         "",
@@ -401,7 +423,8 @@ def eval_cli(args) -> int:
             raise DistillError(f"--alphas {args.alphas!r}: every alpha must be in [0, 1]")
     sweep = tuple(int(k) for k in args.best_of.split(",")) if args.best_of else ()
     result = evaluate_fleet(args.fleet, args.tasks, router_dir=args.router, alphas=alphas, teacher=args.teacher,
-                            teacher_cost=args.teacher_cost, verdicts=args.verdicts, best_of_sweep=sweep)
+                            teacher_cost=args.teacher_cost, verdicts=args.verdicts, best_of_sweep=sweep,
+                            abstain_policy=args.abstain_policy)
     paths = write_outputs(result, Path(args.out), plots=not args.no_plots)
     print(_markdown({k: v for k, v in result.items() if not k.startswith("_")}))
     print(f"distill fleet eval: wrote {', '.join(str(p) for p in paths)}")
@@ -445,5 +468,10 @@ def add_parser(actions: argparse._SubParsersAction) -> None:
     e.add_argument("--best-of", default="3,5", metavar="K,K", help="best-of-k rows for members whose verdicts hold k "
                    "samples per task, to compare k samples of a small model with one of a larger (default: %(default)s; "
                    "'' for none)")
+    e.add_argument("--abstain-policy", choices=ABSTAIN_POLICIES, default=DEFAULT_ABSTAIN_POLICY,
+                   help="when a cascade stops at an answer without a call: admitted = only from a member admitted for "
+                   "abstention on the request's category (fleet.yaml `abstains`; the router infers the category, the "
+                   "plain cascade knows none and escalates), accept = always, escalate = never; rows with `accept` are "
+                   "added for comparison (default: %(default)s)")
     e.add_argument("--no-plots", action="store_true", help="skip pareto.png")
     e.set_defaults(run=eval_cli)

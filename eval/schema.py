@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 import jsonschema
 import jsonschema_rs
 
+from eval.parse import clip
+
 # BFCL-style match semantics per JSON Schema type: the Python type a value must have (see eval/match.py).
 # A property without a single type is treated like BFCL's "any", which BFCL checks as a string.
 PY_TYPES = {"string": str, "integer": int, "number": float, "boolean": bool, "array": list, "object": dict}
@@ -43,13 +45,19 @@ class ToolSpec:
     validator: object = field(repr=False)  # jsonschema_rs validator
 
     def validate(self, arguments: dict) -> str | None:
-        """None when the arguments pass the schema, else the first error as 'path: message'."""
-        if self.validator.is_valid(arguments):
-            return None
-        # evaluate() reports errors as plain dicts, about 3x cheaper than building ValidationError objects
-        for err in self.validator.evaluate(arguments).errors():
-            path = err["instanceLocation"].lstrip("/").replace("/", ".")
-            return f"{path}: {err['error']}" if path else err["error"]
+        """None when the arguments pass the schema, else the first error as 'path: message', cut to a few
+        hundred characters (the validator's message quotes the failing value whole)."""
+        try:
+            if self.validator.is_valid(arguments):
+                return None
+            # evaluate() reports errors as plain dicts, about 3x cheaper than building ValidationError objects
+            for err in self.validator.evaluate(arguments).errors():
+                path = err["instanceLocation"].lstrip("/").replace("/", ".")
+                return clip(f"{path}: {err['error']}" if path else err["error"])
+        except (ValueError, TypeError, UnicodeError, RecursionError) as e:
+            # what jsonschema-rs raises for values JSON cannot carry (eval.parse.calls_problem rules them out
+            # before a check; arguments built in Python may still hold them)
+            return clip(f"arguments cannot be checked against the schema ({type(e).__name__}: {e})")
         return "invalid"  # is_valid and evaluate disagree only on validator bugs
 
 
@@ -76,7 +84,10 @@ def _checked_and_compiled(name: str, params: dict):
         return v
     # jsonschema-rs answers "is this a valid schema?" in microseconds; jsonschema (8 ms a schema) is asked only
     # for the readable error of one that is not.
-    error = None if jsonschema_rs.meta.is_valid(params) else jsonschema.exceptions.best_match(_META.iter_errors(params))
+    try:
+        error = None if jsonschema_rs.meta.is_valid(params) else jsonschema.exceptions.best_match(_META.iter_errors(params))
+    except (RecursionError, ValueError) as e:  # jsonschema recurses per level; jsonschema-rs stops at 255 levels
+        raise SchemaError(f"tool {name!r}: schema cannot be checked ({type(e).__name__}: {str(e)[:100]})") from None
     if error is not None:
         where = "/".join(str(p) for p in error.absolute_path) or "(root)"
         raise SchemaError(f"tool {name!r}: invalid JSON Schema at parameters/{where}: {error.message}")

@@ -6,7 +6,10 @@
      "expected": [{"name": "get_weather", "arguments": {"city": ["Paris"], "unit": ["celsius", ""]}}]}
 
 `load_tasks` checks every record once (keys, types, tool schemas, expected calls naming listed tools) and
-compiles the validators, so verifying a trace later re-parses nothing. Errors name the file, line and task.
+compiles the validators, so verifying a trace later re-parses nothing. Errors name the file, line and task, for
+any content: besides what `read_jsonl` refuses (bytes that are not UTF-8, numbers past Python's 4,300-digit limit,
+nesting past its recursion limit), a record nested deeper than MAX_TASK_NESTING levels (the schema checkers
+recurse) or holding text UTF-8 cannot store (a lone surrogate, a legal JSON escape) is refused here.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from pathlib import Path
 
 from eval.io import DistillError, read_jsonl
 from eval.schema import SchemaError, ToolSpec, compile_tool
+
+MAX_TASK_NESTING = 64  # lists/objects in one task record (BFCL's deepest: 10; the schema checkers recurse)
 
 
 @dataclass
@@ -48,6 +53,9 @@ def task_from_dict(record: dict, where: str = "task") -> Task:
         if not isinstance(record[key], typ):
             _fail(where, f"key {key!r} must be a {typ.__name__}, got {type(record[key]).__name__}")
     tid = record["id"]
+    problem = _json_problem(record)
+    if problem is not None:
+        _fail(f"{where} (task {tid[:100]!r})", problem)
     where = f"{where} (task {tid!r})"
     category = record.get("category", "default")
     if not isinstance(category, str):
@@ -85,6 +93,27 @@ def task_from_dict(record: dict, where: str = "task") -> Task:
     )
     task.matcher = compile_expected(task.expected, specs)
     return task
+
+
+def _json_problem(record: dict) -> str | None:
+    """Why a decoded record cannot be checked and stored again (too deep, a lone surrogate), or None."""
+    stack = [(record, "", 1)]
+    while stack:
+        value, path, depth = stack.pop()
+        if depth > MAX_TASK_NESTING:
+            return f"nested deeper than {MAX_TASK_NESTING} levels (at {path[1:][:120] or 'the top'})"
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        for key, v in items:
+            here = f"{path}.{key}" if isinstance(key, str) else f"{path}[{key}]"
+            for text in (key, v):
+                if isinstance(text, str) and not text.isascii():
+                    try:
+                        text.encode("utf-8")
+                    except UnicodeEncodeError:
+                        return f"text that UTF-8 cannot store (a lone surrogate such as \\ud800) at {here[1:][:120]}"
+            if isinstance(v, (dict, list)):
+                stack.append((v, here, depth + 1))
+    return None
 
 
 def load_tasks(path: str | os.PathLike) -> dict[str, Task]:

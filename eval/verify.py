@@ -7,12 +7,19 @@
 ERROR is the first that applies, in this order: malformed, no_call, unexpected_call, unknown_function,
 schema_violation, wrong_function, wrong_count, wrong_value; `ok` when the answer is correct. The same function
 filters the teacher's traces, labels rejected answers and scores the students.
+
+Model output is untrusted: `verify` returns a verdict for any trace (any text, any `tool_calls` structure, even a
+trace that is not a dict) and never raises; what the parser cannot represent as JSON is `malformed` (see
+eval/parse.py for the limits); the detail is at most MAX_DETAIL_CHARS characters, and every verdict can be
+written as UTF-8 JSON.
 """
 
 from __future__ import annotations
 
+import math
+
 from eval import match as m
-from eval.parse import CALLS, MALFORMED, Parsed, parse_output
+from eval.parse import CALLS, MALFORMED, Parsed, calls_problem, clip, parse_output, parse_tool_calls, short_repr
 from eval.tasks import Task
 
 ERRORS = (
@@ -33,15 +40,19 @@ _SCHEMA_KINDS = {m.MISSING_REQUIRED, m.TYPE_ERROR, m.UNKNOWN_PARAM}
 
 def parse_trace(trace: dict) -> Parsed:
     """The calls of a trace: its `tool_calls` when present (null = malformed, [] = no call), else its `raw`."""
+    if not isinstance(trace, dict):
+        return Parsed(MALFORMED, None, "text", f"a trace must be an object, got {type(trace).__name__}")
     if "tool_calls" in trace:
         tc = trace["tool_calls"]
         if tc is None:
             return Parsed(MALFORMED, None, "text", "recorded as unparseable")
-        if tc == []:
+        if type(tc) is list and not tc:
             return Parsed("no_call", [], "text", "recorded as no call")
-        if isinstance(tc, list) and all(type(c) is dict and type(c.get("arguments")) is dict and type(c.get("name")) is str for c in tc):
-            return Parsed(CALLS, tc, "openai", "")  # already canonical: skip re-normalising
-        return parse_output(None, tc)
+        if type(tc) is list and all(type(c) is dict and type(c.get("arguments")) is dict and type(c.get("name")) is str for c in tc):
+            # already canonical: skip re-normalising, but check it holds only what JSON can carry
+            problem = calls_problem(tc)
+            return Parsed(CALLS, tc, "openai", "") if problem is None else Parsed(MALFORMED, None, "openai", problem)
+        return parse_tool_calls(tc)
     return parse_output(trace.get("raw"))
 
 
@@ -52,7 +63,7 @@ def schema_problem(task: Task, calls: list[dict]) -> str | None:
     for call in calls:
         spec = specs.get(call["name"])
         if spec is None:
-            return f"unknown function {call['name']!r}"
+            return f"unknown function {short_repr(call['name'])}"
         err = spec.validate(call["arguments"])
         if err is not None:
             return f"{call['name']}: {err}"
@@ -82,7 +93,7 @@ def judge(task: Task, parsed: Parsed) -> tuple[bool, bool, str, str]:
             return True, True, OK, ""
         return False, True, "no_call", parsed.detail or "answered without a call"
     if not expected:
-        return False, schema_valid, "unexpected_call", _join(f"called {', '.join(c['name'] for c in calls)} where no call was expected", problem)
+        return False, schema_valid, "unexpected_call", _join(f"called {_names(calls)} where no call was expected", problem)
     kind, detail = m.match_calls(expected, calls)
     if kind == m.OK:
         return True, schema_valid, OK, "" if schema_valid else f"correct by BFCL's rules, but: {problem}"
@@ -93,7 +104,7 @@ def judge(task: Task, parsed: Parsed) -> tuple[bool, bool, str, str]:
     if kind in _SCHEMA_KINDS and _all_expected_names(expected, calls):
         return False, True, "schema_violation", detail
     if _is_wrong_function(expected, calls):
-        return False, True, "wrong_function", _join(f"called {[c['name'] for c in calls]}, expected {[e.name for e in expected]}", detail)
+        return False, True, "wrong_function", _join(f"called [{_names(calls)}], expected {[e.name for e in expected]}", detail)
     if len(calls) != len(expected):
         return False, True, "wrong_count", detail
     return False, True, "wrong_value", detail
@@ -108,19 +119,51 @@ def _join(a: str, b: str | None) -> str:
     return f"{a}; {b}" if b else a
 
 
+def _names(calls: list[dict], shown: int = 5) -> str:
+    names = ", ".join(short_repr(c["name"], 40) for c in calls[:shown])
+    return names if len(calls) <= shown else f"{names} and {len(calls) - shown:,} more"
+
+
+_BIG = 10**100  # an echoed integer past this is shown as text (JSON writers refuse those past 4,300 digits)
+
+
+def _echo(value):
+    """A trace's identifying field (model, sample) as the verdict can store it: JSON scalars as they are, anything
+    else (or a string UTF-8 cannot store) as a short repr."""
+    t = type(value)
+    if t is str:
+        return value if len(value) <= 1000 and value.isascii() else clip(value, 1000)
+    if value is None or t is bool or (t is float and math.isfinite(value)) or (t is int and -_BIG < value < _BIG):
+        return value
+    return short_repr(value, 100)
+
+
 def verify(task: Task, trace: dict) -> dict:
     """The verdict for one trace (see the module docstring), with the task's category and whether the output
-    parsed at all (`format_valid`)."""
-    parsed = parse_trace(trace)
-    correct, schema_valid, error, detail = judge(task, parsed)
+    parsed at all (`format_valid`). Never raises."""
+    try:
+        parsed = parse_trace(trace)
+        correct, schema_valid, error, detail = judge(task, parsed)
+        format_valid = parsed.status != MALFORMED
+    except Exception as e:  # a last resort, never expected: the fuzz tests assert this detail never appears
+        correct, schema_valid, error, format_valid = False, False, "malformed", False
+        detail = f"{INTERNAL_ERROR}: {type(e).__name__}"
+    model, sample = (trace.get("model"), trace.get("sample", 0)) if isinstance(trace, dict) else (None, 0)
+    if not (type(model) is str and len(model) <= 1000 and model.isascii()):
+        model = _echo(model)
+    if not (type(sample) is int and -_BIG < sample < _BIG):
+        sample = _echo(sample)
     return {
         "task_id": task.id,
-        "model": trace.get("model"),
-        "sample": trace.get("sample", 0),
+        "model": model,
+        "sample": sample,
         "category": task.category,
         "correct": correct,
         "schema_valid": schema_valid,
-        "format_valid": parsed.status != MALFORMED,
+        "format_valid": format_valid,
         "error": error,
-        "detail": detail,
+        "detail": clip(detail) if detail else detail,
     }
+
+
+INTERNAL_ERROR = "the verifier could not check this output"

@@ -2,12 +2,26 @@
 
 import json
 import keyword
+import re
 import string
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from eval.parse import CALLS, FORMATS, MALFORMED, NO_CALL, parse_output, render
+from eval.parse import (
+    CALLS,
+    FORMATS,
+    MALFORMED,
+    MAX_OUTPUT_CHARS,
+    NO_CALL,
+    _drop_think,
+    _fenced_body,
+    _strip_end_tokens,
+    parse_output,
+    render,
+    short_repr,
+)
 
 # JSON-representable argument values (no NaN/inf: JSON cannot carry them).
 scalars = st.one_of(
@@ -105,3 +119,82 @@ def test_python_syntax_is_read_never_executed(tmp_path):
     args = p.calls[0]["arguments"]
     assert args["b"] == "2 ** 3" and args["c"] == -1.5 and args["d"] == [1, 2]
     assert isinstance(args["a"], str)
+
+
+# The linear rewrites of three regex passes must find what the regexes found (the regexes were quadratic on
+# unclosed <think>, ``` without a newline and trailing end tokens).
+_OLD_THINK = re.compile(r"<think>.*?</think>", re.S)
+_OLD_FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[^\n]*\n(.*?)(?:```|$)", re.S)
+_PIECES = ["<think>", "</think>", "```", "\n", " ", "x", "{", "<|im_end|>", "</s>", "<|eot_id|>", "json"]
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.sampled_from(_PIECES), max_size=12).map("".join))
+def test_linear_scans_match_the_regexes_they_replace(text):
+    assert _drop_think(text) == _OLD_THINK.sub("", text)
+    m = _OLD_FENCE.search(text)
+    body = _fenced_body(text)
+    assert (m is None) == (body is None)
+    if m is not None:
+        assert body.strip() == m.group(2).strip()
+    old = text.strip()
+    changed = True
+    while changed:
+        changed = False
+        for tok in ("<|eom_id|>", "<|eot_id|>", "<|im_end|>", "</s>", "<|end|>", "<end_of_turn>", "<|endoftext|>"):
+            if old.endswith(tok):
+                old, changed = old[: -len(tok)].rstrip(), True
+    assert _strip_end_tokens(text) == old
+
+
+def test_embedded_json_is_found_past_broken_and_non_call_json():
+    p = parse_output('Use {braces} and [1, 2]; {"a": 1, oops} then {"name": "f", "arguments": {"x": "}"}} ok')
+    assert p.calls == [{"name": "f", "arguments": {"x": "}"}}]
+    p = parse_output('The result: {"data": {"name": "g", "parameters": {"y": 2}}}.')
+    assert p.calls == [{"name": "g", "arguments": {"y": 2}}]
+    p = parse_output('Two: [{"name": "a", "arguments": {}}, {"name": "b", "arguments": {}}] done')
+    assert [c["name"] for c in p.calls] == ["a", "b"]
+    assert parse_output('Just a dict {"name": "x"} without arguments').status == NO_CALL
+
+
+@pytest.mark.parametrize(
+    "raw, fragment",
+    [
+        ("[f(a=b'x')]", "bytes"),
+        ("[f(a=1j)]", "complex"),
+        ("[f(a=...)]", "ellipsis"),
+        ("[f(a={1: 2})]", "not a string"),
+        ("[f(a={[1]: 2})]", "not a string"),
+        ("[f(a=g(**k))]", "unpacking"),
+        ("{'name': 'f', 'arguments': {'a': b'x'}}", "not valid JSON"),
+        ('{"name": "f", "arguments": {"a": NaN}}', "nan"),
+        ('{"name": "f", "arguments": {"a": "\\ud800"}}', "lone surrogate"),
+        ('{"name": "f", "arguments": {"\\udfff": 1}}', "lone surrogate"),
+        ('{"name": "f", "arguments": {"a": ' + "1" * 5000 + "}}", "4,300 digits"),
+        ("[f(a=0x" + "f" * 3600 + ")]", "4,000 digits"),
+        ('{"name": "f", "arguments": {"a": ' + "[" * 150 + "]" * 150 + "}}", "deeper than 100"),
+        ("[f(a=" + "[" * 150 + "]" * 150 + ")]", "nested"),
+        ("[" + "f(a=1), " * 1001 + "]", "more than 1,000 calls"),
+    ],
+)
+def test_calls_json_cannot_carry_are_malformed_with_a_reason(raw, fragment):
+    p = parse_output(raw)
+    assert p.status == MALFORMED, p
+    assert fragment in p.detail and len(p.detail) < 200
+
+
+def test_output_past_the_size_cap_is_malformed_unread():
+    p = parse_output("x" * (MAX_OUTPUT_CHARS + 1))
+    assert p.status == MALFORMED and f"{MAX_OUTPUT_CHARS:,}" in p.detail
+    assert parse_output("x" * MAX_OUTPUT_CHARS).status == NO_CALL
+
+
+def test_short_repr_never_raises_and_stays_short():
+    class Hostile:
+        def __repr__(self):
+            raise RuntimeError("no")
+
+    for value in ("x" * 10**6, 10**5000, [[1] * 10**5], {"k": "v" * 10**5}, Hostile(), "\ud800" * 100):
+        text = short_repr(value)
+        assert len(text) <= 60
+        text.encode("utf-8")

@@ -142,3 +142,25 @@ def test_bad_json_line_and_duplicates(tmp_path):
 def test_validators_are_compiled_once_per_distinct_schema():
     a, b = _task([], tid="a"), _task([], tid="b")
     assert a.specs["get_weather"].validator is b.specs["get_weather"].validator
+
+
+GOOD_TASK = {"id": "a", "messages": [{"role": "user", "content": "q"}], "tools": [WEATHER], "expected": []}
+
+
+@pytest.mark.parametrize(
+    "line, fragment",
+    [
+        (b'{"id": "b", "x": ' + b"1" * 5000 + b"}", "4300 digits"),
+        (b'{"id": "b", "x": ' + b"[" * 3000 + b"]" * 3000 + b"}", "nested too deeply"),
+        (bytes(range(128, 256)) + b"\x00\xff garbage", "not UTF-8"),
+        (json.dumps({**GOOD_TASK, "id": "b", "x": "\ud800"}).encode(), "lone surrogate"),
+        (json.dumps({**GOOD_TASK, "id": "b", "x": json.loads("[" * 100 + "]" * 100)}).encode(), "nested deeper than 64"),
+    ],
+    ids=["5000-digit number", "3000-deep nesting", "binary garbage", "lone surrogate", "100-deep nesting"],
+)
+def test_unreadable_task_lines_are_errors_naming_file_and_line(tmp_path, line, fragment):
+    path = tmp_path / "t.jsonl"
+    path.write_bytes(json.dumps(GOOD_TASK).encode() + b"\n" + line + b"\n")
+    with pytest.raises(DistillError) as e:
+        load_tasks(path)
+    assert "t.jsonl:2" in str(e.value) and fragment in str(e.value)

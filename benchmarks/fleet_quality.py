@@ -1,0 +1,425 @@
+"""The real fleet, measured: do real small students, routed per request, beat every one of them?
+
+    # 2-core CPU (what ran for benchmarks/results/fleet-<date>-cpu/; ~2.5 h, every model job under the heavy lock):
+    OMP_NUM_THREADS=2 python benchmarks/fleet_quality.py --lock /tmp/distill-heavy.lock --calib-per-category 20 \\
+        --eval-per-category 20 --train-per-category 40 --steps 12 --max-new-tokens 96
+    # one GPU (the 500 held-out tasks; member evaluations ~10 min on an H200):
+    python benchmarks/fleet_quality.py --device cuda --eval-categories \\
+        simple_python,multiple,parallel,parallel_multiple,irrelevance --eval-per-category 100 \\
+        --train-categories live_simple,live_multiple,live_parallel,live_parallel_multiple,live_irrelevance \\
+        --calib-per-category 60 --train-per-category 200 --steps 100 --batch-size 64 --max-task-chars 0
+
+Members (each a real model, evaluated greedily by `distill eval`):
+    smollm2-base   SmolLM2-135M-Instruct (pkg:smollm2-135m-instruct) with the Hermes tool template
+    smollm2-sft    an SFT student of it: LoRA with recipes/demo/sft.yaml on the verified answers of the training
+                   tasks (--steps optimizer steps of --train-batch-size examples)
+    gemma-fewshot  Gemma 3 270M (pkg:gemma-3-270m), a base model, with the few-shot completion prompt (as
+                   `distill demo` uses it as the teacher)
+Their cost is their parameter count in billions (`distill fleet admit` reads it from the config).
+
+Data: BFCL. The training categories (--train-categories, BFCL's live, user-contributed tasks) are split by a
+seeded draw into the SFT student's training tasks and a disjoint calibration split (--calib-per-category per
+category); the held-out tasks are the non-live categories (--eval-categories). No task is in two splits, and
+nothing is chosen by looking at held-out results: admission thresholds, the router's settings (chosen by
+cross-validation on the calibration split, `fleet fit --predictor auto`) and the cascade policy are fixed before
+the held-out evaluation is read.
+
+Stages (each a distill command, printed, its output kept in --out and skipped on a rerun):
+    import, split, pairs, train sft, eval <member> calib, eval <member> heldout,
+    admit <member> (on its calibration report), fit (router on calibration), fleet eval (held-out verdicts),
+    live: `distill serve` per member + `distill fleet serve` in front of them on 127.0.0.1, a handful of
+    held-out requests answered live, and the live decisions compared with fleet eval's replayed ones.
+
+Writes --results/fleet-<date>-<cpu|gpu>/: fleet_eval.json, fleet_eval.md, pareto.png (the selected router),
+clusters/ (the same with the k-means-only router, for comparison), live.json, and README.md (the reading: targets
+met or missed, by how much, and why).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from distill.demo import Stage, _rel  # noqa: E402
+
+TEACHER_TEMPLATE = "hermes_tool.jinja"
+MEMBERS = ("smollm2-base", "smollm2-sft", "gemma-fewshot")
+
+
+def _template() -> Path:
+    for folder in ("data_gen/templates", "distill/templates"):  # where the Hermes tool template is shipped
+        if (REPO / folder / TEACHER_TEMPLATE).is_file():
+            return REPO / folder / TEACHER_TEMPLATE
+    raise SystemExit(f"{TEACHER_TEMPLATE} not found in the checkout")
+
+
+def member_model_args(name: str, out: Path) -> list[str]:
+    """The `distill eval` / `distill serve` model flags of a member."""
+    if name == "smollm2-base":
+        return ["--model", "pkg:smollm2-135m-instruct", "--chat-template", _rel(_template())]
+    if name == "smollm2-sft":
+        return ["--adapter", _rel(out / "checkpoints" / "sft")]
+    if name == "gemma-fewshot":
+        return ["--model", "pkg:gemma-3-270m"]
+    raise ValueError(name)
+
+
+def serve_model_args(name: str, out: Path) -> list[str]:
+    """The `distill serve` model argument and flags of a member (the same model, template and adapter as its eval)."""
+    if name == "smollm2-base":
+        return ["pkg:smollm2-135m-instruct", "--chat-template", _rel(_template())]
+    if name == "smollm2-sft":
+        return [_rel(out / "checkpoints" / "sft")]
+    if name == "gemma-fewshot":
+        return ["pkg:gemma-3-270m"]
+    raise ValueError(name)
+
+
+def split_tasks(args) -> None:
+    """train_tasks.jsonl, calib.jsonl (disjoint, from the training categories) and heldout.jsonl, by a seeded draw
+    per category. --max-task-chars drops tasks whose JSON is longer (CPU runs: a few live_multiple tasks carry
+    20k+ characters of tool schemas, minutes of prompt for each member); 0 keeps every task."""
+    from eval.io import read_jsonl, write_jsonl
+
+    out = Path(args.out)
+    rng = random.Random(args.seed)
+
+    def by_category(path: Path) -> dict[str, list[dict]]:
+        cats: dict[str, list[dict]] = {}
+        for _, r in read_jsonl(path):
+            if args.max_task_chars and len(json.dumps(r)) > args.max_task_chars:
+                continue
+            cats.setdefault(r["category"], []).append(r)
+        return cats
+
+    train, calib, held = [], [], []
+    for _, rows in sorted(by_category(out / "train_source.jsonl").items()):
+        rows = sorted(rows, key=lambda r: r["id"])
+        rng.shuffle(rows)
+        calib += rows[: args.calib_per_category]
+        train += rows[args.calib_per_category: args.calib_per_category + (args.train_per_category or len(rows))]
+    for _, rows in sorted(by_category(out / "heldout_source.jsonl").items()):
+        rows = sorted(rows, key=lambda r: r["id"])
+        rng.shuffle(rows)
+        held += rows[: args.eval_per_category or len(rows)]
+    write_jsonl(out / "calib.jsonl", calib)
+    write_jsonl(out / "heldout.jsonl", held)
+    write_jsonl(out / "train_tasks.jsonl", train)  # last: its existence marks the stage done
+
+
+def plan(args) -> list[Stage]:
+    out = Path(args.out)
+    o = lambda *parts: _rel(out.joinpath(*parts))  # noqa: E731
+    ev = ["--batch-size", str(args.batch_size), "--max-new-tokens", str(args.max_new_tokens), "--device", args.device,
+          "--dtype", args.dtype, "--temperature", "0"]
+    stages = [
+        Stage("import", "training categories", out / "train_source.jsonl",
+              ["import", "bfcl", "--categories", args.train_categories, "--out", o("train_source.jsonl")]),
+        Stage("import", "held-out categories", out / "heldout_source.jsonl",
+              ["import", "bfcl", "--categories", args.eval_categories, "--out", o("heldout_source.jsonl")]),
+        Stage("split", "training, calibration and held-out tasks (seeded draw per category)",
+              out / "train_tasks.jsonl", ["python:split"]),
+        Stage("pairs", "verified answers of the training tasks (SFT data)", out / "pairs" / "pairs_stats.json",
+              ["pairs", "--tasks", o("train_tasks.jsonl"), "--chosen-from", "gold", "--synthetic", "1",
+               "--max-pairs-per-task", "1", "--test-size", "0", "--seed", str(args.seed), "--out", o("pairs")]),
+        Stage("train sft", f"SFT student: {args.steps} steps", out / "checkpoints" / "sft" / "adapter_model.safetensors",
+              ["train", _rel(REPO / "recipes" / "demo" / "sft.yaml"), "--dataset_path", o("pairs"),
+               "--per_device_train_batch_size", str(args.train_batch_size), "--use_cpu", str(args.device == "cpu").lower(),
+               "--load_in_4bit", "false", "--max_length", str(args.max_length), "--output_dir", o("checkpoints", "sft"),
+               "--max_steps", str(args.steps), "--save_steps", str(args.steps)]),
+    ]
+    for name in MEMBERS:
+        for split in ("calib", "heldout"):
+            stages.append(Stage(f"eval {name} {split}", f"{name} on the {split} tasks",
+                                out / "members" / name / split / "report.json",
+                                ["eval", *member_model_args(name, out), "--tasks", o(f"{split}.jsonl"), *ev,
+                                 "--no-plots", "--out", o("members", name, split)]))
+    fleet = o("fleet.yaml")
+    for name in MEMBERS:
+        # Thresholds at 0: at this scale every member is weak on some category, and the router's learned predictor
+        # decides; the abstention rule keeps its defaults (trusted where >= 75% of >= 10 no-call answers were right).
+        stages.append(Stage(f"admit {name}", f"{name} into the fleet (from its calibration report)",
+                            out / "admitted" / f"{name}.done",
+                            ["fleet", "admit", o("members", name, "calib"), "--fleet", fleet, "--name", name,
+                             "--min-accuracy", "0", "--min-schema-valid", "0", "--min-n", "10"]))
+    verdicts = [x for name in MEMBERS for x in ("--verdicts", f"{name}={o('members', name, 'heldout')}")]
+    stages += [
+        Stage("fit", "router on the calibration split (predictor chosen by cross-validation)",
+              out / "router" / "router.json",
+              ["fleet", "fit", "--fleet", fleet, "--tasks", o("calib.jsonl"), "--out", o("router"), "--alpha",
+               str(args.alpha)]),
+        Stage("fit clusters", "the k-means-only router, for comparison", out / "router-clusters" / "router.json",
+              ["fleet", "fit", "--fleet", fleet, "--tasks", o("calib.jsonl"), "--out", o("router-clusters"),
+               "--alpha", str(args.alpha), "--predictor", "clusters", "--no-register"]),
+        Stage("fleet eval", "every strategy on the held-out verdicts", out / "fleet_eval" / "fleet_eval.json",
+              ["fleet", "eval", "--fleet", fleet, "--tasks", o("heldout.jsonl"), *verdicts, "--out", o("fleet_eval")]),
+        Stage("fleet eval clusters", "the same with the k-means-only router", out / "fleet_eval-clusters" / "fleet_eval.json",
+              ["fleet", "eval", "--fleet", fleet, "--tasks", o("heldout.jsonl"), *verdicts, "--router",
+               o("router-clusters"), "--out", o("fleet_eval-clusters"), "--no-plots"]),
+        Stage("live", f"`fleet serve` before `distill serve` members, {args.live} held-out requests",
+              out / "live.json", ["python:live"]),
+    ]
+    return stages
+
+
+def _wait_up(url: str, proc, log: Path, what: str, timeout_s: float = 900) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"{what} did not start; see {log}")
+        time.sleep(0.5)
+
+
+def live_check(args) -> None:
+    """Serve every member with `distill serve` and the fleet with `distill fleet serve` on 127.0.0.1, send --live
+    held-out requests (the first of each category in turn), and compare what the fleet did live (the members asked,
+    the one that answered) with what `fleet eval` replayed for the same tasks (decisions.jsonl, router+cascade at
+    the router's alpha), and each live answer with the member's `distill eval` trace."""
+    import fcntl
+
+    import httpx
+    import yaml
+
+    from distill.testing.openai_stub import free_port
+    from eval.io import read_jsonl, write_json
+
+    out = Path(args.out)
+    tasks = [r for _, r in read_jsonl(out / "heldout.jsonl")]
+    by_cat: dict[str, list[dict]] = {}
+    for t in tasks:
+        by_cat.setdefault(t["category"], []).append(t)
+    chosen, i = [], 0
+    while len(chosen) < min(args.live, len(tasks)):
+        for rows in by_cat.values():
+            if i < len(rows) and len(chosen) < args.live:
+                chosen.append(rows[i])
+        i += 1
+    ev = json.loads((out / "fleet_eval" / "fleet_eval.json").read_text())
+    strategy = f"router+cascade a={ev['router_alpha']:g}"
+    replay = {d["task_id"]: d for _, d in read_jsonl(out / "fleet_eval" / "decisions.jsonl") if d["strategy"] == strategy}
+    traces = {name: {t["task_id"]: t for _, t in read_jsonl(out / "members" / name / "heldout" / "traces.jsonl")}
+              for name in MEMBERS}
+    logs = out / "logs"
+    lock = open(args.lock, "a") if args.lock else None
+    if lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # three models loaded at once: one heavy job
+    procs = []
+    try:
+        fleet = yaml.safe_load((out / "fleet.yaml").read_text())
+        ports = {}
+        for name in MEMBERS:
+            ports[name] = free_port()
+            log = logs / f"live_serve_{name}.log"
+            cmd = [sys.executable, "-m", "distill", "serve", *serve_model_args(name, out), "--served-name", name,
+                   "--port", str(ports[name]), "--device", args.device, "--dtype", args.dtype,
+                   "--max-new-tokens", str(args.max_new_tokens)]
+            procs.append((subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT), log, name))
+        for m in fleet["members"]:
+            m["endpoint"] = {"base_url": f"http://127.0.0.1:{ports[m['name']]}/v1", "model": m["name"]}
+        fleet["router"]["path"] = "router"
+        live_fleet = out / "fleet_live.yaml"
+        live_fleet.write_text(yaml.safe_dump(fleet, sort_keys=False))
+        fport = free_port()
+        flog = logs / "live_fleet_serve.log"
+        procs.append((subprocess.Popen([sys.executable, "-m", "distill", "fleet", "serve", "--fleet", str(live_fleet),
+                                        "--port", str(fport), "--timeout", "600"],
+                                       stdout=open(flog, "w"), stderr=subprocess.STDOUT), flog, "fleet"))
+        for proc, log, name in procs:
+            port = fport if name == "fleet" else ports[name]
+            _wait_up(f"http://127.0.0.1:{port}/health", proc, log, name)
+        rows = []
+        for t in chosen:
+            t0 = time.time()
+            r = httpx.post(f"http://127.0.0.1:{fport}/v1/chat/completions", timeout=1800, json={
+                "model": "fleet", "messages": t["messages"], "tools": t["tools"], "temperature": 0,
+                "max_tokens": args.max_new_tokens})
+            msg = r.json()["choices"][0]["message"] if r.status_code == 200 else {}
+            member = r.headers.get("x-distill-member")
+            tried = [x for x in r.headers.get("x-distill-tried", "").split(",") if x]
+            rep_ = replay[t["id"]]
+            trace = traces.get(member, {}).get(t["id"], {})
+            rows.append({"task_id": t["id"], "category": t["category"], "status": r.status_code,
+                         "live": {"tried": tried, "answered_by": member, "verified": r.headers.get("x-distill-verified")},
+                         "replayed": {"tried": rep_["tried"], "answered_by": rep_["answered_by"]},
+                         "decision_matches": tried == rep_["tried"] and member == rep_["answered_by"],
+                         "answer_matches_eval": msg.get("raw", msg.get("content")) == trace.get("raw"),
+                         "seconds": round(time.time() - t0, 1)})
+            print(f"  live {t['id']}: {tried} -> {member}; replayed {rep_['tried']} -> {rep_['answered_by']}",
+                  file=sys.stderr, flush=True)
+    finally:
+        for proc, _, _ in procs:
+            proc.terminate()
+        for proc, _, _ in procs:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        if lock:
+            lock.close()
+    write_json(out / "live.json", {"strategy": strategy, "n": len(rows),
+                                   "decisions_match": sum(r["decision_matches"] for r in rows),
+                                   "answers_match": sum(r["answer_matches_eval"] for r in rows), "requests": rows})
+
+
+HEAVY = ("eval", "train")  # the stages that load a model: one at a time on a shared machine (--lock)
+
+
+def run(stages: list[Stage], args) -> dict:
+    """Run each stage whose output is missing, printing its command first, each distill command in its own process
+    (under `flock --lock` when it loads a model), its output in --out/logs/; returns {stage: seconds | 'skipped'}."""
+    import shlex
+
+    timings = {}
+    logs = Path(args.out) / "logs"
+    for i, s in enumerate(stages, 1):
+        key = f"{i:02d} {s.name}"
+        if s.done.exists():
+            timings[key] = "skipped"
+            continue
+        print(f"[fleet {i}/{len(stages)}] {s.name}: {s.what}\n    distill {shlex.join(s.argv)}", file=sys.stderr, flush=True)
+        t0 = time.time()
+        if s.argv == ["python:split"]:
+            split_tasks(args)
+        elif s.argv == ["python:live"]:
+            live_check(args)
+        elif s.argv[:2] == ["fleet", "admit"]:  # a refusal (exit 1) is a result, not a failure
+            rc = subprocess.run([sys.executable, "-m", "distill", *s.argv]).returncode
+            if rc not in (0, 1):
+                raise SystemExit(f"stage {s.name} failed (exit status {rc}); rerun to resume")
+            s.done.parent.mkdir(parents=True, exist_ok=True)
+            s.done.write_text(f"exit status {rc}\n")
+        else:
+            logs.mkdir(parents=True, exist_ok=True)
+            lock = ["flock", args.lock] if args.lock and s.argv[0] in HEAVY else []
+            log = logs / f"{key.replace(' ', '_')}.log"
+            with open(log, "a") as f:
+                rc = subprocess.run([*lock, sys.executable, "-m", "distill", *s.argv], stdout=f, stderr=subprocess.STDOUT).returncode
+            if rc != 0 or not s.done.exists():
+                raise SystemExit(f"stage {s.name} failed (exit status {rc}); see {log}; rerun to resume")
+        timings[key] = round(time.time() - t0, 1)
+        print(f"[fleet {i}/{len(stages)}] {s.name}: {timings[key]} s", file=sys.stderr, flush=True)
+    return timings
+
+
+def _row(rows: list[dict], name: str) -> dict:
+    return next(r for r in rows if r["name"] == name)
+
+
+def targets(ev: dict) -> dict:
+    """The issue's targets on this run: routed (router or router+cascade at the router's alpha) >= best member + 10
+    points at a lower mean cost than the dearest member; the router alone within 10 points of the oracle."""
+    rows = ev["rows"]
+    singles = [r for r in rows if r["kind"] == "single" and r["k"] == 1]
+    best = max(singles, key=lambda r: r["accuracy"])
+    dearest = max(singles, key=lambda r: r["cost"])
+    a = ev["router_alpha"]
+    router, both, oracle = _row(rows, f"router a={a:g}"), _row(rows, f"router+cascade a={a:g}"), _row(rows, "oracle")
+    routed = max((router, both), key=lambda r: (r["accuracy"], -r["cost"]))
+    return {
+        "best_member": {"name": best["name"], "accuracy": best["accuracy"]},
+        "dearest_member": {"name": dearest["name"], "cost": dearest["cost"]},
+        "routed": {"name": routed["name"], "accuracy": routed["accuracy"], "cost": routed["cost"]},
+        "oracle": oracle["accuracy"], "router_alone": router["accuracy"],
+        "gain_over_best_points": round(100 * (routed["accuracy"] - best["accuracy"]), 1),
+        "beats_best_by_10_at_lower_cost": routed["accuracy"] >= best["accuracy"] + 0.1 - 1e-9
+        and routed["cost"] < dearest["cost"],
+        "router_gap_to_oracle_points": round(100 * (oracle["accuracy"] - router["accuracy"]), 1),
+        "router_within_10_of_oracle": router["accuracy"] >= oracle["accuracy"] - 0.1 - 1e-9,
+    }
+
+
+def write_results(args, timings: dict) -> Path:
+    """benchmarks/results/fleet-<date>-<device>/: fleet eval outputs, the clusters-only comparison, live.json, and
+    results.json with the targets and the run's settings."""
+    import shutil
+
+    from eval.io import write_json
+
+    out = Path(args.out)
+    folder = Path(args.results) / f"fleet-{datetime.date.today().isoformat()}-{'gpu' if args.device == 'cuda' else 'cpu'}"
+    (folder / "clusters").mkdir(parents=True, exist_ok=True)
+    for name in ("fleet_eval.json", "fleet_eval.md", "pareto.png"):
+        shutil.copy(out / "fleet_eval" / name, folder / name)
+    for name in ("fleet_eval.json", "fleet_eval.md"):
+        shutil.copy(out / "fleet_eval-clusters" / name, folder / "clusters" / name)
+    shutil.copy(out / "live.json", folder / "live.json")
+    ev = json.loads((out / "fleet_eval" / "fleet_eval.json").read_text())
+    router = json.loads((out / "router" / "router.json").read_text())
+    members = {}
+    for name in MEMBERS:
+        for split in ("calib", "heldout"):
+            rep_ = json.loads((out / "members" / name / split / "report.json").read_text())
+            members.setdefault(name, {})[split] = {
+                "n": rep_["n"], "strict_accuracy": rep_["strict_accuracy"],
+                "by_category": {c: v["strict_accuracy"] for c, v in rep_["by_category"].items()},
+                "errors": rep_["errors"]}
+    write_json(folder / "results.json", {
+        "date": datetime.date.today().isoformat(), "device": args.device,
+        "settings": {k: v for k, v in vars(args).items() if k not in ("out", "results", "lock", "stop_after")},
+        "targets": targets(ev), "members": members, "router": {
+            "predictor": router["predictor"], "cross_validation": router["cross_validation"],
+            "embedder": router["embedder"], "alpha": router["alpha"]},
+        "stage_seconds": timings})
+    return folder
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="runs/fleet_quality", help="working folder, resumed on rerun (default: %(default)s)")
+    p.add_argument("--results", default=str(REPO / "benchmarks" / "results"), help="where the results folder goes")
+    p.add_argument("--train-categories", default="live_simple,live_multiple,live_irrelevance",
+                   help="BFCL categories for training and calibration (default: %(default)s)")
+    p.add_argument("--eval-categories", default="simple_python,multiple,irrelevance",
+                   help="held-out BFCL categories (default: %(default)s)")
+    p.add_argument("--calib-per-category", type=int, default=20, help="calibration tasks per training category")
+    p.add_argument("--train-per-category", type=int, default=40, help="SFT tasks per training category, 0 = the rest")
+    p.add_argument("--eval-per-category", type=int, default=20, help="held-out tasks per category, 0 = all")
+    p.add_argument("--max-task-chars", type=int, default=6000,
+                   help="drop tasks whose JSON is longer than this (CPU time); 0 keeps all (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the split and the SFT data (default: %(default)s)")
+    p.add_argument("--steps", type=int, default=12, help="SFT optimizer steps (default: %(default)s)")
+    p.add_argument("--train-batch-size", type=int, default=4, help="examples per SFT step (default: %(default)s)")
+    p.add_argument("--max-length", type=int, default=2048, help="SFT sequence cap in tokens (default: %(default)s)")
+    p.add_argument("--max-new-tokens", type=int, default=128, help="answer length cap when evaluating")
+    p.add_argument("--batch-size", type=int, default=8, help="prompts per generate() call when evaluating")
+    p.add_argument("--dtype", default="float32", help="weights when evaluating (default: %(default)s)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="(default: %(default)s)")
+    p.add_argument("--alpha", type=float, default=0.9, help="the router's accuracy weight (default: %(default)s)")
+    p.add_argument("--live", type=int, default=6, help="held-out requests answered live (default: %(default)s)")
+    p.add_argument("--lock", default=None, help="run every training and evaluation under `flock LOCK` (a shared machine)")
+    p.add_argument("--stop-after", default=None, choices=["members"], help="stop after the member evaluations")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    start = time.time()
+    timings = run(plan(args), args)
+    timings["total"] = round(time.time() - start, 1)
+    print(json.dumps(timings, indent=1), file=sys.stderr)
+    if args.stop_after == "members":
+        return 0
+    folder = write_results(args, timings)
+    print(json.dumps(targets(json.loads((Path(args.out) / "fleet_eval" / "fleet_eval.json").read_text())), indent=1))
+    print(f"wrote {folder} (the reading goes in its README.md)", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -319,14 +319,7 @@ async def agenerate(
     # Read the whole file before the lock is taken (taking it creates a lock file beside --out), so a file that is
     # not ours is refused with nothing created; under the lock the scan is reused unless the file changed since.
     scanned = (_identity(out), scan_traces(out))
-    created = not out.exists()
-    try:
-        return await _agenerate(tasks, backend, out, samples, progress, scanned)
-    except BaseException:
-        with contextlib.suppress(OSError):  # a file this run created and wrote nothing to is not left behind
-            if created and out.exists() and out.stat().st_size == 0:
-                out.unlink()
-        raise
+    return await _agenerate(tasks, backend, out, samples, progress, scanned)
 
 
 def _identity(path: Path) -> tuple | None:

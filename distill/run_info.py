@@ -11,7 +11,8 @@
      "throughput": {"steps_timed": 18, "median_step_s": 0.56, "tokens_per_s": 15315, "peak_gpu_mem_gib": 3.96},
      "metrics": {"train_loss": 0.41, ...}, "started_at": "...", "finished_at": "..."}
 
-Secrets never reach the file: token fields are masked and recipe `env:` values are left out.
+Secrets never reach the file: secret-named fields and flags (hub_token, `--hub_token X` in the command and
+overrides) are stored as `<redacted>`, values shaped like tokens too, and recipe `env:` values are left out.
 """
 
 from __future__ import annotations
@@ -34,9 +35,9 @@ from pathlib import Path
 import yaml
 
 from eval.io import write_json
+from eval.secrets import redact_argv, redact_mapping
 
 LIBRARIES = ("distill", "torch", "transformers", "trl", "peft", "accelerate", "datasets", "bitsandbytes")
-SECRET_FIELDS = {"hub_token", "push_to_hub_token", "token"}
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -56,22 +57,10 @@ def jsonable(value):
     return str(value)  # torch.dtype, Path, configs
 
 
-def redact(value, key: str = ""):
-    """Mask secrets at any depth: Hub token fields, and any string that looks like a Hub token."""
-    if isinstance(value, dict):
-        return {k: redact(v, str(k)) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [redact(v, key) for v in value]
-    if value and (
-        key in SECRET_FIELDS or (isinstance(value, str) and re.match(r"hf_[A-Za-z0-9]{8,}", value))
-    ):
-        return "<redacted>"
-    return value
-
-
 def config_dict(obj) -> dict:
-    """A dataclass's fields as JSON values, secrets masked."""
-    return {f.name: jsonable(redact(getattr(obj, f.name), f.name)) for f in dataclasses.fields(obj)}
+    """A dataclass's fields as JSON values, secrets masked (secret-named fields such as hub_token, and any value
+    that is a known secret or shaped like a token)."""
+    return redact_mapping({f.name: jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)})
 
 
 def git_info(root: Path = REPO_ROOT) -> dict | None:
@@ -182,8 +171,8 @@ def start_info(recipe, data, *, audit: dict, resumed_from: str | None) -> dict:
         "stage": recipe.script.stage,
         "recipe": str(recipe.path),
         "recipe_sha256": file_sha256(recipe.path),
-        "overrides": recipe.overrides,
-        "command": sys.argv,
+        "overrides": redact_argv(recipe.overrides),  # `--hub_token X` is stored as `--hub_token <redacted>`
+        "command": redact_argv(sys.argv),
         "env_keys_from_recipe": env_keys,  # names only: values may be secrets
         "config": {
             "script": config_dict(recipe.script),

@@ -7,7 +7,11 @@
     redact_mapping({"api_key": "abc", "max_new_tokens": 8, "pad_token": "<pad>"})
     -> {"api_key": "<redacted>", "max_new_tokens": 8, "pad_token": "<pad>"}
 
-A secret is found three ways, and `scrub` applies all of them to any text before it is printed, logged, returned
+Free text (error bodies, log lines) goes through `scrub`; the values of configs and command lines through
+`redact_mapping`/`redact_argv`, which replace the values of secret-named keys and flags and otherwise only what
+is a secret by value or by shape (a chat template's `set key = ...` is not a secret).
+
+A secret is found three ways, and `scrub` applies all of them to free text before it is printed, logged, returned
 to a client or written to a file:
 - by value: the values of environment variables whose names say they hold a secret (HF_TOKEN, OPENAI_API_KEY,
   *_KEY, *_TOKEN, *_SECRET, *_PASSWORD) and values handed to `register_secret` (e.g. the variable named by
@@ -56,7 +60,7 @@ _AUTH_SCHEME = re.compile(r"(?i)\b(bearer|basic)(\s+)[A-Za-z0-9._~+/=-]+")
 # starting at a word boundary, so the scan from each start stays inside that word (linear time).
 _SECRET_ASSIGNMENT = re.compile(
     r"(?i)\b((?:proxy-)?authorization|x-api-key|api-key|[A-Za-z0-9_]*(?:token|key|secret|password|passwd))"
-    r"(\\?[\"']?\s*[:=]\s*\\?[\"']?)([^\"'\s,&}\]\\]{%d,})" % MIN_SECRET_LEN
+    r"(\\?[\"']?\s*[:=]\s*\\?[\"']?)([^\"'\s,&}\]\\]{" + str(MIN_SECRET_LEN) + ",})"
 )
 # Whole header lines (`Authorization: Bearer x y`) keep only the header name.
 _AUTH_HEADER_LINE = re.compile(r"(?im)^((?:proxy-)?authorization|x-api-key|api-key)(\s*:\s*)[^\r\n]+")
@@ -99,15 +103,22 @@ def known_secrets() -> list[str]:
 
 
 def scrub(text) -> str:
-    """`text` (any object, as str) with every secret it contains replaced by `<redacted>`."""
+    """`text` (any object, as str) with every secret it contains replaced by `<redacted>`: for free text such as
+    error bodies, exception messages and log lines."""
     text = text if isinstance(text, str) else str(text)
-    for value in known_secrets():
-        if value in text:
-            text = text.replace(value, REDACTED)
+    text = scrub_known(text)
     text = _AUTH_HEADER_LINE.sub(lambda m: m.group(1) + m.group(2) + REDACTED, text)
     text = _AUTH_SCHEME.sub(lambda m: m.group(1) + m.group(2) + REDACTED, text)
     text = _SECRET_ASSIGNMENT.sub(_redact_assignment, text)
-    text = _URL_PASSWORD.sub(lambda m: m.group(1) + REDACTED + "@", text)
+    return _URL_PASSWORD.sub(lambda m: m.group(1) + REDACTED + "@", text)
+
+
+def scrub_known(text: str) -> str:
+    """`text` with the secrets found by value and by shape replaced, but not by context: for values of a config or
+    a command line (a chat template's `set key = ...` is not a secret assignment)."""
+    for value in known_secrets():
+        if value in text:
+            text = text.replace(value, REDACTED)
     return _TOKEN_SHAPES.sub(REDACTED, text)
 
 
@@ -122,19 +133,19 @@ def _redact_assignment(m: re.Match) -> str:
 
 def redact_mapping(value, key: str = ""):
     """A copy of `value` (nested dicts and lists) with the string value of every secret-named key replaced, and
-    secrets scrubbed from every other string."""
+    known secrets (by value and shape) scrubbed from every other string."""
     if isinstance(value, Mapping):
         return {k: redact_mapping(v, str(k)) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [redact_mapping(v, key) for v in value]
     if isinstance(value, str):
-        return REDACTED if value and is_secret_name(key) else scrub(value)
+        return REDACTED if value and is_secret_name(key) else scrub_known(value)
     return value
 
 
 def redact_argv(argv: Iterable[str]) -> list[str]:
     """A command line with the value of every secret-named flag replaced (`--hub_token X`, `--hub-token=X`,
-    `--api_key X`), and secrets scrubbed from every other argument."""
+    `--api_key X`), and known secrets (by value and shape) scrubbed from every other argument."""
     out: list[str] = []
     hide_next = False
     for arg in map(str, argv):
@@ -152,7 +163,7 @@ def redact_argv(argv: Iterable[str]) -> list[str]:
                     out.append(arg)
                     hide_next = True
                 continue
-        out.append(scrub(arg))
+        out.append(scrub_known(arg))
     return out
 
 

@@ -8,7 +8,15 @@ import time
 
 import pytest
 
-from eval.secrets import REDACTED, ScrubFilter, is_secret_name, redact_argv, redact_mapping, register_secret, scrub
+from eval.secrets import (
+    REDACTED,
+    ScrubFilter,
+    is_secret_name,
+    redact_argv,
+    redact_mapping,
+    register_secret,
+    scrub,
+)
 
 PLANTED = "plantedKEY-7f3a9c1e55d2"  # no known token shape: found only by value or by context
 
@@ -86,13 +94,16 @@ def test_argv():
                    "1e-5", "--api_key_env", "MY_KEY", "--pad_token", "<pad>"]
 
 
-def test_mapping():
+def test_mapping(monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", PLANTED)
+    template = "{%- set key = message['content'] %}{{ key }}"  # a chat template: not a secret assignment
     cfg = {"hub_token": PLANTED, "max_new_tokens": 8, "pad_token": "<pad>", "nested": [{"password": "pw12345678"}],
-           "api_key_env": "OPENAI_API_KEY", "note": f"Bearer {PLANTED}", "push_to_hub_token": None}
+           "api_key_env": "OPENAI_API_KEY", "note": f"copied {PLANTED}", "push_to_hub_token": None,
+           "chat_template": template, "repo": "hf_" + "x" * 34}
     out = redact_mapping(cfg)
     assert out == {"hub_token": REDACTED, "max_new_tokens": 8, "pad_token": "<pad>",
-                   "nested": [{"password": REDACTED}], "api_key_env": "OPENAI_API_KEY", "note": f"Bearer {REDACTED}",
-                   "push_to_hub_token": None}
+                   "nested": [{"password": REDACTED}], "api_key_env": "OPENAI_API_KEY", "note": f"copied {REDACTED}",
+                   "push_to_hub_token": None, "chat_template": template, "repo": REDACTED}
 
 
 def test_logging_filter(monkeypatch, caplog):

@@ -29,6 +29,7 @@ from collections.abc import AsyncIterator, Iterable
 from data_gen.backends.base import Request, Result, Sampling
 from data_gen.prompting import with_tools_in_prompt
 from eval.io import DistillError
+from eval.secrets import register_secret, scrub
 
 PROBE_TIMEOUT_S = 5.0
 # In-flight requests per HTTP client (connection pool); see generate().
@@ -79,6 +80,7 @@ class OpenAIBackend:
         # Local servers take any key; the client insists on one, so a placeholder stands in when the variable
         # is unset (a server that needs a real key then answers 401, reported as such).
         api_key = os.environ.get(self.api_key_env) or "EMPTY"
+        register_secret(api_key)  # scrubbed from every message, whatever the variable's name (--api-key-env)
 
         async def count_status(response) -> None:
             self.status_counts[response.status_code] += 1
@@ -240,16 +242,17 @@ def _cause(e: BaseException) -> str:
     """The innermost cause of a connection error, e.g. 'ConnectError: [Errno 111] Connection refused'."""
     while e.__cause__ is not None:
         e = e.__cause__
-    text = str(e).strip()
+    text = scrub(str(e).strip())
     return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
 def _status_detail(e, limit: int = 300) -> str:
     """The server's own words for an HTTP error: the response body (FastAPI-style `detail` bodies included,
-    which the SDK's message leaves out), shortened to one line."""
+    which the SDK's message leaves out), shortened to one line, secrets scrubbed (a server may echo the request's
+    headers, `Authorization: Bearer <key>` included)."""
     try:
         text = e.response.text
     except Exception:  # a streamed or unread body
         text = ""
-    text = " ".join((text or str(e)).split())
+    text = scrub(" ".join((text or str(e)).split()))
     return text if len(text) <= limit else text[: limit - 3] + "..."

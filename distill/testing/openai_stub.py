@@ -26,6 +26,8 @@ class Fault:
     status: int | None = None  # answer with this HTTP status
     headers: dict = field(default_factory=dict)  # e.g. {"Retry-After": "1"}
     stall_s: float = 0.0  # hold the request this long before answering (past the client's timeout)
+    echo_headers: bool = False  # the error body repeats the request's headers, Authorization included (as some
+    # debugging proxies and misconfigured servers do): what a client must not print or log
 
 
 def answer_for(body: dict) -> tuple[str, list | None]:
@@ -171,7 +173,10 @@ class StubServer:
                     stub.release.wait(fault.stall_s)
                 if fault and fault.status:
                     record["outcome"] = str(fault.status)
-                    self._send(fault.status, {"error": {"message": f"stub fault {fault.status}"}}, fault.headers)
+                    error = {"message": f"stub fault {fault.status}"}
+                    if fault.echo_headers:
+                        error["request_headers"] = dict(sorted(self.headers.items()))  # Authorization early
+                    self._send(fault.status, {"error": error}, fault.headers)
                     return
                 if stub.delay_s:
                     time.sleep(stub.delay_s)

@@ -732,7 +732,10 @@ def markdown(res: dict) -> str:
               f"dev {pct(sel['baseline']['dev']['accuracy'])}); candidate (best arm beyond SFT) "
               f"**{sel['candidate']['label']}** (step {sel['candidate']['step']}, dev "
               f"{pct(sel['candidate']['dev']['accuracy'])}).", "",
-              f"## Stage B: held out, {len(next(iter(b['arms'].values()))['seeds'])} seeds", ""]
+              f"## Stage B: held out, {s['seeds']} seeds", ""]
+    if b is None:
+        lines += [res["protocol"]["heldout"], ""]
+        return "\n".join(lines + _tail(res)) + "\n"
     cats = sorted({c for arm in b["arms"].values() for c in arm["mean"]["by_category"]})
     lines += ["| arm | seed | all | " + " | ".join(cats) + " |", "| --- | --- | --- |" + " --- |" * len(cats)]
     lines.append(f"| base (untrained) | - | {pct(res['base']['accuracy'])} | "
@@ -756,12 +759,17 @@ def markdown(res: dict) -> str:
         miss = f"; missed by {100 * p['missed_by']:.1f} points" if not p["met"] and "missed_by" in p else ""
         lines.append(f"- {name}: need {p['need']}, got {got_s}: {'met' if p['met'] else 'NOT met'}{miss}")
     lines += ["", f"Target {'MET' if res['target']['met'] else 'NOT met'}.", ""]
-    lines += [f"Hardware: {res['hardware']['cpu']} x{res['hardware']['cpu_count']}, GPU {res['hardware']['gpu']}, "
-              f"torch {res['hardware']['torch']}; {res['seconds']['total'] / 60:.0f} min of jobs run in this "
-              "invocation (stages skipped on a rerun not counted).", "",
-              "Next run with a GPU (stage A + B in one command, arms as parallel processes on the one GPU):", "",
-              "```", GPU_COMMAND, "```"]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + _tail(res)) + "\n"
+
+
+def _tail(res: dict) -> list[str]:
+    """Notes, hardware and time, and the command for the next run with a GPU."""
+    return [*(f"Note: {n}" for n in res.get("notes") or []), *([""] if res.get("notes") else []),
+            f"Hardware: {res['hardware']['cpu']} x{res['hardware']['cpu_count']}, GPU {res['hardware']['gpu']}, "
+            f"torch {res['hardware']['torch']}; {res['seconds'].get('total', 0) / 60:.0f} min of jobs in all (each "
+            "job's own time, waiting for the heavy-job lock not counted).", "",
+            "Next run with a GPU (stage A + B in one command, arms as parallel processes on the one GPU):", "",
+            "```", GPU_COMMAND, "```"]
 
 
 def _counts(counts: dict) -> str:
@@ -829,6 +837,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lock", default=None,
                    help="run every training and evaluation under `flock LOCK`, one at a time on a shared machine")
     p.add_argument("--scale-note", default=None, help="a sentence for the results file on why this scale was run")
+    p.add_argument("--note", action="append", default=[], help="a note line for the results file (repeatable)")
+    p.add_argument("--report-only", action="store_true",
+                   help="run nothing: write the results files from what --out holds (stage B only when it finished)")
     args = p.parse_args(argv)
     if args.device == "auto":
         import torch
@@ -844,37 +855,52 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     planner = Planner(args)
-    start = time.time()
-    run = lambda jobs, parallel=1: run_jobs(jobs, out=out, parallel=parallel, lock=args.lock)  # noqa: E731
-    seconds = {}
-    seconds.update(run(planner.prepare()))
-    seconds.update(run([planner.train_start(0)]))
-    seconds.update(run(planner.onpolicy()))
+    timings_path = out / "seconds.json"
+    seconds = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
+
+    def run(jobs, parallel=1):
+        if args.report_only:
+            return
+        done = run_jobs(jobs, out=out, parallel=parallel, lock=args.lock)
+        seconds.update({k: v for k, v in done.items() if v != "skipped"})
+        write_json(timings_path, seconds)  # every invocation's job times, for the results file
+
+    run(planner.prepare())
+    run([planner.train_start(0)])
+    run(planner.onpolicy())
     # Stage A: every arm from the start adapter, then every checkpoint on dev.
-    seconds.update(run([planner.train_arm(arm, 0) for arm in planner.arms], args.jobs))
-    seconds.update(run(planner.dev_evals(), args.jobs))
+    run([planner.train_arm(arm, 0) for arm in planner.arms], args.jobs)
+    run(planner.dev_evals(), args.jobs)
     stage_a = stage_a_results(planner)
     selection = select(*dev_table_input(stage_a))
     frozen = freeze_selection(out / "selection.json", selection)
     # Stage B: the two picks, every seed, held-out tasks; touched here and nowhere else.
     for wave in planner.stage_b(selection):
-        seconds.update(run(wave, args.jobs))
-    seconds["total"] = round(time.time() - start, 1)
+        run(wave, args.jobs)
+    seconds["total"] = round(sum(v for k, v in seconds.items() if k != "total"), 1)
 
     tasks = {t["id"]: t for t in _records(out / "eval_tasks.jsonl")}
     categories = {t: task["category"] for t, task in tasks.items()}
-    verdicts = {pick["label"]: {s: read_verdicts(planner.heldout_dir(pick["label"], s)) for s in range(args.seeds)}
-                for pick in selection.values()}
-    b = stage_b_section(selection["baseline"]["label"], selection["candidate"]["label"], verdicts, categories,
-                        reps=args.bootstrap)
-    base = report_summary(out / "heldout" / "base" / "report.json")
+    picks = list(selection.values())
+    complete = (out / "heldout" / "base" / "report.json").is_file() and all(
+        (planner.heldout_dir(p["label"], s) / "report.json").is_file() for p in picks for s in range(args.seeds))
+    b = base = target = None
+    if complete:
+        verdicts = {p["label"]: {s: read_verdicts(planner.heldout_dir(p["label"], s)) for s in range(args.seeds)}
+                    for p in picks}
+        b = stage_b_section(selection["baseline"]["label"], selection["candidate"]["label"], verdicts, categories,
+                            reps=args.bootstrap)
+        base = report_summary(out / "heldout" / "base" / "report.json")
+        target = target_check(b, base, never_calls(out / "heldout" / "base" / "verdicts.jsonl", tasks))
     scale = "gpu" if args.device == "cuda" else "cpu"
     res = {
         "date": datetime.date.today().isoformat(), "scale": scale,
         "scale_note": args.scale_note or ("One GPU." if scale == "gpu" else "CPU scale."),
+        "notes": args.note,
         "hardware": hardware(), "student": STUDENT,
         "sizes": {"eval_per_category": args.eval_per_category, "heldout_tasks": len(tasks),
-                  **{k: v for k, v in vars(args).items() if k not in ("out", "results", "scale_note", "lock", "eval_per_category")}},
+                  **{k: v for k, v in vars(args).items()
+                     if k not in ("out", "results", "scale_note", "lock", "eval_per_category", "note", "report_only")}},
         "checkpoint_steps": planner.checkpoint_steps(),
         "protocol": {
             "dev_categories": sorted(stage_a["start"]["dev"]["by_category"]),
@@ -884,7 +910,8 @@ def main(argv=None) -> int:
                                     "step count and checkpoint", "which SFT is the baseline (start or continued)"],
             "arms_skipped": args.skip_arms,
             "heldout": "Held-out tasks were evaluated once, after the selection was frozen "
-                       f"({frozen['frozen_at']}, {rel(out / 'selection.json')}); nothing was chosen on them.",
+                       f"({frozen['frozen_at']}, {rel(out / 'selection.json')}); nothing was chosen on them."
+                       if complete else "Stage B (held out) has not run to the end: no held-out result is reported.",
             "not_screened": "beta, warmup and max_grad_norm: fixed from published recipes (beta "
                             f"{args.beta}), not varied in this screen",
         },
@@ -893,7 +920,7 @@ def main(argv=None) -> int:
         "selection": selection,
         "stage_b": b,
         "base": base,
-        "target": target_check(b, base, never_calls(out / "heldout" / "base" / "verdicts.jsonl", tasks)),
+        "target": target,
         "seconds": seconds,
     }
     folder = Path(args.results)

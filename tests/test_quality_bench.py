@@ -291,6 +291,20 @@ def test_main_writes_stage_a_selection_and_stage_b_from_eval_reports(quality, tm
     assert "| **sigmoid+sft mean** | - | **75%** | 75% | 75% |" in md
     assert "python benchmarks/quality.py --device cuda --jobs 6" in md
 
+    # --report-only runs nothing and reports what is there: without every held-out result, no stage B at all
+    shutil.rmtree(Path(args.out) / "heldout" / "seed2" / "sft")
+    monkeypatch.setattr(quality, "run_jobs", lambda *a, **k: pytest.fail("--report-only ran a job"))
+    assert quality.main(["--out", args.out, "--results", args.results, "--device", "cpu", "--train-per-category", "6",
+                         "--dev-per-category", "2", "--eval-per-category", "4", "--sft-steps", "3", "--arm-steps", "4",
+                         "--checkpoints", "2", "--dpo-lrs", "1e-4,2e-5", "--student-samples", "0", "--report-only",
+                         *(["--skip-arms", "sft+grpo,grpo"] if quality.grpo_available() else []),
+                         "--note", "a partial run"]) == 0
+    partial = json.loads(json_path.read_text())
+    assert partial["stage_b"] is None and partial["target"] is None
+    assert partial["selection"] == res["selection"] and partial["seconds"]["total"] == res["seconds"]["total"]
+    md = Path(str(json_path).replace(".json", ".md")).read_text()
+    assert "Stage B (held out) has not run to the end" in md and "Note: a partial run" in md
+
 
 def test_help_shows_the_single_gpu_command(quality, capsys):
     with pytest.raises(SystemExit):

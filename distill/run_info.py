@@ -35,7 +35,7 @@ from pathlib import Path
 import yaml
 
 from eval.io import write_json
-from eval.secrets import redact_argv, redact_mapping
+from eval.secrets import redact_argv, redact_mapping, register_secret
 
 LIBRARIES = ("distill", "torch", "transformers", "trl", "peft", "accelerate", "datasets", "bitsandbytes")
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -61,6 +61,19 @@ def config_dict(obj) -> dict:
     """A dataclass's fields as JSON values, secrets masked (secret-named fields such as hub_token, and any value
     that is a known secret or shaped like a token)."""
     return redact_mapping({f.name: jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)})
+
+
+def keep_hub_token_out_of_checkpoints(training_args) -> None:
+    """Move `hub_token` from the training arguments into this process's HF_TOKEN.
+
+    transformers pickles the whole TrainingArguments into every checkpoint's training_args.bin, hub_token included,
+    and those files get copied and uploaded; huggingface_hub reads HF_TOKEN by itself whenever the Trainer creates
+    or pushes to a repository with no explicit token, so the token still works and no file holds it."""
+    token = getattr(training_args, "hub_token", None)
+    if token:
+        register_secret(token)
+        os.environ["HF_TOKEN"] = token
+        training_args.hub_token = None
 
 
 def git_info(root: Path = REPO_ROOT) -> dict | None:

@@ -149,6 +149,7 @@ def run_stage(recipe, *, end: bool = True):
 
         guard = LogpsGuard(s.logps_guard_nats, stop=s.logps_guard_stop)
         callbacks.append(guard)
+    run_info.keep_hub_token_out_of_checkpoints(t)  # training_args.bin would hold it otherwise
     trainer = trainer_cls(
         model=model,
         args=t,

@@ -23,13 +23,26 @@ category with the header `x-distill-category` (else the router infers it) to res
 for it.
 
 A member that cannot be reached is skipped, with a log line, for --down-retry-s seconds, then tried again; an
-HTTP error from a member escalates like a rejected answer. Streaming is refused: the verifier needs the whole answer.
+HTTP error from a member escalates like a rejected answer, and so does an answer the verifier cannot check. Streaming
+is refused: the verifier needs the whole answer.
+
+Limits, so that no client can exhaust the server: a body over --max-body-mb gets 413 (read no further), a request
+with more than --max-tools tools or a body that is not a chat request (not JSON, nested too deep, wrong types) gets
+400; the tools of a request are compiled once and kept in an LRU cache of --schema-cache entries (memory stays
+bounded however many distinct schemas arrive), and compiling and checking run in worker threads, off the event loop.
+With --api-key-env NAME every route but /health needs `Authorization: Bearer <the value of $NAME>` (401 otherwise):
+set it whenever --host is not a loopback address. Error messages, log lines and 503 bodies are scrubbed of secrets
+(a member's error body that echoes the request's `Authorization` header included).
 """
 
 # No `from __future__ import annotations` here: FastAPI reads the handlers' annotations (`request: Request`) at
 # runtime, and the lazily imported Request would not resolve from a string.
 import argparse
 import asyncio
+import functools
+import hmac
+import ipaddress
+import json
 import logging
 import os
 import sys
@@ -39,10 +52,19 @@ from concurrent.futures import ThreadPoolExecutor
 
 from distill.fleet.cascade import Member, call_key, check_answer, cost_ladder, fleet_members
 from eval.io import DistillError, fill_paragraphs
+from eval.secrets import ScrubFilter, register_secret, scrub
 
 log = logging.getLogger("distill.fleet.serve")
+log.addFilter(ScrubFilter())  # every line, whatever handler the embedding application attaches
 BEST_OF_TEMPERATURE = 0.7
 CONNECT_TIMEOUT_S = 2.0
+# Defaults of the request limits (flags of `distill fleet serve`). 128 tools is what OpenAI's API accepts in one
+# request, so a client written against it never meets the limit; 8 MB holds 128 large tool schemas and a long
+# conversation many times over. 1024 cached tool sets cover BFCL's live categories (~700 distinct) several times.
+MAX_TOOLS = 128
+MAX_BODY_MB = 8.0
+SCHEMA_CACHE = 1024
+PARSE_OFF_LOOP_BYTES = 64 * 1024  # bodies larger than this are decoded in a worker thread
 
 
 def _setup_logging() -> None:
@@ -58,7 +80,7 @@ class FleetServer:
     """The routing and cascade logic, independent of the web framework (the FastAPI app below is a thin shell)."""
 
     def __init__(self, members: list[Member], router=None, alpha: float | None = None, timeout_s: float = 60.0,
-                 down_retry_s: float = 30.0):
+                 down_retry_s: float = 30.0, *, max_tools: int = MAX_TOOLS, schema_cache: int = SCHEMA_CACHE):
         self.members = [m for m in members if m.endpoint]
         for m in members:
             if not m.endpoint:
@@ -76,6 +98,12 @@ class FleetServer:
         # The embedder is CPU-bound torch code: one worker thread keeps it off the event loop and serial.
         self._embed_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="distill-embed")
         self._inline = router is not None and router.meta["embedder"] == "minilm-static"
+        if max_tools < 1 or schema_cache < 1:
+            raise DistillError(f"--max-tools and --schema-cache must be at least 1, got {max_tools} and {schema_cache}")
+        self.max_tools = max_tools
+        # The request's tools compiled into a Task (JSON Schema validators included), by the tools' canonical JSON:
+        # a bounded LRU, since every distinct schema a client sends would otherwise stay in memory.
+        self.compiled = functools.lru_cache(maxsize=schema_cache)(_request_task)
 
     async def client(self):
         import httpx
@@ -123,40 +151,38 @@ class FleetServer:
                 payload["seed"] = int(payload["seed"]) + sample
         headers = {}
         if ep.get("api_key_env") and os.environ.get(ep["api_key_env"]):
+            register_secret(os.environ[ep["api_key_env"]])  # scrubbed wherever it appears, whatever its variable's name
             headers["Authorization"] = f"Bearer {os.environ[ep['api_key_env']]}"
         url = ep["base_url"].rstrip("/") + "/chat/completions"
         client = await self.client()
         try:
             r = await client.post(url, json=payload, headers=headers)
         except (httpx.ConnectError, httpx.ConnectTimeout) as e:
-            raise ConnectionError(f"{type(e).__name__}: {e}") from None
+            raise ConnectionError(scrub(f"{type(e).__name__}: {e}")) from None
         except httpx.HTTPError as e:
-            raise RuntimeError(f"{type(e).__name__}: {e}") from None
+            raise RuntimeError(scrub(f"{type(e).__name__}: {e}")) from None
+        # A member's error body may echo the request's headers (our Authorization to it): scrubbed before it is
+        # shortened, so that no cut leaves part of a key unrecognised.
         if r.status_code != 200:
-            raise RuntimeError(f"HTTP {r.status_code}: {' '.join(r.text.split())[:200]}")
+            raise RuntimeError(f"HTTP {r.status_code}: {scrub(' '.join(r.text.split()))[:200]}")
         try:
             data = r.json()
             message = data["choices"][0]["message"]
-        except (ValueError, KeyError, IndexError, TypeError):
-            raise RuntimeError(f"not a chat completion: {' '.join(r.text.split())[:200]}") from None
+        except (ValueError, KeyError, IndexError, TypeError, RecursionError):
+            raise RuntimeError(f"not a chat completion: {scrub(' '.join(r.text.split()))[:200]}") from None
         if not isinstance(message, dict):
             raise RuntimeError("not a chat completion: choices[0].message is not an object")
         return data
 
     async def complete(self, body: dict, category: str | None = None) -> tuple[int, dict, dict]:
         """(HTTP status, JSON body, extra headers) for one chat completion request."""
-        from eval.tasks import task_from_dict
-
-        if not isinstance(body, dict) or not isinstance(body.get("messages"), list) or not body["messages"]:
-            return 400, _error("the request needs a non-empty `messages` list", "invalid_request_error"), {}
-        if body.get("stream"):
-            return 400, _error("stream is not supported by the fleet router: the verifier needs the whole answer",
-                               "invalid_request_error"), {}
+        problem = self.request_problem(body)
+        if problem is not None:
+            return 400, _error(problem, "invalid_request_error"), {}
         task = None
         if body.get("tools"):
-            try:  # the request as a task without an answer: its tools compiled once, for the gold-free check
-                task = task_from_dict({"id": "request", "messages": body["messages"], "tools": body["tools"],
-                                       "expected": []}, "request")
+            try:  # the request's tools as a task without an answer, compiled once per distinct tool set
+                task = await asyncio.to_thread(self.task_for, body["tools"])
             except DistillError as e:
                 return 400, _error(str(e), "invalid_request_error"), {}
         self.totals["requests"] += 1
@@ -191,7 +217,10 @@ class FleetServer:
                 log.warning("member %r failed (%s); escalating", m.name, errors[0])
                 failures.append(f"{m.name} {errors[0]}")
                 continue
-            chosen, reason = _pick(task, answers)
+            try:
+                chosen, reason = await asyncio.to_thread(_pick, task, answers)
+            except Exception as e:  # an answer the verifier cannot check is not trusted: escalate
+                chosen, reason = None, f"the answer could not be verified ({type(e).__name__}: {str(e)[:100]})"
             if chosen is not None:
                 st["answered"] += 1
                 return 200, chosen, _headers(m.name, tried, True)
@@ -206,8 +235,38 @@ class FleetServer:
             self.totals["unverified"] += 1
             return 200, data, _headers(m.name, tried, False)
         self.totals["failed"] += 1
-        return 503, _error(f"no fleet member could answer: {'; '.join(failures)}", "fleet_unavailable"), \
+        return 503, _error(scrub(f"no fleet member could answer: {'; '.join(failures)}"), "fleet_unavailable"), \
             {"x-distill-tried": ",".join(tried)}
+
+    def request_problem(self, body) -> str | None:
+        """Why a decoded body is not a chat request this server can route (the 400 message), or None."""
+        if not isinstance(body, dict):
+            return "the body must be a JSON object"
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            return "the request needs a non-empty `messages` list"
+        if not all(isinstance(m, dict) and isinstance(m.get("role"), str) for m in messages):
+            return "every message must be an object with a string `role`"
+        if body.get("stream"):
+            return "stream is not supported by the fleet router: the verifier needs the whole answer"
+        tools = body.get("tools")
+        if tools is not None and not isinstance(tools, list):
+            return "`tools` must be a list"
+        if tools and len(tools) > self.max_tools:
+            return f"{len(tools)} tools in one request; this server accepts at most {self.max_tools} (--max-tools)"
+        seed = body.get("seed")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            return "`seed` must be an integer"
+        return None
+
+    def task_for(self, tools: list):
+        """The request's tools compiled (from the LRU cache when this tool set was seen). Raises DistillError for a
+        tool that is not valid; runs in a worker thread (serialising and compiling large schemas takes time)."""
+        try:
+            key = json.dumps(tools, sort_keys=True, ensure_ascii=False)
+        except (TypeError, ValueError, RecursionError):
+            raise DistillError("`tools` cannot be read as JSON") from None
+        return self.compiled(key)
 
     def snapshot(self) -> dict:
         now = time.monotonic()
@@ -219,6 +278,18 @@ class FleetServer:
                                  "is_down": self.down_until.get(m.name, 0) > now, "cost": m.cost}
                         for m, s in ((m, self.stats[m.name]) for m in self.members)},
         }
+
+
+def _request_task(tools_json: str):
+    """A request's tools as an eval Task without an answer, for the gold-free check (cached by FleetServer)."""
+    from eval.tasks import task_from_dict
+
+    try:
+        tools = json.loads(tools_json)
+    except RecursionError:
+        raise DistillError("`tools` are nested too deeply") from None
+    return task_from_dict({"id": "request", "messages": [{"role": "user", "content": ""}], "tools": tools,
+                           "expected": []}, "request")
 
 
 def _pick(task, answers: list[dict]) -> tuple[dict | None, str]:
@@ -247,7 +318,9 @@ def _error(message: str, kind: str) -> dict:
     return {"error": {"message": message, "type": kind}}
 
 
-def create_app(server: FleetServer):
+def create_app(server: FleetServer, *, max_body_bytes: int = int(MAX_BODY_MB * 2**20), api_key: str | None = None):
+    """The FastAPI app around `server`. Bodies over max_body_bytes get 413; with api_key, every route but /health
+    needs `Authorization: Bearer <api_key>`."""
     from contextlib import asynccontextmanager
 
     from fastapi import FastAPI, Request
@@ -259,6 +332,20 @@ def create_app(server: FleetServer):
         await server.close()
 
     app = FastAPI(title="distill fleet", lifespan=lifespan)
+
+    if api_key:
+        register_secret(api_key)
+        expected = f"Bearer {api_key}".encode()
+
+        @app.middleware("http")
+        async def require_key(request: Request, call_next):
+            # Checked before any body is read, so an unauthenticated client cannot make the server read one.
+            given = request.headers.get("authorization", "").encode()
+            if request.url.path != "/health" and not hmac.compare_digest(given, expected):
+                return JSONResponse(_error("a valid `Authorization: Bearer <key>` header is needed",
+                                           "authentication_error"), status_code=401,
+                                    headers={"www-authenticate": "Bearer"})
+            return await call_next(request)
 
     @app.get("/health")
     async def health():
@@ -275,10 +362,24 @@ def create_app(server: FleetServer):
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
+        too_large = JSONResponse(_error(f"the body is larger than this server accepts ({max_body_bytes:,} bytes; "
+                                        f"--max-body-mb)", "invalid_request_error"), status_code=413)
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > max_body_bytes:
+            return too_large
+        chunks, size = [], 0
+        async for chunk in request.stream():  # counted as it arrives: a chunked body has no length up front
+            size += len(chunk)
+            if size > max_body_bytes:
+                return too_large
+            chunks.append(chunk)
+        raw = b"".join(chunks)
         try:
-            body = await request.json()
-        except (ValueError, UnicodeDecodeError):
+            body = await asyncio.to_thread(json.loads, raw) if size > PARSE_OFF_LOOP_BYTES else json.loads(raw)
+        except (ValueError, UnicodeDecodeError):  # JSONDecodeError, and numbers past Python's 4,300-digit limit
             return JSONResponse(_error("the body is not JSON", "invalid_request_error"), status_code=400)
+        except RecursionError:
+            return JSONResponse(_error("the body is nested too deeply", "invalid_request_error"), status_code=400)
         status, data, headers = await server.complete(body, request.headers.get("x-distill-category"))
         return JSONResponse(data, status_code=status, headers=headers)
 
@@ -302,14 +403,33 @@ def serve_cli(args) -> int:
         router = load_router(router_dir, members)
     elif args.alpha is not None:
         log.warning("--alpha %g is ignored: there is no router (fit one with `distill fleet fit`)", args.alpha)
-    server = FleetServer(members, router, alpha=args.alpha, timeout_s=args.timeout, down_retry_s=args.down_retry_s)
+    if args.max_body_mb <= 0:
+        raise DistillError(f"--max-body-mb must be positive, got {args.max_body_mb}")
+    api_key = None
+    if args.api_key_env:
+        api_key = os.environ.get(args.api_key_env)
+        if not api_key:
+            raise DistillError(f"--api-key-env {args.api_key_env}: the environment variable is not set or empty")
+    elif not _is_loopback(args.host):
+        log.warning("listening on %s without --api-key-env: anyone who can reach this address can use the fleet "
+                    "(and its members' keys)", args.host)
+    server = FleetServer(members, router, alpha=args.alpha, timeout_s=args.timeout, down_retry_s=args.down_retry_s,
+                         max_tools=args.max_tools, schema_cache=args.schema_cache)
     server.warm_up()
     order = "router " + str(router_dir) + f" (alpha {args.alpha if args.alpha is not None else router.alpha:g})" \
         if router else "cheapest first (no router)"
     log.info("serving %d members (%s) on http://%s:%d/v1; order: %s", len(server.members),
              ", ".join(f"{m.name} -> {m.endpoint['base_url']}" for m in server.members), args.host, args.port, order)
-    uvicorn.run(create_app(server), host=args.host, port=args.port, log_level="warning")
+    app = create_app(server, max_body_bytes=int(args.max_body_mb * 2**20), api_key=api_key)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def add_parser(actions: argparse._SubParsersAction) -> None:
@@ -340,4 +460,13 @@ def add_parser(actions: argparse._SubParsersAction) -> None:
     s.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for one member's answer (default: %(default)s)")
     s.add_argument("--down-retry-s", type=float, default=30.0, help="seconds a member that could not be reached is "
                    "skipped before it is tried again (default: %(default)s)")
+    s.add_argument("--api-key-env", default=None, metavar="NAME", help="environment variable holding the key clients "
+                   "must send as `Authorization: Bearer <key>` (every route but /health; 401 otherwise); set it whenever "
+                   "--host is not a loopback address (default: no key)")
+    s.add_argument("--max-body-mb", type=float, default=MAX_BODY_MB, help="largest request body accepted, in MB; a "
+                   "larger one gets 413 (default: %(default)s)")
+    s.add_argument("--max-tools", type=int, default=MAX_TOOLS, help="most tools one request may offer; more gets 400 "
+                   "(default: %(default)s, as OpenAI's API)")
+    s.add_argument("--schema-cache", type=int, default=SCHEMA_CACHE, metavar="N", help="distinct tool sets whose "
+                   "compiled JSON Schemas are kept (least recently used dropped first) (default: %(default)s)")
     s.set_defaults(run=serve_cli)

@@ -211,7 +211,11 @@ def live_check(args) -> None:
                 chosen.append(rows[i])
         i += 1
     ev = json.loads((out / "fleet_eval" / "fleet_eval.json").read_text())
-    strategy = f"router+cascade a={ev['router_alpha']:g}"
+    # `fleet serve` applies the abstention policy when it has the flag; without it, it accepts every no-call answer,
+    # and its decisions are compared with the replay that does the same
+    policy = "--abstain-policy" in subprocess.run([sys.executable, "-m", "distill", "fleet", "serve", "--help"],
+                                                  capture_output=True, text=True).stdout
+    strategy = f"router+cascade a={ev['router_alpha']:g}" + ("" if policy else " [accept]")
     replay = {d["task_id"]: d for _, d in read_jsonl(out / "fleet_eval" / "decisions.jsonl") if d["strategy"] == strategy}
     traces = {name: {t["task_id"]: t for _, t in read_jsonl(out / "members" / name / "heldout" / "traces.jsonl")}
               for name in MEMBERS}
@@ -238,7 +242,8 @@ def live_check(args) -> None:
         fport = free_port()
         flog = logs / "live_fleet_serve.log"
         procs.append((subprocess.Popen([sys.executable, "-m", "distill", "fleet", "serve", "--fleet", str(live_fleet),
-                                        "--port", str(fport), "--timeout", "600"],
+                                        "--port", str(fport), "--timeout", "600",
+                                        *(["--abstain-policy", ev["abstain_policy"]] if policy else [])],
                                        stdout=open(flog, "w"), stderr=subprocess.STDOUT), flog, "fleet"))
         for proc, log, name in procs:
             port = fport if name == "fleet" else ports[name]
@@ -272,7 +277,7 @@ def live_check(args) -> None:
                 proc.kill()
         if lock:
             lock.close()
-    write_json(out / "live.json", {"strategy": strategy, "n": len(rows),
+    write_json(out / "live.json", {"strategy": strategy, "fleet_serve_abstain_policy": policy, "n": len(rows),
                                    "decisions_match": sum(r["decision_matches"] for r in rows),
                                    "answers_match": sum(r["answer_matches_eval"] for r in rows), "requests": rows})
 

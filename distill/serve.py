@@ -76,7 +76,7 @@ class ServeConfig:
     max_new_tokens: int = field(default=512, metadata={"help": "most tokens generated per answer; a request's max_tokens "
                                                                "is capped at this"})
     max_body_mb: float = field(default=DEFAULT_MAX_BODY_MB, metadata={"help": "largest request body accepted, in "
-                                                                                    "MB (10^6 bytes); larger gets 413"})
+                                                                                    "MB (2^20 bytes); larger gets 413"})
     max_tools: int = field(default=DEFAULT_MAX_TOOLS, metadata={"help": "most tools accepted in one request"})
     interactive: bool = field(default=False, metadata={"help": "chat with the model in this terminal instead of serving"})
     tools: str | None = field(default=None, metadata={"help": "with --interactive: a JSON file with the tools offered "
@@ -371,7 +371,7 @@ class BodyLimit:
         await self.app(scope, replay, send)
 
     async def _refuse(self, send):
-        body = json.dumps(_error(f"the request body is larger than this server's limit of {self.limit / 1e6:g} MB "
+        body = json.dumps(_error(f"the request body is larger than this server's limit of {self.limit / 2**20:g} MB "
                                  f"(--max-body-mb)", "request_too_large")).encode()
         await send({"type": "http.response.start", "status": 413,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
@@ -420,7 +420,7 @@ def create_app(student: Student, config: ServeConfig):
             return JSONResponse(_error(f"generation failed: {type(e).__name__}", "server_error"), status_code=500)
         return JSONResponse(completion_body(student.name, result, parse_output(result.raw)))
 
-    return BodyLimit(app, int(config.max_body_mb * 1e6))
+    return BodyLimit(app, int(config.max_body_mb * 2**20))
 
 
 # --- the terminal ------------------------------------------------------------------------------------------------------

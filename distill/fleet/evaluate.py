@@ -233,7 +233,7 @@ def evaluate_fleet(fleet_path, tasks_path, *, router_dir=None, alphas=DEFAULT_AL
                 t: run_cascade(d.ladder, outcomes[t], d.category, abstain_policy) for t, d in decisions.items()}, alpha=a))
             if compare and a == router.alpha:
                 strategies.append(Strategy(f"router+cascade a={a:g} [accept]", "router+cascade [accept]", {
-                    t: run_cascade(d.ladder, outcomes[t], d.category, "accept") for t, d in decisions.items()}))
+                    t: run_cascade(d.ladder, outcomes[t], d.category, "accept") for t, d in decisions.items()}, alpha=a))
     else:
         notes.append("no router: fit one with `distill fleet fit` (or pass --router) to see the router strategies")
 
@@ -396,7 +396,8 @@ def write_outputs(result: dict, out: Path, plots: bool = True) -> list[Path]:
     strategies: list[Strategy] = result["_strategies"]
     tasks = result["_tasks"]
     alpha = result["router_alpha"]
-    keep = [s for s in strategies if s.kind in ("cascade", "oracle") or (s.alpha is not None and s.alpha == alpha)]
+    keep = [s for s in strategies
+            if s.kind in ("cascade", "cascade [accept]", "oracle") or (s.alpha is not None and s.alpha == alpha)]
     decisions = ({"task_id": t, "category": tasks[t].category, "strategy": s.name, "tried": r.tried,
                   "answered_by": r.answered_by, "accepted": r.accepted, "correct": r.correct, "cost": r.cost}
                  for s in keep for t, r in s.results.items())

@@ -187,6 +187,10 @@ def read_recipe_file(path: str | Path) -> dict:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise DistillError(f"{path}: no such recipe file") from None
+    except UnicodeDecodeError as e:
+        raise DistillError(f"{path}: not UTF-8 text (bad byte at offset {e.start}); is this a recipe?") from None
+    except OSError as e:  # a folder, permission denied
+        raise DistillError(f"{path}: cannot read it ({e.strerror or e})") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:

@@ -99,6 +99,21 @@ def test_binary_garbage(w, capsys, argv):
     assert "garbage.bin:1" in err  # the line at fault
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["fleet", "eval", "--fleet", "garbage.bin", "--tasks", "tasks.jsonl", "--out", "o"],
+        ["fleet", "serve", "--fleet", "garbage.bin", "--port", "9"],
+        ["fleet", "fit", "--fleet", "garbage.bin", "--tasks", "tasks.jsonl", "--out", "o"],
+        ["train", "garbage.bin"],
+        ["compare", "garbage.bin", "garbage.bin", "--out", "o"],
+    ],
+    ids=["fleet-eval", "fleet-serve", "fleet-fit", "train-recipe", "compare"],
+)
+def test_binary_garbage_as_yaml_or_json(w, capsys, argv):
+    fails_cleanly(w, capsys, argv, "garbage.bin")
+
+
 def test_generate_out_garbage_is_not_touched(w, capsys):
     err = fails_cleanly(w, capsys, [*GENERATE, "--tasks", "tasks.jsonl", "--out", "garbage.bin"], "garbage.bin")
     assert "not a traces file" in err

@@ -51,6 +51,10 @@ def load_fleet(path: str | os.PathLike) -> dict:
         fleet = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
         raise DistillError(f"{path}: not valid YAML ({e})") from None
+    except UnicodeDecodeError as e:
+        raise DistillError(f"{path}: not UTF-8 text (bad byte at offset {e.start}); is this a fleet file?") from None
+    except OSError as e:
+        raise DistillError(f"{path}: cannot read it ({e.strerror or e})") from None
     if not isinstance(fleet, dict):
         raise DistillError(f"{path}: expected a mapping with 'version' and 'members'")
     if fleet.get("version", FLEET_VERSION) != FLEET_VERSION:

@@ -462,6 +462,17 @@ class BackendConfig:
             resolve_chat_template(self.chat_template)  # names what is wrong with a bad name or path
         if self.adapter and not Path(self.adapter).is_dir():
             raise DistillError(f"--adapter {self.adapter}: no such adapter folder")
+        for flag, value, ok, what in (
+            ("--concurrency", self.concurrency, self.concurrency >= 1, "at least 1"),
+            ("--timeout", self.timeout_s, self.timeout_s > 0, "positive (seconds)"),
+            ("--max-retries", self.max_retries, self.max_retries >= 0, "0 or more"),
+            ("--max-new-tokens", self.max_new_tokens, self.max_new_tokens >= 1, "at least 1"),
+            ("--temperature", self.temperature, self.temperature >= 0, "0 or more"),
+            ("--top-p", self.top_p, 0 < self.top_p <= 1, "in (0, 1]"),
+            ("--batch-size", self.batch_size, self.batch_size is None or self.batch_size >= 1, "at least 1"),
+        ):
+            if not ok:  # silently clamped or sent as is before, where a server answered with a confusing error
+                raise DistillError(f"{flag} must be {what}, got {value}")
 
 
 def backend_config_from_args(args: argparse.Namespace, model: str | None = None) -> BackendConfig:

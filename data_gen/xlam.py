@@ -80,12 +80,16 @@ def python_type_to_schema(type_text: str) -> tuple[dict, bool]:
 
 def tool_to_openai(tool: dict, where: str) -> tuple[dict, dict]:
     """(OpenAI tool, {argument: default or None for optional arguments})."""
+    if not isinstance(tool, dict):
+        raise DistillError(f"{where}: a tool must be an object, got {type(tool).__name__}")
     if tool.get("type") == "function" and isinstance(tool.get("function"), dict):
         tool = tool["function"]
     name = tool.get("name")
     if not isinstance(name, str) or not name:
         raise DistillError(f"{where}: a tool without a 'name'")
     params = tool.get("parameters") or {}
+    if not isinstance(params, dict):
+        raise DistillError(f"{where}: tool {name!r}: 'parameters' must be an object, got {type(params).__name__}")
     optional: dict = {}
     if params.get("type") in ("object", "dict") or "properties" in params:
         schema = to_json_schema(params, top=True)
@@ -128,7 +132,13 @@ def row_to_task(row: dict, index: int, category: str, prefix: str, where: str) -
             raise DistillError(f"{where}: answers[{i}] must be an object with a 'name'")
         args = ans.get("arguments", {})
         if isinstance(args, str):
-            args = json.loads(args) if args.strip() else {}
+            try:
+                args = json.loads(args) if args.strip() else {}
+            except (ValueError, RecursionError) as e:
+                raise DistillError(f"{where}: answers[{i}].arguments is a string but not valid JSON "
+                                   f"({getattr(e, 'msg', type(e).__name__)})") from None
+        if not isinstance(args, dict):
+            raise DistillError(f"{where}: answers[{i}].arguments must be an object (or a JSON string of one)")
         arguments = {k: [v] for k, v in args.items()}
         for p, default in optionals.get(ans["name"], {}).items():
             if p not in arguments:

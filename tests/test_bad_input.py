@@ -123,6 +123,29 @@ def test_binary_garbage_as_yaml_or_json(w, capsys, argv):
     fails_cleanly(w, capsys, argv, "garbage.bin")
 
 
+@pytest.mark.parametrize(
+    "row, key",
+    [
+        ({"query": "q", "tools": [{"name": "f", "parameters": "x"}], "answers": []}, "parameters"),
+        ({"query": "q", "tools": ["f"], "answers": []}, "tool"),
+        ({"query": "q", "tools": [TOOL["function"]], "answers": [{"name": "search", "arguments": "{not json"}]},
+         "answers[0].arguments"),
+        ({"query": "q", "tools": [TOOL["function"]], "answers": [{"name": "search", "arguments": [1]}]},
+         "answers[0].arguments"),
+    ],
+    ids=["parameters-str", "tool-str", "arguments-not-json", "arguments-list"],
+)
+def test_import_jsonl_wrong_types(w, capsys, row, key):
+    write_jsonl(w / "rows.jsonl", [row])
+    fails_cleanly(w, capsys, ["import", "jsonl", "rows.jsonl", "--out", "t.jsonl"], "rows.jsonl:1", key)
+
+
+@pytest.mark.parametrize("flag, value", [("--concurrency", "0"), ("--timeout", "-1"), ("--max-retries", "-1"),
+                                         ("--top-p", "0"), ("--temperature", "-0.5"), ("--max-new-tokens", "0")])
+def test_generate_flag_out_of_range(w, capsys, flag, value):
+    fails_cleanly(w, capsys, [*GENERATE, "--tasks", "tasks.jsonl", flag, value, "--out", "g.jsonl"], flag)
+
+
 def test_generate_out_garbage_is_not_touched(w, capsys):
     err = fails_cleanly(w, capsys, [*GENERATE, "--tasks", "tasks.jsonl", "--out", "garbage.bin"], "garbage.bin")
     assert "not a traces file" in err

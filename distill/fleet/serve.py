@@ -443,11 +443,15 @@ def add_parser(actions: argparse._SubParsersAction) -> None:
         "function or fails the tool's JSON Schema escalates to the next member. The answer comes back as the member "
         "sent it, with headers x-distill-member (who answered), x-distill-tried and x-distill-verified. GET "
         "/v1/fleet/stats: counts per member. A member that cannot be reached is logged and skipped for "
-        "--down-retry-s seconds. Streaming is refused (the verifier needs the whole answer)."),
+        "--down-retry-s seconds. Streaming is refused (the verifier needs the whole answer). Bodies over --max-body-mb get "
+        "413, requests with more than --max-tools tools or that are not chat requests get 400, and with --api-key-env "
+        "every route but /health needs the bearer key."),
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n"
         "  distill fleet serve --fleet fleet.yaml --port 8080\n"
-        "  distill fleet serve --fleet fleet.yaml --port 8080 --alpha 0.7 --host 0.0.0.0\n"
+        "  distill fleet serve --fleet fleet.yaml --port 8080 --alpha 0.7\n"
+        "  distill fleet serve --fleet fleet.yaml --port 8080 --host 0.0.0.0 --api-key-env FLEET_KEY   # clients send "
+        "Authorization: Bearer $FLEET_KEY\n"
         "  curl -s http://127.0.0.1:8080/v1/fleet/stats",
     )
     s.add_argument("--fleet", required=True, help="fleet file whose members have an `endpoint`")

@@ -134,58 +134,36 @@ def _scalar_problem(value) -> str | None:
 
 def calls_problem(calls: list[dict]) -> str | None:
     """Why calls ([{"name": str, "arguments": dict}]) cannot be carried as JSON and checked, or None when they
-    can. It runs on every verdict, so flat arguments of short ASCII strings and plain numbers take a fast loop
-    (about 1 us a call); anything else takes the full walk."""
+    can: every value at every depth, without recursion, within MAX_OUTPUT_CHARS. It runs on every verdict, so
+    common cases are inline and each object's keys are checked by one C call (about 1 us a call)."""
     if len(calls) > MAX_CALLS:
         return f"{len(calls):,} calls, more than the {MAX_CALLS:,} the verifier reads"
-    for call in calls:
-        arguments = call["arguments"]
-        try:  # one C call checks that the name and every key are ASCII strings
-            if len(arguments) > 64 or not (call["name"] + "".join(arguments)).isascii():
-                return _walk_calls(calls)
-        except TypeError:  # a key that is not a string
-            return _walk_calls(calls)
-        for value in arguments.values():
-            t = type(value)
-            if t is str:
-                if len(value) > 1000 or not value.isascii():
-                    return _walk_calls(calls)
-            elif t is int:
-                if not -_INT_LIMIT < value < _INT_LIMIT:
-                    return _walk_calls(calls)
-            elif t is float:
-                if value - value != 0.0:  # NaN or infinity
-                    return _walk_calls(calls)
-            elif not (t is bool or value is None):
-                return _walk_calls(calls)
-    return None
-
-
-def _walk_calls(calls: list[dict]) -> str | None:
-    """calls_problem's full check: every value at every depth, without recursion, within MAX_OUTPUT_CHARS."""
     budget = MAX_OUTPUT_CHARS
     for call in calls:
         name = call["name"]
-        if not _utf8_ok(name):
+        if not name.isascii() and not _utf8_ok(name):
             return f"function name {short_repr(name)} holds a lone surrogate, which UTF-8 cannot store"
-        container, depth, nested = call["arguments"], 1, []
+        container, depth, nested = call["arguments"], 1, None
+        if type(container) is not dict:
+            return f"arguments of {short_repr(name)} are a {type(container).__name__}, not a JSON object"
         while True:
+            budget -= len(container) + 1  # before the loop: a container of millions of items stops here
+            if budget < 0:
+                return f"calls larger than the {MAX_OUTPUT_CHARS:,} characters the verifier reads"
             if type(container) is dict:
-                for key in container:
-                    if type(key) is not str:
-                        return f"arguments of {short_repr(name)} have a key {short_repr(key)} that is not a string"
-                    budget -= len(key)
-                    if not _utf8_ok(key):
-                        return f"arguments of {short_repr(name)} have a key {short_repr(key)} with a lone surrogate"
+                try:
+                    keys = "".join(container)  # one C call: every key is a string, and their characters
+                except TypeError:
+                    key = next(k for k in container if type(k) is not str)
+                    return f"arguments of {short_repr(name)} have a key {short_repr(key)} that is not a string"
+                if not keys.isascii() and not _utf8_ok(keys):
+                    return f"arguments of {short_repr(name)} have a key with a lone surrogate, which UTF-8 cannot store"
+                budget -= len(keys)
                 values = container.values()
             else:
                 values = container
-            budget -= len(container) + 1
             for value in values:
                 t = type(value)
-                if t is dict or t is list:
-                    nested.append((value, depth + 1))
-                    continue
                 if t is str:
                     budget -= len(value)
                     if value.isascii():
@@ -193,18 +171,23 @@ def _walk_calls(calls: list[dict]) -> str | None:
                 elif t is int:
                     if -_INT_LIMIT < value < _INT_LIMIT:
                         continue
+                elif t is dict or t is list:
+                    if nested is None:
+                        nested = []
+                    nested.append((value, depth + 1))
+                    continue
                 elif t is bool or value is None:
                     continue
                 problem = _scalar_problem(value)
                 if problem is not None:
                     return f"arguments of {short_repr(name)} hold {problem}"
-            if budget < 0:
-                return f"calls larger than the {MAX_OUTPUT_CHARS:,} characters the verifier reads"
             if not nested:
                 break
             container, depth = nested.pop()
             if depth > MAX_NESTING:
                 return f"arguments of {short_repr(name)} are nested deeper than {MAX_NESTING} levels"
+        if budget < 0:
+            return f"calls larger than the {MAX_OUTPUT_CHARS:,} characters the verifier reads"
     return None
 
 

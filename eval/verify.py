@@ -19,7 +19,17 @@ from __future__ import annotations
 import math
 
 from eval import match as m
-from eval.parse import CALLS, MALFORMED, Parsed, calls_problem, clip, parse_output, parse_tool_calls, short_repr
+from eval.parse import (
+    CALLS,
+    MALFORMED,
+    MAX_DETAIL_CHARS,
+    Parsed,
+    calls_problem,
+    clip,
+    parse_output,
+    parse_tool_calls,
+    short_repr,
+)
 from eval.tasks import Task
 
 ERRORS = (
@@ -145,14 +155,14 @@ def verify(task: Task, trace: dict) -> dict:
         parsed = parse_trace(trace)
         correct, schema_valid, error, detail = judge(task, parsed)
         format_valid = parsed.status != MALFORMED
+        model, sample = (trace.get("model"), trace.get("sample", 0)) if isinstance(trace, dict) else (None, 0)
+        if not (type(model) is str and len(model) <= 1000 and model.isascii()):
+            model = _echo(model)
+        if not (type(sample) is int and -_BIG < sample < _BIG):
+            sample = _echo(sample)
     except Exception as e:  # a last resort, never expected: the fuzz tests assert this detail never appears
-        correct, schema_valid, error, format_valid = False, False, "malformed", False
+        correct, schema_valid, error, format_valid, model, sample = False, False, "malformed", False, None, 0
         detail = f"{INTERNAL_ERROR}: {type(e).__name__}"
-    model, sample = (trace.get("model"), trace.get("sample", 0)) if isinstance(trace, dict) else (None, 0)
-    if not (type(model) is str and len(model) <= 1000 and model.isascii()):
-        model = _echo(model)
-    if not (type(sample) is int and -_BIG < sample < _BIG):
-        sample = _echo(sample)
     return {
         "task_id": task.id,
         "model": model,
@@ -162,7 +172,7 @@ def verify(task: Task, trace: dict) -> dict:
         "schema_valid": schema_valid,
         "format_valid": format_valid,
         "error": error,
-        "detail": clip(detail) if detail else detail,
+        "detail": detail if not detail or (len(detail) <= MAX_DETAIL_CHARS and detail.isascii()) else clip(detail),
     }
 
 

@@ -260,3 +260,20 @@ def test_huge_values_are_not_echoed(triangle):
                   _trace(tool_calls=[{"name": "calculate_triangle_area", "arguments": {"base": near_cap, "height": 5}}])):
         verdict = check(triangle, trace)
         assert verdict["error"] in ("wrong_value", "schema_violation") and "yyyy" in verdict["detail"]
+
+
+def test_containers_of_millions_of_items_stop_at_the_size_cap(triangle):
+    many_keys = dict.fromkeys(map(str, range(1_200_000)), 1)
+    for arguments in (many_keys, {"base": [0] * 5_000_000}, {"base": ["x" * 1000] * 5000}):
+        verdict = check(triangle, _trace(tool_calls=[{"name": "calculate_triangle_area", "arguments": arguments}]))
+        assert verdict["error"] == "malformed" and f"{MAX_OUTPUT_CHARS:,}" in verdict["detail"], verdict
+
+
+def test_a_trace_whose_methods_raise_still_gives_a_verdict(triangle):
+    class Hostile(dict):
+        def get(self, *args):
+            raise RuntimeError("hostile get")
+
+    verdict = verify(triangle, Hostile(raw="x"))
+    assert verdict["error"] == "malformed" and verdict["correct"] is False
+    json.dumps(verdict, ensure_ascii=False).encode("utf-8")

@@ -1,8 +1,8 @@
 """The real fleet, measured: do real small students, routed per request, beat every one of them?
 
-    # 2-core CPU (what ran for benchmarks/results/fleet-<date>-cpu/; ~2.5 h, every model job under the heavy lock):
-    OMP_NUM_THREADS=2 python benchmarks/fleet_quality.py --lock /tmp/distill-heavy.lock --calib-per-category 20 \\
-        --eval-per-category 20 --train-per-category 40 --steps 12 --max-new-tokens 96
+    # 2-core CPU shared with other jobs (what ran for benchmarks/results/fleet-<date>-cpu/; about 1.5 h of model time):
+    OMP_NUM_THREADS=1 python benchmarks/fleet_quality.py --lock /tmp/distill-heavy.lock --hold-lock \\
+        --calib-per-category 15 --eval-per-category 15 --train-per-category 40 --steps 10 --max-new-tokens 64
     # one GPU (the 500 held-out tasks; member evaluations ~10 min on an H200):
     python benchmarks/fleet_quality.py --device cuda --eval-categories \\
         simple_python,multiple,parallel,parallel_multiple,irrelevance --eval-per-category 100 \\
@@ -288,10 +288,12 @@ HEAVY = ("eval", "train")  # the stages that load a model: one at a time on a sh
 def run(stages: list[Stage], args) -> dict:
     """Run each stage whose output is missing, printing its command first, each distill command in its own process
     (under `flock --lock` when it loads a model), its output in --out/logs/; returns {stage: seconds | 'skipped'}."""
+    import fcntl
     import shlex
 
     timings = {}
     logs = Path(args.out) / "logs"
+    held = None  # --hold-lock: the lock file, held from the first model stage to the last
     for i, s in enumerate(stages, 1):
         key = f"{i:02d} {s.name}"
         if s.done.exists():
@@ -311,7 +313,11 @@ def run(stages: list[Stage], args) -> dict:
             s.done.write_text(f"exit status {rc}\n")
         else:
             logs.mkdir(parents=True, exist_ok=True)
-            lock = ["flock", args.lock] if args.lock and s.argv[0] in HEAVY else []
+            heavy = args.lock and s.argv[0] in HEAVY
+            if heavy and args.hold_lock and held is None:
+                held = open(args.lock, "a")
+                fcntl.flock(held, fcntl.LOCK_EX)
+            lock = ["flock", args.lock] if heavy and held is None else []
             log = logs / f"{key.replace(' ', '_')}.log"
             with open(log, "a") as f:
                 rc = subprocess.run([*lock, sys.executable, "-m", "distill", *s.argv], stdout=f, stderr=subprocess.STDOUT).returncode
@@ -319,6 +325,11 @@ def run(stages: list[Stage], args) -> dict:
                 raise SystemExit(f"stage {s.name} failed (exit status {rc}); see {log}; rerun to resume")
         timings[key] = round(time.time() - t0, 1)
         print(f"[fleet {i}/{len(stages)}] {s.name}: {timings[key]} s", file=sys.stderr, flush=True)
+        if held is not None and not any(x.argv[0] in HEAVY and not x.done.exists() for x in stages[i:]):
+            held.close()  # no model stage left: let the next heavy job in (the live stage takes the lock itself)
+            held = None
+    if held is not None:
+        held.close()
     return timings
 
 
@@ -405,6 +416,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=8, help="prompts per generate() call when evaluating")
     p.add_argument("--dtype", default="float32", help="weights when evaluating (default: %(default)s)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="(default: %(default)s)")
+    p.add_argument("--hold-lock", action="store_true",
+                   help="with --lock: take the lock once, before the first model stage, and keep it until the last "
+                   "(one turn on a busy machine instead of one per stage)")
     p.add_argument("--alpha", type=float, default=0.9, help="the router's accuracy weight (default: %(default)s)")
     p.add_argument("--live", type=int, default=6, help="held-out requests answered live (default: %(default)s)")
     p.add_argument("--lock", default=None, help="run every training and evaluation under `flock LOCK` (a shared machine)")

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 
 CALLS, NO_CALL, MALFORMED = "calls", "no_call", "malformed"
 
+INTERNAL_ERROR = "the verifier could not check this output"  # the detail of a last-resort verdict
 MAX_OUTPUT_CHARS = 1_000_000  # longer raw output (or structured tool_calls) is malformed, unread
 MAX_PYTHON_CHARS = 100_000  # Python call syntax past this is malformed: ast.parse of 1 MB takes seconds and ~500 MB
 MAX_CALLS = 1_000  # calls in one answer (BFCL's parallel tasks expect at most a few dozen)
@@ -298,7 +299,10 @@ def _literal(node: ast.expr, depth: int = 1):
             return {_dotted_name(node.func): {kw.arg: _literal(kw.value, depth + 1) for kw in node.keywords}}
         except _Malformed:
             pass
-    return ast.unparse(node)
+    try:
+        return ast.unparse(node)
+    except ValueError:  # a constant inside it that repr() refuses: an integer past 4,300 digits
+        raise _Malformed("an expression holding an integer of more than 4,300 digits") from None
 
 
 def _call_from_ast(node: ast.expr) -> dict:
@@ -643,6 +647,8 @@ def parse_tool_calls(tool_calls: list) -> Parsed:
         return _malformed("openai", str(e))
     except (RecursionError, MemoryError) as e:
         return _malformed("openai", f"tool_calls cannot be read ({type(e).__name__})")
+    except Exception as e:  # a last resort, never expected: the fuzz tests assert this detail never appears
+        return _malformed("openai", f"{INTERNAL_ERROR}: {type(e).__name__}")
 
 
 def _arguments_length(tc) -> int:
@@ -672,6 +678,8 @@ def parse_output(raw: str | None, tool_calls: list | None = None) -> Parsed:
         return _malformed(_guess_format(raw), str(e))
     except (RecursionError, MemoryError) as e:  # a parser's own limits, e.g. ast on deeply nested brackets
         return _malformed(_guess_format(raw), f"nested too deeply ({type(e).__name__})")
+    except Exception as e:  # a last resort, never expected: the fuzz tests assert this detail never appears
+        return _malformed(_guess_format(raw), f"{INTERNAL_ERROR}: {type(e).__name__}")
 
 
 def _guess_format(raw: str) -> str:

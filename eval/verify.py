@@ -21,6 +21,7 @@ import math
 from eval import match as m
 from eval.parse import (
     CALLS,
+    INTERNAL_ERROR,
     MALFORMED,
     MAX_DETAIL_CHARS,
     Parsed,
@@ -175,5 +176,3 @@ def verify(task: Task, trace: dict) -> dict:
         "detail": detail if not detail or (len(detail) <= MAX_DETAIL_CHARS and detail.isascii()) else clip(detail),
     }
 
-
-INTERNAL_ERROR = "the verifier could not check this output"

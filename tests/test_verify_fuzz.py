@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 
 from data_gen.bfcl import convert_entry
 from distill.testing.fuzz_outputs import NASTY, load_fuzz_tasks, fuzz_traces
+from eval import parse as parse_module
 from eval import verify as verify_module
 from eval.bfcl_data import bfcl_data_dir
 from eval.parse import MAX_DETAIL_CHARS, MAX_OUTPUT_CHARS, render
@@ -79,7 +80,7 @@ def test_seeded_mutations_of_real_outputs(fuzz_tasks, tmp_path):
         errors[check(task, trace)["error"]] += 1
         kinds[kind] += 1
     assert not marker.exists(), "model output was executed"
-    assert set(kinds) == {"text", "openai", "canonical", "trace", "large"}
+    assert set(kinds) == {"text", "spliced", "openai", "canonical", "trace", "large"}
     # the mutations must reach past the parser, not only produce garbage it refuses
     assert errors["ok"] > 50 and errors["malformed"] > 1000, errors
     assert sum(errors[e] for e in ("schema_violation", "wrong_value", "wrong_count", "unknown_function")) > 200, errors
@@ -150,6 +151,7 @@ CRASHES = {
     "lone surrogate key": _trace(raw=CALL % '{"base": 10, "height": 5, "\\ud800": 1}'),
     "lone surrogate, Python literal": _trace(raw="[calculate_triangle_area(base=10, height=5, unit='\\udfff')]"),
     "lone surrogate, canonical tool_calls": _trace(tool_calls=[{"name": "calculate_triangle_area", "arguments": {"base": 10, "height": 5, "unit": "\ud800"}}]),
+    "3600-digit hex inside an expression": _trace(raw="[calculate_triangle_area(base=0x%s + 1, height=5)]" % ("f" * 3600)),
     "bytes literal": _trace(raw="[calculate_triangle_area(base=10, height=5, unit=b'x')]"),
     "complex literal": _trace(raw="[calculate_triangle_area(base=10, height=5, unit=1j)]"),
     "Ellipsis": _trace(raw="[calculate_triangle_area(base=10, height=5, unit=...)]"),
@@ -202,12 +204,17 @@ def test_trace_fields_json_cannot_carry_are_echoed_as_text(triangle):
 
 
 def test_an_unexpected_exception_still_gives_a_verdict(triangle, monkeypatch):
-    def broken(task, parsed):
+    def broken(*args):
         raise KeyError("a bug")
 
     monkeypatch.setattr(verify_module, "judge", broken)
     verdict = verify(triangle, _trace(raw="[calculate_triangle_area(base=10, height=5)]"))
     assert verdict["error"] == "malformed" and INTERNAL_ERROR in verdict["detail"]
+    monkeypatch.undo()
+    monkeypatch.setattr(parse_module, "_parse_text", broken)
+    monkeypatch.setattr(parse_module, "_call_from_obj", broken)
+    assert INTERNAL_ERROR in parse_module.parse_output("[f(a=1)]").detail
+    assert INTERNAL_ERROR in parse_module.parse_output(None, [{"name": "f", "arguments": "{}"}]).detail
 
 
 # --- each slow path of the hardening issue -----------------------------------------------------------------------

@@ -42,6 +42,22 @@ NASTY = (
     "True", '"name"', '"arguments"', '"parameters"', '"function"', '"tool_calls"', "[" * 300, '{"a":' * 300,
     "\u202e", "\ufeff", "\uffff", "\U0010ffff", "\U0001f600", "é",
 )
+# Values spliced in place of one argument: Python expressions for Python call syntax, JSON for the rest.
+HOSTILE_PYTHON = (
+    "0x" + "f" * 3600, "0x" + "f" * 3600 + " + 1", "x(0x" + "f" * 3600 + ")", "1" * 5000, "9" * 309, "1e999",
+    "-1e999", "b'x'", "1j", "1 + 2j", "...", "{1: 2}", "{[1]: 2}", "{(1,): 2}", "{1, 2}", "set()", "g(**k)",
+    "{**k}", "[*x]", "lambda: 0", "f'{x}'", "x if y else z", "a.b.c", "x[0]", "-x", "not x", "'\\ud800'",
+    "'\\udfff'", "None", "True", "(1,)", "()", "[" * 150 + "]" * 150, "(" * 150 + "1" + ")" * 150,
+    "x." * 2000 + "x", "-" * 5000 + "1", "x + " * 3000 + "x", "(yield)", "await x", "[x for x in y]", "(x := 1)",
+    "f(a=1)(b=2)", "'" + "a" * 50_000 + "'", "{'a': [1, {'b': None}]}", "1_000", "0b101", "0o17", "1e-400",
+)
+HOSTILE_JSON = (
+    "1" * 5000, "9" * 309, "1e999", "-1e999", "NaN", "Infinity", '"\\ud800"', '"\\udfff"', '{"\\ud800": 1}',
+    "[" * 1000 + "]" * 1000, "[" * 150 + "]" * 150, '{"a":' * 150 + "1" + "}" * 150, "null", "true", '""', "{}",
+    "[]", '"' + "a" * 50_000 + '"', "0.1e-400", "-0", "1.5e308", "[" + ",".join(["1"] * 20_000) + "]",
+    '"</tool_call><tool_call>"', '"[TOOL_CALLS]"', "'single'", "01", "1.", ".5", "+1", '"\\x41"', '"\t"',
+)
+_PLACEHOLDER = "__fuzz_value__"
 PROSE = ("Sure, here is the call: ", "I'll use the tool.\n", "<think>Let me think.</think>", "Answer:\n", "")
 
 
@@ -218,10 +234,24 @@ def _openai_garbage(calls: list[dict], rng: random.Random, marker: str) -> list:
     return structured
 
 
+def _spliced(calls: list[dict], rng: random.Random, marker: str) -> str:
+    """A rendered answer with one argument's value replaced by a hostile snippet of the format's own syntax."""
+    fmt = rng.choice(TEXT_FORMATS)
+    source = copy.deepcopy(calls) or [{"name": "f", "arguments": {}}]
+    call = rng.choice(source)
+    call["arguments"][rng.choice(list(call["arguments"]) or ["extra"])] = _PLACEHOLDER
+    raw = render(source, fmt)
+    if fmt == "python":
+        raw = raw.replace(repr(_PLACEHOLDER), rng.choice(HOSTILE_PYTHON), 1)
+    else:
+        raw = raw.replace(json.dumps(_PLACEHOLDER), rng.choice(HOSTILE_JSON), 1)
+    return _mutate_text(raw, rng, marker) if rng.random() < 0.3 else raw
+
+
 def fuzz_traces(tasks: list[tuple[Task, list[list[dict]]]], n: int, seed: int, marker: str,
                 large_share: float = 0.01) -> Iterator[tuple[Task, object, str]]:
-    """n (task, trace, kind) triples; `kind` says how the trace was made (text, openai, canonical, trace,
-    large). A share `large_share` are long outputs (100 KB up to just past the size cap)."""
+    """n (task, trace, kind) triples; `kind` says how the trace was made (text, spliced, openai, canonical,
+    trace, large). A share `large_share` are long outputs (100 KB up to just past the size cap)."""
     rng = random.Random(seed)
     for _ in range(n):
         task, answers = rng.choice(tasks)
@@ -231,7 +261,9 @@ def fuzz_traces(tasks: list[tuple[Task, list[list[dict]]]], n: int, seed: int, m
             yield task, {**head, "raw": _large_text(rng)}, "large"
             continue
         kind = rng.choice(KINDS)
-        if kind == "text":
+        if kind == "text" and rng.random() < 0.35:
+            yield task, {**head, "raw": _spliced(calls, rng, marker)}, "spliced"
+        elif kind == "text":
             fmt = rng.choice(TEXT_FORMATS)
             source = _inject(calls, rng, _json_garbage) if rng.random() < 0.3 else calls
             try:

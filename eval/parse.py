@@ -588,6 +588,7 @@ def _first_call_shaped(value) -> list[dict] | None:
         else:
             continue
         if items and all(_call_shaped(x) for x in items):
+            _too_many(len(items))  # more calls than the verifier reads is malformed, not its first call
             try:
                 return _calls_from_json_value(v)
             except _Malformed:

@@ -142,8 +142,8 @@ def _echo(value):
     """A trace's identifying field (model, sample) as the verdict can store it: JSON scalars as they are, anything
     else (or a string UTF-8 cannot store) as a short repr."""
     t = type(value)
-    if t is str:
-        return value if len(value) <= 1000 and value.isascii() else clip(value, 1000)
+    if isinstance(value, str):
+        return clip(value[:2000], 1000)  # a slice is a plain str, also of a str subclass
     if value is None or t is bool or (t is float and math.isfinite(value)) or (t is int and -_BIG < value < _BIG):
         return value
     return short_repr(value, 100)

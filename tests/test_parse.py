@@ -198,3 +198,9 @@ def test_short_repr_never_raises_and_stays_short():
         text = short_repr(value)
         assert len(text) <= 60
         text.encode("utf-8")
+
+
+def test_more_embedded_calls_than_the_verifier_reads_is_malformed():
+    calls = json.dumps([{"name": "f", "arguments": {}}] * 1001)
+    assert parse_output("Here: " + calls).status == MALFORMED
+    assert parse_output("Here: " + json.dumps([{"name": "f", "arguments": {}}] * 2)).status == CALLS

@@ -34,8 +34,8 @@ chosen answers) and trains --arm-steps more on the same pairs:
     sigmoid-lr<HI>    DPO at the higher one
     sigmoid+sft       DPO plus an SFT term on the chosen answer (loss_type [sigmoid, sft], weights 1:1), at HI
     apo_zero          APO-zero (raises chosen, lowers rejected, each against the reference), at HI
-    sigmoid-onpolicy  DPO at HI on pairs whose rejected answers are the start adapter's own mistakes (with
-                      --onpolicy K: the start student answers each training task K times)
+    sigmoid-onpolicy  DPO at HI on on-policy pairs (`distill pairs --on-policy`): the start student answers each
+                      training task K times (--onpolicy K); its own mistakes are the rejected answers
     sft+grpo          GRPO with the verifier's reward (recipes/demo/grpo.yaml, --grpo-generations answers per
                       task) from the start adapter; present when distill has `stage: grpo`
     grpo              the same from the base model, for --sft-steps + --arm-steps (the same total budget)
@@ -331,11 +331,14 @@ class Planner:
         o = self.o
         return [self.sample("student-start", "the start (SFT'd) student on training tasks", ["--adapter", rel(self.start_dir(0))],
                             samples=self.args.onpolicy),
-                Job("pairs on-policy", "chosen: verified answers; rejected: the start student's mistakes + synthetic",
-                    self.out / "pairs-onpolicy" / "pairs_stats.json",
-                    ["pairs", "--tasks", o("train_tasks.jsonl"), "--student-traces", o("student-start", "traces.jsonl"),
-                     "--chosen-from", "gold", "--synthetic", "2", "--max-pairs-per-task", "3", "--test-size", "0",
-                     "--out", o("pairs-onpolicy")])]
+                # --on-policy: rejected answers only from the start student's samples, labelled by kind (its wrong
+                # call, its call on an irrelevance task, its abstention on a call task); chosen: its own correct
+                # sample where it has one, else the verified answer
+                Job("pairs on-policy", "chosen: the start student's correct answers or verified ones; rejected: its "
+                    "own mistakes", self.out / "pairs-onpolicy" / "pairs_stats.json",
+                    ["pairs", "--tasks", o("train_tasks.jsonl"), "--on-policy", "--student-traces",
+                     o("student-start", "traces.jsonl"), "--chosen-from", "gold", "--max-pairs-per-task", "3",
+                     "--test-size", "0", "--out", o("pairs-onpolicy")])]
 
     # --- evaluation
     def stage_a_adapters(self, arm: str) -> dict[int, Path]:
@@ -693,7 +696,11 @@ def markdown(res: dict) -> str:
         f"({s['train_per_category']} per category after the dev split) + composed parallel tasks (share "
         f"{s['composed_share']}); {res['pairs']['pairs']} pairs (chosen: verified answers; rejected: "
         f"{_counts(res['pairs']['rejected_source'])}). Dev: {s['dev_per_category']} tasks per training category "
-        f"({', '.join(dev_cats)}), set aside before composing and mining. Held out: BFCL {', '.join(EVAL_CATEGORIES)} "
+        f"({', '.join(dev_cats)}), set aside before composing and mining. "
+        + (f"On-policy pairs (sigmoid-onpolicy): {res['pairs_onpolicy']['pairs']} (kinds: "
+           f"{_counts(res['pairs_onpolicy'].get('pair_kind', {}))}; chosen: "
+           f"{_counts(res['pairs_onpolicy'].get('chosen_source', {}))}). " if res.get("pairs_onpolicy") else "")
+        + f"Held out: BFCL {', '.join(EVAL_CATEGORIES)} "
         f"({s['eval_per_category']} per category, {res['sizes']['heldout_tasks']} tasks), greedy, max "
         f"{s['max_new_tokens']} new tokens.",
         f"Every arm starts from one SFT adapter (start: {s['sft_steps']} steps of {s['train_batch_size']} at lr "
@@ -916,6 +923,8 @@ def main(argv=None) -> int:
                             f"{args.beta}), not varied in this screen",
         },
         "pairs": json.loads((out / "pairs" / "pairs_stats.json").read_text())["summary"],
+        "pairs_onpolicy": json.loads((out / "pairs-onpolicy" / "pairs_stats.json").read_text())["summary"]
+        if (out / "pairs-onpolicy" / "pairs_stats.json").is_file() else None,
         "stage_a": stage_a,
         "selection": selection,
         "stage_b": b,

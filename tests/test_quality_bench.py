@@ -85,6 +85,8 @@ def test_plan_screens_every_arm_from_one_start_on_dev_and_touches_held_out_only_
     onpolicy = planner.onpolicy()
     assert _flag(onpolicy[0].argv, "--adapter") == planner.o("seed0", "start") and _flag(onpolicy[0].argv, "--samples") == "2"
     assert _flag(onpolicy[1].argv, "--out") == recipes["sigmoid-onpolicy"].script.dataset_path
+    assert "--on-policy" in onpolicy[1].argv and "--synthetic" not in onpolicy[1].argv
+    assert _flag(onpolicy[1].argv, "--student-traces") == planner.o("student-start", "traces.jsonl")
     assert planner.checkpoint_steps() == [2, 4]
 
     # stage A never names the held-out tasks; stage B evaluates only them

@@ -20,6 +20,7 @@ from distill.fleet import evaluate as fleet_evaluate
 from distill.fleet import serve as fleet_serve
 from eval import compare, report
 from eval.io import DistillError
+from eval.secrets import scrub
 
 EPILOG = """\
 the flow:
@@ -91,7 +92,11 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
         return args.run(args)
     except DistillError as e:
-        print(f"distill {args.command}: error: {e}", file=sys.stderr)
+        print(f"distill {args.command}: error: {scrub(str(e))}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a safety net: the modules turn what they expect into DistillErrors naming the path
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"distill {args.command}: error: {where}{scrub(e.strerror or str(e))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"distill {args.command}: interrupted", file=sys.stderr)

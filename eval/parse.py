@@ -133,20 +133,29 @@ def _scalar_problem(value) -> str | None:
     return f"{short_repr(value, 30)} ({t.__name__}), which JSON cannot carry"
 
 
+NOT_CANONICAL = "not a list of {'name': str, 'arguments': dict}"  # what calls_problem says of other shapes
+
+
 def calls_problem(calls: list[dict]) -> str | None:
-    """Why calls ([{"name": str, "arguments": dict}]) cannot be carried as JSON and checked, or None when they
-    can: every value at every depth, without recursion, within MAX_OUTPUT_CHARS. It runs on every verdict, so
-    common cases are inline and each object's keys are checked by one C call (about 1 us a call)."""
+    """Why calls cannot be carried as JSON and checked, or None when they can: NOT_CANONICAL (this very string)
+    unless they are [{"name": str, "arguments": dict}, ...], then every value at every depth, without recursion,
+    within MAX_OUTPUT_CHARS. It runs on every verdict, so common cases are inline and each object's keys are
+    checked by one C call (about 1 us a call)."""
+    if type(calls) is not list:
+        return NOT_CANONICAL
     if len(calls) > MAX_CALLS:
         return f"{len(calls):,} calls, more than the {MAX_CALLS:,} the verifier reads"
     budget = MAX_OUTPUT_CHARS
     for call in calls:
-        name = call["name"]
+        # (a problem found before a call of another shape is the problem parse_tool_calls would find too)
+        if type(call) is not dict or type(call.get("arguments")) is not dict:
+            return NOT_CANONICAL
+        name = call.get("name")
+        if type(name) is not str:
+            return NOT_CANONICAL
         if not name.isascii() and not _utf8_ok(name):
             return f"function name {short_repr(name)} holds a lone surrogate, which UTF-8 cannot store"
         container, depth, nested = call["arguments"], 1, None
-        if type(container) is not dict:
-            return f"arguments of {short_repr(name)} are a {type(container).__name__}, not a JSON object"
         while True:
             budget -= len(container) + 1  # before the loop: a container of millions of items stops here
             if budget < 0:

@@ -24,6 +24,7 @@ from eval.parse import (
     INTERNAL_ERROR,
     MALFORMED,
     MAX_DETAIL_CHARS,
+    NOT_CANONICAL,
     Parsed,
     calls_problem,
     clip,
@@ -59,11 +60,13 @@ def parse_trace(trace: dict) -> Parsed:
             return Parsed(MALFORMED, None, "text", "recorded as unparseable")
         if type(tc) is list and not tc:
             return Parsed("no_call", [], "text", "recorded as no call")
-        if type(tc) is list and all(type(c) is dict and type(c.get("arguments")) is dict and type(c.get("name")) is str for c in tc):
-            # already canonical: skip re-normalising, but check it holds only what JSON can carry
-            problem = calls_problem(tc)
-            return Parsed(CALLS, tc, "openai", "") if problem is None else Parsed(MALFORMED, None, "openai", problem)
-        return parse_tool_calls(tc)
+        # already canonical calls skip re-normalising, but are checked to hold only what JSON can carry
+        problem = calls_problem(tc)
+        if problem is None:
+            return Parsed(CALLS, tc, "openai", "")
+        if problem is NOT_CANONICAL:
+            return parse_tool_calls(tc)
+        return Parsed(MALFORMED, None, "openai", problem)
     return parse_output(trace.get("raw"))
 
 

@@ -19,6 +19,7 @@ import datetime
 import json
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -34,6 +35,15 @@ from eval.io import atomic_write, write_json
 from eval.verify import INTERNAL_ERROR, verify
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def _git_sha() -> str | None:
+    """The commit the verifier ran from (distill.run_info has this too, but importing it loads torch)."""
+    try:
+        return subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
 
 
 def _size(trace) -> int:
@@ -94,6 +104,7 @@ def run(n: int, seed: int, per_category: int, limit_s: float, progress: bool) ->
         "machine": {"python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count(),
                     "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None},
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "git_sha": _git_sha(),
         "inputs": n,
         "seed": seed,
         "tasks": len(tasks),
@@ -126,7 +137,8 @@ def markdown(r: dict) -> str:
     lines = [
         f"# Verifier fuzz, {r['date']} (CPU)",
         "",
-        f"`{r['command']}`: {r['inputs']:,} mutated model outputs (seed {r['seed']}) over {r['tasks']} real BFCL tasks, "
+        f"`{r['command']}` at commit {str(r['git_sha'])[:10]}: {r['inputs']:,} mutated model outputs (seed {r['seed']}) "
+        f"over {r['tasks']} real BFCL tasks, "
         f"one process on a shared {r['machine']['cpus']}-core machine (load average at the end "
         f"{', '.join(f'{x:.1f}' for x in r['machine']['load_average'] or [])}).",
         "",

@@ -13,13 +13,13 @@ Three outcomes: `calls` (a non-empty list of {"name", "arguments"}), `no_call` (
 here because no library covers these formats together (each serving engine ships a parser for its own model
 family only).
 
-The text is untrusted. This module only reads it with `json` and `ast.parse`; nothing is executed. Every function
-here returns a Parsed for any input and never raises; the work is linear in the input's length, and at most
-MAX_OUTPUT_CHARS characters are read (MAX_PYTHON_CHARS for Python call syntax, whose `ast` tree costs about 500
-bytes and several microseconds per token). Returned calls hold only what JSON can carry and a UTF-8 file can
-store: string keys, finite numbers, integers under 4,000 digits, no lone surrogates, at most MAX_NESTING levels of
-nesting; anything else is `malformed` with a short reason. Values quoted in a reason are cut to a few dozen
-characters (`short_repr`).
+The text is untrusted. This module only reads it with `json` and `ast.parse`; nothing is executed.
+`parse_output` and `parse_tool_calls` return a Parsed for any input and never raise; the work is linear in the
+input's length, and at most MAX_OUTPUT_CHARS characters are read (MAX_PYTHON_CHARS for Python call syntax, whose
+`ast` tree costs about 500 bytes and several microseconds per token). Returned calls hold only what JSON can carry
+and a UTF-8 file can store: string keys, finite numbers, integers under 4,000 digits, no lone surrogates, at most
+MAX_NESTING levels of nesting, at most MAX_CALLS calls; anything else is `malformed` with a short reason. Values
+quoted in a reason are cut to a few dozen characters (`short_repr`).
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ MAX_OUTPUT_CHARS = 1_000_000  # longer raw output (or structured tool_calls) is 
 MAX_PYTHON_CHARS = 100_000  # Python call syntax past this is malformed: ast.parse of 1 MB takes seconds and ~500 MB
 MAX_CALLS = 1_000  # calls in one answer (BFCL's parallel tasks expect at most a few dozen)
 MAX_NESTING = 100  # lists/objects inside one call's arguments (BFCL's deepest answer: 8; jsonschema-rs stops at 255)
+MAX_DETAIL_CHARS = 300  # a verdict's detail (eval.verify) is cut to this length
 _INT_LIMIT = 10**4000  # JSON writers refuse integers past 4,300 digits (Python's int/str conversion limit)
 
 
@@ -78,7 +79,6 @@ _SHORT = reprlib.Repr()
 _SHORT.maxstring, _SHORT.maxother, _SHORT.maxlong = 40, 40, 40
 _SHORT.maxlist = _SHORT.maxtuple = _SHORT.maxdict = _SHORT.maxset = _SHORT.maxfrozenset = 6
 _SHORT.maxlevel = 3
-MAX_DETAIL_CHARS = 300  # a verdict's detail is cut to this length
 
 
 def short_repr(value, limit: int = 60) -> str:
@@ -246,6 +246,8 @@ def _call_from_obj(obj) -> dict:
         args = {}
     if not isinstance(args, dict):
         raise _Malformed(f"arguments of {short_repr(name)} must be an object, got {type(args).__name__}")
+    if type(args) is not dict:  # a dict subclass built in Python (OrderedDict...): a plain dict, as JSON reads it
+        args = dict(args)
     return {"name": name.strip(), "arguments": args}
 
 

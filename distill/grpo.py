@@ -4,8 +4,8 @@
     stage: grpo
     dataset_path: recipes/debug/tiny/tasks.jsonl     # a tasks .jsonl file (distill import ...), with `expected`
     reward: fine                                     # or binary, or a list of components
-    num_generations: 4
-    max_completion_length: 48
+    num_generations: 8                               # answers per task in a group
+    max_completion_length: 96
 
     distill train recipes/debug/tiny_cpu_grpo.yaml
 

@@ -510,3 +510,56 @@ def test_list_keys_grpo(capsys):
     ):
         assert key in out, key
     assert "'binary' (1 when correct by BFCL's rules" in out
+
+
+def test_reward_signal_benchmark_counts_groups_that_teach(tmp_path):
+    """benchmarks/grpo_reward.py on hand-built answers: a group whose answers all score alike carries no signal."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "grpo_reward", DEBUG.parents[1] / "benchmarks" / "grpo_reward.py"
+    )
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    tasks_file = tmp_path / "tasks.jsonl"
+    tasks_file.write_text("".join(json.dumps(t.record) + "\n" for t in (CALL_TASK, IRRELEVANCE_TASK)))
+    right, half = hermes(("get_weather", {"city": "Paris"})), hermes(("get_weather", {"city": "Oslo"}))
+    answers = {
+        # weather, group 1: prose and a half-right call (fine separates them, binary does not); group 2: all prose
+        "weather": ["It is sunny."] * 3 + [half] + ["No idea."] * 4,
+        # joke, group 1: abstentions and one call (both rewards separate them)
+        "joke": ["Ha."] * 3 + [right],
+    }
+    traces = tmp_path / "traces.jsonl"
+    traces.write_text(
+        "".join(
+            json.dumps({"task_id": tid, "model": "m", "sample": i, "raw": raw}) + "\n"
+            for tid, group in answers.items()
+            for i, raw in enumerate(group)
+        )
+    )
+    assert (
+        bench.main(
+            [
+                "--tasks",
+                str(tasks_file),
+                "--traces",
+                f"s={traces}",
+                "--group-size",
+                "4",
+                "--repeat",
+                "1",
+                "--results",
+                str(tmp_path / "res"),
+            ]
+        )
+        == 0
+    )
+    res = json.loads(next((tmp_path / "res").glob("grpo_reward-*-cpu.json")).read_text())
+    s = res["students"]["s"]
+    assert s["groups"] == 3 and s["answers"] == 12
+    assert s["rewards"]["binary"]["groups_with_signal"] == pytest.approx(1 / 3, abs=1e-3)
+    assert s["rewards"]["fine"]["groups_with_signal"] == pytest.approx(2 / 3, abs=1e-3)
+    assert s["by_category"]["default"] == {"groups": 3, "binary": 0.3333, "fine": 0.6667}
+    assert res["speed"]["reward_answers_per_s"] > 0
+    assert "| fine | " in next((tmp_path / "res").glob("grpo_reward-*-cpu.md")).read_text()

@@ -392,7 +392,66 @@ def write_results(args, timings: dict) -> Path:
             "predictor": router["predictor"], "cross_validation": router["cross_validation"],
             "embedder": router["embedder"], "alpha": router["alpha"]},
         "stage_seconds": timings})
+    res = json.loads((folder / "results.json").read_text())
+    readme = folder / "README.md"
+    text = reading(res, ev, json.loads((out / "live.json").read_text()))
+    if readme.is_file() and "## Why" in readme.read_text():  # keep an analysis written by hand below the numbers
+        text += readme.read_text()[readme.read_text().index("## Why"):]
+    readme.write_text(text)
     return folder
+
+
+def _pct(x) -> str:
+    return "-" if x is None else f"{100 * x:.0f}%"
+
+
+def reading(res: dict, ev: dict, live: dict) -> str:
+    """README.md of the results folder: the setup, the members per category, the headline rows, the targets (met or
+    missed, by how much) and the live check; the analysis of why is added by hand below it."""
+    t, s = res["targets"], res["settings"]
+    a = ev["router_alpha"]
+    rows = {r["name"]: r for r in ev["rows"]}
+    lines = [f"# The real fleet, {res['date']} ({res['device']})", "",
+             f"{'CPU scale' if res['device'] == 'cpu' else 'GPU run'}: held-out BFCL {s['eval_categories']} "
+             f"({s['eval_per_category']} per category, {ev['n']} tasks), calibration {s['train_categories']} "
+             f"({s['calib_per_category']} per category); SFT student: {s['steps']} steps of {s['train_batch_size']} on "
+             f"{s['train_per_category']} training tasks per category; greedy, at most {s['max_new_tokens']} new tokens. "
+             f"Router: embedder {res['router']['embedder']}, predictor {res['router']['predictor']} (chosen by "
+             f"cross-validation on calibration), alpha {a:g}; abstention policy {ev['abstain_policy']}. Costs: "
+             f"parameters in billions. Accuracy is strict; ±: 95% interval half-width.", "",
+             "| member | calibration | held-out | " + " | ".join(ev_cat for ev_cat in s["eval_categories"].split(",")) + " |",
+             "| --- | ---: | ---: |" + " ---: |" * len(s["eval_categories"].split(","))]
+    for name, m in res["members"].items():
+        lines.append(f"| {name} | {_pct(m['calib']['strict_accuracy'])} | {_pct(m['heldout']['strict_accuracy'])} | "
+                     + " | ".join(_pct(m["heldout"]["by_category"].get(c)) for c in s["eval_categories"].split(","))
+                     + " |")
+    lines += ["", "| strategy | accuracy | ± | cost | answered by |", "| --- | ---: | ---: | ---: | --- |"]
+    for name in [*res["members"], "oracle", "cascade", "cascade [accept]", f"router a={a:g}", f"router+cascade a={a:g}",
+                 f"router+cascade a={a:g} [accept]"]:
+        if name in rows:
+            r = rows[name]
+            who = ", ".join(f"{k} {v}" for k, v in r["answered_by"].items())
+            lines.append(f"| {name} | {r['accuracy']:.3f} | {r['ci95']:.3f} | {r['cost']:.3g} | {who} |")
+    met = lambda ok: "met" if ok else "missed"  # noqa: E731
+    lines += ["", "Targets:",
+              f"- routed ({t['routed']['name']}) {t['routed']['accuracy']:.3f} against the best member "
+              f"({t['best_member']['name']}) {t['best_member']['accuracy']:.3f}: {t['gain_over_best_points']:+.1f} points "
+              f"(target +10) at mean cost {t['routed']['cost']:.3g} against the dearest member's "
+              f"{t['dearest_member']['cost']:.3g}: {met(t['beats_best_by_10_at_lower_cost'])}"
+              + ("" if t["beats_best_by_10_at_lower_cost"] else
+                 f", by {max(0.0, 10 - t['gain_over_best_points']):.1f} points"),
+              f"- router alone {t['router_alone']:.3f} against the oracle {t['oracle']:.3f}: "
+              f"{t['router_gap_to_oracle_points']:.1f} points below (target: within 10): "
+              f"{met(t['router_within_10_of_oracle'])}"
+              + ("" if t["router_within_10_of_oracle"] else f", by {t['router_gap_to_oracle_points'] - 10:.1f} points"),
+              "", f"Live: `distill fleet serve` before three `distill serve` members on 127.0.0.1 answered {live['n']} "
+              f"held-out requests; the members asked and the one that answered matched the replayed decisions "
+              f"({live['strategy']}) for {live['decisions_match']} of {live['n']}, and the answer text matched the "
+              f"member's `distill eval` trace for {live['answers_match']} of {live['n']}."
+              + ("" if live.get("fleet_serve_abstain_policy") else
+                 " (`fleet serve` had no abstention policy yet, so the replay compared is the one that accepts every "
+                 "no-call answer.)"), ""]
+    return "\n".join(lines) + "\n"
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -83,3 +83,27 @@ def test_targets_read_as_the_issue_states_them():
     assert t["routed"]["name"] == "router a=0.9" and t["gain_over_best_points"] == 13.0
     assert t["beats_best_by_10_at_lower_cost"] and not t["router_within_10_of_oracle"]
     assert t["router_gap_to_oracle_points"] == 12.0
+
+
+def test_reading_states_targets_and_the_live_check():
+    rows = [
+        {"name": "a", "kind": "single", "k": 1, "accuracy": 0.30, "cost": 0.135, "ci95": 0.1, "answered_by": {"a": 9}},
+        {"name": "b", "kind": "single", "k": 1, "accuracy": 0.35, "cost": 0.27, "ci95": 0.1, "answered_by": {"b": 9}},
+        {"name": "oracle", "kind": "oracle", "k": None, "accuracy": 0.60, "cost": 0.15, "ci95": 0.1, "answered_by": {}},
+        {"name": "router a=0.9", "kind": "router", "k": None, "accuracy": 0.40, "cost": 0.14, "ci95": 0.1,
+         "answered_by": {"a": 5, "b": 4}},
+        {"name": "router+cascade a=0.9", "kind": "router+cascade", "k": None, "accuracy": 0.41, "cost": 0.2,
+         "ci95": 0.1, "answered_by": {"a": 5, "b": 4}},
+    ]
+    ev = {"rows": rows, "router_alpha": 0.9, "n": 9, "abstain_policy": "admitted"}
+    member = {"calib": {"strict_accuracy": 0.5}, "heldout": {"strict_accuracy": 0.3, "by_category": {"x": 0.3}}}
+    res = {"date": "2026-12-02", "device": "cpu", "targets": fleet_quality.targets(ev), "members": {"a": member, "b": member},
+           "router": {"embedder": "minilm", "predictor": "logistic"},
+           "settings": {"eval_categories": "x", "eval_per_category": 9, "train_categories": "live_x",
+                        "calib_per_category": 9, "steps": 2, "train_batch_size": 4, "train_per_category": 5,
+                        "max_new_tokens": 64}}
+    text = fleet_quality.reading(res, ev, {"n": 3, "decisions_match": 3, "answers_match": 2, "strategy": "s",
+                                           "fleet_serve_abstain_policy": False})
+    assert "+6.0 points (target +10)" in text and "missed, by 4.0 points" in text
+    assert "20.0 points below (target: within 10): missed, by 10.0 points" in text
+    assert "matched the replayed decisions (s) for 3 of 3" in text and "accepts every no-call answer" in text

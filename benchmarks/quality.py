@@ -1,17 +1,19 @@
 """Does preference training beat SFT for a real small student calling functions? A protocol that cannot fool itself.
 
-One GPU (stage A + B, arms as parallel processes on the one GPU; about 10 minutes of GPU time, not yet measured):
+One GPU (stage A + B, arms as parallel processes on the one GPU; sized for about 10 minutes of GPU time, not yet
+measured):
 
-    python benchmarks/quality.py --device cuda --jobs 6 --train-per-category 200 --dev-per-category 40 \\
+    python benchmarks/quality.py --device cuda --jobs 9 --train-per-category 200 --dev-per-category 40 \\
         --eval-per-category 100 --sft-steps 60 --arm-steps 60 --checkpoints 3 --train-batch-size 8 \\
-        --student-samples 2 --batch-size 128 --max-new-tokens 160 --max-length 2048
+        --student-samples 2 --onpolicy 2 --batch-size 128 --max-new-tokens 160 --max-length 2048
 
-A 2-core CPU (what benchmarks/results/quality-2026-12-02-cpu.md ran; about 45 minutes, under the heavy-job lock):
+A 2-core CPU (what benchmarks/results/quality-2026-12-02-cpu.md ran; two jobs at a time, the whole run holding the
+shared machine's heavy-job lock):
 
-    OMP_NUM_THREADS=2 python benchmarks/quality.py --device cpu --lock /tmp/distill-heavy.lock \\
+    OMP_NUM_THREADS=1 flock /tmp/distill-heavy.lock python benchmarks/quality.py --device cpu --jobs 2 \\
         --train-per-category 8 --dev-per-category 3 --eval-per-category 6 --sft-steps 6 --arm-steps 4 \\
-        --checkpoints 2 --train-batch-size 2 --student-samples 0 --max-new-tokens 96 --max-length 1536 \\
-        --dpo-lrs 2e-5,1e-4
+        --checkpoints 2 --train-batch-size 2 --student-samples 0 --onpolicy 1 --max-new-tokens 96 \\
+        --max-length 1536 --dpo-lrs 2e-5,1e-4
 
 Rerun the same command to resume: every stage is a distill command (printed, logged under OUT/logs/) whose output
 is kept in --out and skipped when it exists.

@@ -291,7 +291,7 @@ def test_main_writes_stage_a_selection_and_stage_b_from_eval_reports(quality, tm
     assert "CPU scale: no GPU lent." in md and "collapsed: stopped by the guard" in md
     assert "Held-out tasks were evaluated once" in md and "Target MET." in md
     assert "| **sigmoid+sft mean** | - | **75%** | 75% | 75% |" in md
-    assert "python benchmarks/quality.py --device cuda --jobs 6" in md
+    assert "python benchmarks/quality.py --device cuda --jobs 9" in md
 
     # --report-only runs nothing and reports what is there: without every held-out result, no stage B at all
     shutil.rmtree(Path(args.out) / "heldout" / "seed2" / "sft")
@@ -312,5 +312,5 @@ def test_help_shows_the_single_gpu_command(quality, capsys):
     with pytest.raises(SystemExit):
         quality.parse_args(["--help"])
     help_text = capsys.readouterr().out
-    assert "python benchmarks/quality.py --device cuda --jobs 6" in help_text
+    assert "python benchmarks/quality.py --device cuda --jobs 9" in help_text
     assert quality.GPU_COMMAND.startswith("python benchmarks/quality.py --device cuda")

@@ -12,6 +12,7 @@ BFCL's whole check. Identical schemas (BFCL's live categories reuse tools) share
 from __future__ import annotations
 
 import json
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import jsonschema
@@ -72,15 +73,19 @@ def _param_type(schema: dict) -> ParamType:
 
 
 # One meta-schema validator, and one compiled validator per distinct schema: BFCL's live categories repeat the
-# same tools across hundreds of tasks, and checking a schema costs milliseconds.
+# same tools across hundreds of tasks, and checking a schema costs milliseconds. The cache is bounded (least
+# recently used out) because a long-lived process (`distill fleet serve`) sees new schemas with every request.
+# By hand rather than functools.lru_cache: a schema's errors name the tool, which is not part of the key.
 _META = jsonschema.Draft202012Validator(jsonschema.Draft202012Validator.META_SCHEMA)
-_COMPILED: dict[str, object] = {}
+COMPILED_CACHE_SIZE = 4096
+_COMPILED: OrderedDict[str, object] = OrderedDict()
 
 
 def _checked_and_compiled(name: str, params: dict):
     key = json.dumps(params, sort_keys=True, default=str)
     v = _COMPILED.get(key)
     if v is not None:
+        _COMPILED.move_to_end(key)
         return v
     # jsonschema-rs answers "is this a valid schema?" in microseconds; jsonschema (8 ms a schema) is asked only
     # for the readable error of one that is not.
@@ -96,6 +101,8 @@ def _checked_and_compiled(name: str, params: dict):
     except Exception as e:  # jsonschema-rs refuses a few schemas jsonschema accepts (e.g. unsupported regexes)
         raise SchemaError(f"tool {name!r}: schema cannot be compiled: {e}") from None
     _COMPILED[key] = v
+    if len(_COMPILED) > COMPILED_CACHE_SIZE:
+        _COMPILED.popitem(last=False)
     return v
 
 

@@ -164,3 +164,18 @@ def test_unreadable_task_lines_are_errors_naming_file_and_line(tmp_path, line, f
     with pytest.raises(DistillError) as e:
         load_tasks(path)
     assert "t.jsonl:2" in str(e.value) and fragment in str(e.value)
+
+
+def test_compiled_schema_cache_is_bounded(monkeypatch):
+    """A long-lived server sees a new schema with every request: the cache keeps the most recently used ones."""
+    from eval import schema
+
+    monkeypatch.setattr(schema, "COMPILED_CACHE_SIZE", 8)
+    monkeypatch.setattr(schema, "_COMPILED", type(schema._COMPILED)())
+    first = {"type": "object", "properties": {"p0": {"type": "string"}}}
+    schema._checked_and_compiled("t", first)
+    for i in range(1, 20):
+        schema._checked_and_compiled("t", {"type": "object", "properties": {f"p{i}": {"type": "string"}}})
+        schema._checked_and_compiled("t", first)  # used again each time: stays
+    assert len(schema._COMPILED) == 8
+    assert schema.json.dumps(first, sort_keys=True, default=str) in schema._COMPILED

@@ -77,7 +77,7 @@ def _param_type(schema: dict) -> ParamType:
 # recently used out) because a long-lived process (`distill fleet serve`) sees new schemas with every request.
 # By hand rather than functools.lru_cache: a schema's errors name the tool, which is not part of the key.
 _META = jsonschema.Draft202012Validator(jsonschema.Draft202012Validator.META_SCHEMA)
-COMPILED_CACHE_SIZE = 4096
+COMPILED_CACHE_SIZE = 1024  # compiled tools keep their own validator: this only shares identical schemas
 _COMPILED: OrderedDict[str, object] = OrderedDict()
 
 

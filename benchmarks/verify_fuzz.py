@@ -57,6 +57,7 @@ def _size(trace) -> int:
 
 
 def run(n: int, seed: int, per_category: int, limit_s: float, progress: bool) -> dict:
+    sha = _git_sha()  # before the run: the tree may move on while it runs
     tasks = load_fuzz_tasks(per_category=per_category)
     marker = Path(tempfile.mkdtemp(prefix="verify_fuzz_")) / "executed"
     kinds, errors, exceptions = Counter(), Counter(), Counter()
@@ -104,7 +105,7 @@ def run(n: int, seed: int, per_category: int, limit_s: float, progress: bool) ->
         "machine": {"python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count(),
                     "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None},
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-        "git_sha": _git_sha(),
+        "git_sha": sha,
         "inputs": n,
         "seed": seed,
         "tasks": len(tasks),

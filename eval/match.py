@@ -55,6 +55,7 @@ class _Param:
     std_strings: list  # normalised string answers
     std_lists: list  # each answer normalised element-wise, for list values
     shown: str  # the answers as a failure's detail quotes them, cut short
+    variable: bool  # BFCL's is_variable for a value of the schema's own type (answers of another type)
 
 
 @dataclass(frozen=True)
@@ -68,19 +69,21 @@ class _ExpectedCall:
     types: dict
 
 
-def _compile_param(answers: list) -> _Param:
+def _compile_param(answers: list, want: type) -> _Param:
     std_lists = []
     for a in answers:
         # BFCL iterates each answer by index: "" becomes [], so an empty list matches an optional argument.
         if isinstance(a, (list, str)):
             std_lists.append([_std(x) for x in a])
+    answer_type = next((type(a) for a in answers if a != ""), None)
     return _Param(
         answers=answers,
         optional="" in answers,
-        answer_type=next((type(a) for a in answers if a != ""), None),
+        answer_type=answer_type,
         std_strings=[standardize(a) for a in answers if type(a) is str],
         std_lists=std_lists,
         shown=short_repr(answers, 120),
+        variable=answer_type is not None and answer_type is not want,
     )
 
 
@@ -89,13 +92,18 @@ def compile_expected(expected: list[dict], specs: dict[str, ToolSpec]) -> list[_
         _ExpectedCall(
             name=c["name"],
             spec=specs[c["name"]],
-            params={p: _compile_param(a) for p, a in c.get("arguments", {}).items()},
+            params={p: _compile_param(a, _want(specs[c["name"]], p)) for p, a in c.get("arguments", {}).items()},
             required=specs[c["name"]].required,
             properties=specs[c["name"]].properties,
             types=specs[c["name"]].param_types,
         )
         for c in expected
     ]
+
+
+def _want(spec: ToolSpec, param: str) -> type:
+    pt = spec.param_types.get(param)
+    return pt.py if pt is not None else str
 
 
 def _type_ok(value, answers: list, answer_type, want: type, item: type | None) -> tuple[bool, bool]:
@@ -160,7 +168,10 @@ def check_call(exp: _ExpectedCall, call: dict) -> tuple[str, str]:
                 value = float(value)
             except OverflowError:  # past 1.8e308: no float answer can equal it (BFCL's float() would raise)
                 return VALUE_ERROR, f"{exp.name}: argument {p!r} = {short_repr(value)} is out of a float's range"
-        valid, is_variable = _type_ok(value, param.answers, param.answer_type, pt.py, pt.item)
+        if type(value) is pt.py and pt.item is None:  # _type_ok's first case, inline: most arguments take it
+            valid, is_variable = True, param.variable
+        else:
+            valid, is_variable = _type_ok(value, param.answers, param.answer_type, pt.py, pt.item)
         if not valid:
             return TYPE_ERROR, f"{exp.name}: argument {p!r} has type {type(value).__name__}, expected {pt.py.__name__}"
         if not is_variable:

@@ -139,7 +139,7 @@ NOT_CANONICAL = "not a list of {'name': str, 'arguments': dict}"  # what calls_p
 def calls_problem(calls: list[dict]) -> str | None:
     """Why calls cannot be carried as JSON and checked, or None when they can: NOT_CANONICAL (this very string)
     unless they are [{"name": str, "arguments": dict}, ...], then every value at every depth, without recursion,
-    within MAX_OUTPUT_CHARS. It runs on every verdict, so common cases are inline and each object's keys are
+    within MAX_OUTPUT_CHARS. It runs on every verdict, so the top level is inline and each object's keys are
     checked by one C call (about 1 us a call)."""
     if type(calls) is not list:
         return NOT_CANONICAL
@@ -148,15 +148,18 @@ def calls_problem(calls: list[dict]) -> str | None:
     budget = MAX_OUTPUT_CHARS
     for call in calls:
         # (a problem found before a call of another shape is the problem parse_tool_calls would find too)
-        if type(call) is not dict or type(call.get("arguments")) is not dict:
+        if type(call) is not dict:
             return NOT_CANONICAL
-        name = call.get("name")
-        if type(name) is not str:
+        name, arguments = call.get("name"), call.get("arguments")
+        if type(name) is not str or type(arguments) is not dict:
             return NOT_CANONICAL
         if not name.isascii() and not _utf8_ok(name):
             return f"function name {short_repr(name)} holds a lone surrogate, which UTF-8 cannot store"
-        container, depth, nested = call["arguments"], 1, None
-        while True:
+        nested = [(arguments, 1)]
+        while nested:
+            container, depth = nested.pop()
+            if depth > MAX_NESTING:
+                return f"arguments of {short_repr(name)} are nested deeper than {MAX_NESTING} levels"
             budget -= len(container) + 1  # before the loop: a container of millions of items stops here
             if budget < 0:
                 return f"calls larger than the {MAX_OUTPUT_CHARS:,} characters the verifier reads"
@@ -169,10 +172,8 @@ def calls_problem(calls: list[dict]) -> str | None:
                 if not keys.isascii() and not _utf8_ok(keys):
                     return f"arguments of {short_repr(name)} have a key with a lone surrogate, which UTF-8 cannot store"
                 budget -= len(keys)
-                values = container.values()
-            else:
-                values = container
-            for value in values:
+                container = container.values()
+            for value in container:
                 t = type(value)
                 if t is str:
                     budget -= len(value)
@@ -182,8 +183,6 @@ def calls_problem(calls: list[dict]) -> str | None:
                     if -_INT_LIMIT < value < _INT_LIMIT:
                         continue
                 elif t is dict or t is list:
-                    if nested is None:
-                        nested = []
                     nested.append((value, depth + 1))
                     continue
                 elif t is bool or value is None:
@@ -191,11 +190,6 @@ def calls_problem(calls: list[dict]) -> str | None:
                 problem = _scalar_problem(value)
                 if problem is not None:
                     return f"arguments of {short_repr(name)} hold {problem}"
-            if not nested:
-                break
-            container, depth = nested.pop()
-            if depth > MAX_NESTING:
-                return f"arguments of {short_repr(name)} are nested deeper than {MAX_NESTING} levels"
         if budget < 0:
             return f"calls larger than the {MAX_OUTPUT_CHARS:,} characters the verifier reads"
     return None

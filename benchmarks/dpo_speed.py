@@ -14,8 +14,8 @@ alpha 32 on all linear layers, no gradient checkpointing, max_length 2048, learn
 real: `distill import bfcl` of live_simple, live_multiple and live_irrelevance (--limit per category), then
 `distill pairs --chosen-from gold --synthetic 2` (chosen: the tasks' verified answers; rejected: synthetic hard
 negatives, as `distill demo` makes them without a teacher), --pairs of them drawn with --seed. Each trainer runs one
-epoch over the same pairs in its own child process: stock with --batch-size pairs per step and a reference
-forward every step (TRL's default), fast with packs of --pack-tokens and its reference log-probs computed once
+epoch over the same pairs in its own child process: stock with --batch-size pairs per forward, --grad-accum
+forwards per optimizer step and a reference forward every step (TRL's default), fast with packs of --pack-tokens and its reference log-probs computed once
 before training (ref_s). tokens/s counts what the pairs stand for, prompt + chosen plus prompt + rejected (TRL's
 num_tokens), over the whole epoch, so both rates divide the same work; e2e tok/s charges fast's reference pass
 too. peak RSS is the child's maximum resident set size (os.wait4's ru_maxrss), model loading and tokenising
@@ -108,7 +108,11 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, default=None, help="GPU/--tiny: timed steps per run (default 6; 3 with --tiny)")
     p.add_argument("--warmup", type=int, default=None, help="GPU/--tiny: untimed steps first (default 2; 1 with --tiny)")
     p.add_argument("--batch-size", type=int, default=None,
-                   help="pairs per step of the stock trainer (default 8; 4 with --student)")
+                   help="pairs per forward of the stock trainer (default 8; 2 with --student)")
+    p.add_argument("--grad-accum", type=int, default=None,
+                   help="stock trainer's forwards per optimizer step (default 1; 2 with --student: 4 pairs per "
+                   "step, as fast's packs of 3072 tokens hold about 4 of these pairs; batch 4 in one forward "
+                   "needed more than this 24 GiB machine on pairs of up to 2048 tokens)")
     p.add_argument("--pack-tokens", type=int, default=None,
                    help="fast path's tokens per step (default 8192; 1024 with --tiny; 3072 with --student)")
     p.add_argument("--pairs", type=int, default=None,
@@ -116,7 +120,8 @@ def parse_args(argv=None):
     p.add_argument("--max-length", type=int, default=None, help="max_length of both trainers (default 1024; "
                    "2048 with --student)")
     p.add_argument("--limit", type=int, default=40, help="--student: BFCL tasks imported per category")
-    p.add_argument("--max-minutes", type=float, default=9.0, help="skip runs that would start after this")
+    p.add_argument("--max-minutes", type=float, default=None,
+                   help="skip runs that would start after this (default 9, the GPU budget; 120 with --student)")
     p.add_argument("--out", default=None, help="folder for dpo_speed-<date>-<cpu|gpu>.json and .md (default "
                    "benchmarks/results; with --tiny nothing is written unless given)")
     p.add_argument("--work", default=None, help="--student: folder for tasks, pairs and run logs (default: a "
@@ -137,9 +142,11 @@ def parse_args(argv=None):
     args.ablate_on = args.ablate_on or args.models[-1]
     args.steps = args.steps or (3 if args.tiny else 6)
     args.warmup = args.warmup if args.warmup is not None else (1 if args.tiny else 2)
-    args.batch_size = args.batch_size or (4 if args.student else 8)
+    args.batch_size = args.batch_size or (2 if args.student else 8)
+    args.grad_accum = args.grad_accum or (2 if args.student else 1)
     args.pack_tokens = args.pack_tokens or (1024 if args.tiny else 3072 if args.student else 8192)
     args.max_length = args.max_length or (2048 if args.student else 1024)
+    args.max_minutes = args.max_minutes if args.max_minutes is not None else (120.0 if args.student else 9.0)
     if args.student:
         args.pairs = args.pairs or 24
     if args.out is None and not args.tiny:
@@ -238,7 +245,8 @@ def training_args(config: str, opts, out_dir: Path, cache_dir: Path, max_steps: 
     else:
         common.update(bf16=True)
     if config.startswith("stock"):
-        return DPOConfig(**common, precompute_ref_log_probs=config == "stock-precompute")
+        return DPOConfig(**common, precompute_ref_log_probs=config == "stock-precompute",
+                         gradient_accumulation_steps=opts.grad_accum)
     return FastDPOConfig(**common, fast=True, pack_tokens=opts.pack_tokens, ref_cache_dir=str(cache_dir),
                          **ABLATIONS.get(config, {}))
 
@@ -353,7 +361,7 @@ def run_config(config, shape, model_dir, dataset, tokenizer, opts, work: Path, s
            "peak_gib": peak_gib(), "init_peak_gib": init_peak, "load_s": round(load_s, 2),
            "init_s": round(init_s, 2), "warmup_s": round(t_warm - marks[0][0], 2)}
     if config.startswith("stock"):
-        row["pairs_per_step"] = args.per_device_train_batch_size
+        row["pairs_per_step"] = args.per_device_train_batch_size * args.gradient_accumulation_steps
     else:
         row["ref_cache_hit"] = trainer.ref_cache_hits.get("train") if trainer.ref_cache_hits else None
         row.update(pack_stats(trainer, args))
@@ -495,7 +503,7 @@ def student_child(opts) -> int:
     completion = [len(x) for x in data["chosen_ids"]] + [len(x) for x in data["rejected_ids"]]
     epoch_s = t_end - t_begin
     row = {"model": STUDENT, "config": config, "pairs": len(data), "steps": len(durations),
-           "pairs_per_step": opts.batch_size if config.startswith("stock") else None,
+           "pairs_per_step": opts.batch_size * opts.grad_accum if config.startswith("stock") else None,
            "epoch_s": round(epoch_s, 1), "s_per_step": round(epoch_s / len(durations), 2),
            "median_step_s": round(durations[len(durations) // 2], 2), "tokens": tokens,
            "tokens_per_s": round(tokens / epoch_s, 1), "rss_gib_at_train_start": clock.rss_gib_at_begin,
@@ -628,7 +636,8 @@ def markdown(results: dict) -> str:
         about = (f"Stock TRL {env['trl']} DPOTrainer against fast DPO (distill.fast_dpo) on {STUDENT} (float32, LoRA "
                  f"r16 alpha 32 all-linear, no gradient checkpointing), max_length {o['max_length']}, one epoch over "
                  f"the same {d.get('pairs_used')} real pairs ({d.get('tasks')}; chosen: verified answers, rejected: "
-                 f"synthetic hard negatives). Stock: {o['batch_size']} pairs per step, reference forward every step. "
+                 f"synthetic hard negatives). Stock: {o['batch_size']} pairs per forward, {o['grad_accum']} forwards per "
+                 f"optimizer step, reference forward every step. "
                  f"Fast: packs of {o['pack_tokens']} tokens, reference log-probs computed once before training (ref "
                  f"s). Each trainer in its own child process; peak RSS is that process's maximum resident set size "
                  f"(os.wait4), model load included. tok/s: prompt + chosen plus prompt + rejected tokens (TRL's "

@@ -71,7 +71,8 @@ def test_table_gives_speed_and_memory_against_stock():
 def test_student_mode_defaults_and_help():
     opts = dpo_speed.parse_args(["--student"])
     assert (opts.configs, opts.batch_size, opts.pack_tokens, opts.max_length, opts.pairs) == (
-        ["stock", "fast"], 4, 3072, 2048, 24)
+        ["stock", "fast"], 2, 3072, 2048, 24)
+    assert opts.grad_accum == 2 and opts.max_minutes == 120 and dpo_speed.parse_args([]).max_minutes == 9
     assert opts.out.endswith("benchmarks/results")
     assert dpo_speed.parse_args(["--tiny"]).out is None
     with pytest.raises(SystemExit):

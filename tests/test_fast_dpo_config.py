@@ -31,7 +31,8 @@ def test_fast_dpo_config_is_trl_dpo_config_plus_the_fast_fields(tmp_path):
     from trl import DPOConfig
 
     from distill.fast_dpo import FastDPOConfig
-    from distill.fast_dpo.config import FAST_DPO_FIELDS, FastDPOConfig as same
+    from distill.fast_dpo.config import FAST_DPO_FIELDS
+    from distill.fast_dpo.config import FastDPOConfig as same
 
     assert FastDPOConfig is same and issubclass(FastDPOConfig, DPOConfig)
     args = FastDPOConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, fast=True, pack_tokens=4096)

@@ -6,7 +6,13 @@ import pytest
 import torch
 from torch.nn.attention.flex_attention import create_mask
 
-from distill.fast_dpo.attention import dense_mask, docs_attention, document_layout, mask_mod_for, resolve_backend
+from distill.fast_dpo.attention import (
+    dense_mask,
+    docs_attention,
+    document_layout,
+    mask_mod_for,
+    resolve_backend,
+)
 from distill.fast_dpo.packing import (
     CHOSEN,
     IGNORE,

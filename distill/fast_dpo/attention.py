@@ -30,7 +30,6 @@ from eval.io import DistillError
 from .config import ATTENTION_BACKENDS as BACKENDS
 from .packing import TRUNK
 
-
 DOCS_IMPLEMENTATION = "distill_docs"  # the name the "docs" backend registers with transformers
 
 

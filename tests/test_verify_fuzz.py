@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from data_gen.bfcl import convert_entry
-from distill.testing.fuzz_outputs import NASTY, load_fuzz_tasks, fuzz_traces
+from distill.testing.fuzz_outputs import NASTY, fuzz_traces, load_fuzz_tasks
 from eval import parse as parse_module
 from eval import verify as verify_module
 from eval.bfcl_data import bfcl_data_dir
@@ -137,7 +137,7 @@ def test_any_trace_object(triangle, trace):
 
 BIG = "1" * 5000
 CALL = '{"name": "calculate_triangle_area", "arguments": %s}'
-ARGS_BIG = '{"base": %s, "height": 5}' % BIG
+ARGS_BIG = '{"base": ' + BIG + ', "height": 5}'
 CRASHES = {
     "5000-digit int, Hermes": _trace(raw="<tool_call>" + CALL % ARGS_BIG + "</tool_call>"),
     "5000-digit int, bare JSON": _trace(raw=CALL % ARGS_BIG),

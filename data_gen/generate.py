@@ -225,6 +225,16 @@ def scan_traces(path: Path) -> tuple[set[tuple[str, str, int]], dict[str, set[st
     return keys, settings
 
 
+def trace_line(record: dict) -> bytes:
+    """One JSONL line as UTF-8. A model may answer with a lone surrogate (`"\\ud800"` is legal JSON that a server
+    can send back), which UTF-8 cannot encode: such a line is written with \\u escapes instead."""
+    text = json.dumps(record, ensure_ascii=False) + "\n"
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return (json.dumps(record, ensure_ascii=True) + "\n").encode("ascii")
+
+
 def trace_record(result: Result, backend: Backend, parsed) -> dict:
     req = result.request
     if parsed.status == "calls":
@@ -379,8 +389,7 @@ async def _agenerate(tasks: list, backend: Backend, out: Path, samples: int, pro
                     summary.failure_examples.setdefault(result.error, result.error_detail)
                 else:
                     parsed = parse_output(result.raw, result.raw_tool_calls)
-                    line = json.dumps(trace_record(result, backend, parsed), ensure_ascii=False) + "\n"
-                    _write(out, _append_line, f, line.encode("utf-8"))
+                    _write(out, _append_line, f, trace_line(trace_record(result, backend, parsed)))
                     summary.written += 1
                     summary.outputs[parsed.status] += 1
                     summary.prompt_tokens += result.prompt_tokens or 0

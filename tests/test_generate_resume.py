@@ -197,3 +197,14 @@ def test_derive_seed_is_stable_and_distinct():
     seeds = {derive_seed(1, f"t{i}", s) for i in range(50) for s in range(8)}
     assert len(seeds) == 400 and all(0 <= x < 2**31 for x in seeds)
     assert derive_seed(1, "t", 0) != derive_seed(2, "t", 0)
+
+
+def test_a_lone_surrogate_in_an_answer_is_written_as_an_escape():
+    import json
+
+    from data_gen.generate import trace_line
+
+    record = {"task_id": "t", "model": "m", "sample": 0, "raw": "call \ud800 now"}
+    line = trace_line(record)
+    assert line.endswith(b"\n") and json.loads(line) == record
+    assert trace_line({"raw": "café"}) == '{"raw": "café"}\n'.encode()  # the usual case keeps UTF-8 text

@@ -519,13 +519,33 @@ def student_child(opts) -> int:
     return 0
 
 
+# Started by a small launcher process, which reads the child's rusage with os.wait4 and writes its peak RSS (KiB).
+# Why not wait4 from here: subprocess starts children with vfork, and Linux carries the borrowed address space's
+# high-water mark into the child's ru_maxrss at exec, so a child of a large process (a test run holding models)
+# would report that process's peak as its own. The launcher is small, so what it passes on is the child's own.
+_LAUNCHER = (
+    "import os, signal, subprocess, sys\n"
+    "p = subprocess.Popen(sys.argv[2:])\n"
+    "_, status, usage = os.wait4(p.pid, 0)\n"
+    "open(sys.argv[1], 'w').write(str(usage.ru_maxrss))\n"
+    "code = os.waitstatus_to_exitcode(status)\n"
+    "if code < 0:  # die of the child's signal, so the caller sees what killed it (SIGKILL: the OOM killer)\n"
+    "    if -code != signal.SIGKILL:\n"
+    "        signal.signal(-code, signal.SIG_DFL)\n"
+    "    os.kill(os.getpid(), -code)\n"
+    "sys.exit(code)\n"
+)
+
+
 def run_child(cmd: list[str], log: Path, env: dict) -> tuple[int, float]:
-    """(exit code, peak RSS in GiB) of a child process, from os.wait4's rusage of that child alone."""
+    """(exit code, peak RSS in GiB) of a child process: its own high-water mark, measured through _LAUNCHER."""
+    peak_file = log.with_name(log.name + ".peak_kib")
+    peak_file.unlink(missing_ok=True)
     with open(log, "w") as f:
-        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here; Popen must not wait for it again
-    return proc.returncode, round(usage.ru_maxrss / 2**20, 3)
+        code = subprocess.run([sys.executable, "-c", _LAUNCHER, str(peak_file), *cmd], cwd=REPO, env=env,
+                              stdout=f, stderr=subprocess.STDOUT).returncode
+    peak_kib = int(peak_file.read_text()) if peak_file.is_file() else 0
+    return code, round(peak_kib / 2**20, 3)
 
 
 def run_student(opts, argv: list[str], results: dict, save) -> None:

@@ -50,6 +50,19 @@ def test_child_peak_rss_is_that_childs_own(tmp_path):
     assert code == 0 and peak_small < 0.1
     code, _ = dpo_speed.run_child([sys.executable, "-c", "raise SystemExit(3)"], tmp_path / "x.log", dict(os.environ))
     assert code == 3
+    killed = "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"  # what the OOM killer does
+    code, _ = dpo_speed.run_child([sys.executable, "-c", killed], tmp_path / "k.log", dict(os.environ))
+    assert code == -9
+
+
+def test_child_peak_rss_is_not_the_parents(tmp_path):
+    """Measured from a parent holding far more memory than the child (as a test run does): the child's peak is
+    still its own (a vforked child's ru_maxrss would carry the parent's high-water mark)."""
+    import torch
+
+    held = torch.ones(400 * 2**20 // 4)  # 400 MB in this process
+    code, peak = dpo_speed.run_child([sys.executable, "-c", "pass"], tmp_path / "small.log", dict(os.environ))
+    assert code == 0 and peak < 0.1 and held.sum() > 0
 
 
 def test_table_gives_speed_and_memory_against_stock():

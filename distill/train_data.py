@@ -1,4 +1,4 @@
-"""Load a preference dataset (DESIGN.md "Preference dataset") and shape it for one training stage.
+"""Load a preference dataset (docs/tasks.md, "Preference pairs") and shape it for one training stage.
 
     # one row as `distill pairs` stores it: tools and tool-call arguments are JSON strings
     {"prompt": [{"role": "user", "content": "Weather in Paris?"}],

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -96,6 +97,9 @@ def _free_port() -> int:
 @pytest.mark.slow
 def test_accelerate_two_process_gloo_ddp_runs_the_tiny_recipe(tmp_path):
     out = tmp_path / "ddp"
+    # The recipe as committed, with its relative fixture paths, run from a copy: datasets writes cache files
+    # beside the data it maps, and tests never write into the repository.
+    shutil.copytree(ROOT / "recipes" / "debug", tmp_path / "recipes" / "debug")
     cmd = [
         sys.executable,
         "-m",
@@ -119,7 +123,8 @@ def test_accelerate_two_process_gloo_ddp_runs_the_tiny_recipe(tmp_path):
         "--max_steps",
         "3",
     ]
-    run = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=400)
+    env = {**ENV, "PYTHONPATH": str(ROOT)}
+    run = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     info = json.loads((out / "run.json").read_text())
     assert info["hardware"]["world_size"] == 2 and info["hardware"]["distributed_type"] == "MULTI_CPU"

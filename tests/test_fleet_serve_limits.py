@@ -17,6 +17,7 @@ from distill.fleet import serve
 from distill.fleet.cascade import Member
 from distill.fleet.serve import FleetServer, create_app
 from distill.testing.openai_stub import Fault, StubServer
+from eval.io import DistillError
 
 MEMBER_KEY = "zq-member-7d1f0c9a8b2e"  # in a variable whose name says nothing: found because it is registered
 CLIENT_KEY = "fleet-client-key-55aa01"
@@ -171,8 +172,10 @@ def test_schema_compilation_runs_off_the_event_loop(stub, monkeypatch):
 
 
 def test_an_answer_that_cannot_be_verified_escalates(monkeypatch):
+    from distill.fleet import cascade
+
     with StubServer(model="stub-model") as cheap, StubServer(model="stub-model") as dear:
-        real = serve.check_answer
+        real = cascade.check_answer
         calls = {"n": 0}
 
         def check_that_breaks_once(task, raw, tool_calls=None):
@@ -181,7 +184,7 @@ def test_an_answer_that_cannot_be_verified_escalates(monkeypatch):
                 raise ValueError("the verifier met something it cannot handle")
             return real(task, raw, tool_calls)
 
-        monkeypatch.setattr(serve, "check_answer", check_that_breaks_once)
+        monkeypatch.setattr(cascade, "check_answer", check_that_breaks_once)  # what fleet serve's cascade calls
         app = create_app(FleetServer([member("cheap", cheap, 0.1), member("dear", dear, 5.0)]))
         r = call(app, "POST", "/v1/chat/completions", json=request())
     assert r.status_code == 200 and r.headers["x-distill-member"] == "dear"
@@ -199,3 +202,32 @@ def test_member_key_echoed_in_an_error_body_reaches_neither_client_nor_log(monke
     assert r.status_code == 503 and "HTTP 500" in r.text
     assert MEMBER_KEY not in r.text and '\\"Authorization\\": \\"Bearer <redacted>\\"' in r.text
     assert "HTTP 500" in caplog.text and MEMBER_KEY not in caplog.text
+
+
+def test_a_no_call_answer_ends_the_cascade_only_from_a_member_trusted_to_abstain(monkeypatch):
+    """fleet serve applies the abstention policy fleet eval replays: the cheap member answers without a call; by
+    default that escalates unless the member is admitted for abstention on the request's category."""
+    real_ask = FleetServer._ask
+
+    async def ask(self, m, body, sample):
+        if m.name == "cheap":
+            return {"choices": [{"index": 0, "message": {"role": "assistant", "content": "No tool fits this."}}]}
+        return await real_ask(self, m, body, sample)
+
+    monkeypatch.setattr(FleetServer, "_ask", ask)
+    with StubServer(model="stub-model") as cheap, StubServer(model="stub-model") as dear:
+        untrusted = member("cheap", cheap, 0.1)
+        trusted = Member(name="cheap", cost=0.1, categories=None, abstains={"irrelevance"},
+                         endpoint={"base_url": cheap.base_url, "model": "stub-model"})
+        cases = [
+            (FleetServer([untrusted, member("dear", dear, 5.0)]), None, "dear"),
+            (FleetServer([trusted, member("dear", dear, 5.0)]), "irrelevance", "cheap"),
+            (FleetServer([trusted, member("dear", dear, 5.0)]), "simple_python", "dear"),
+            (FleetServer([untrusted, member("dear", dear, 5.0)], abstain_policy="accept"), None, "cheap"),
+        ]
+        for server, category, answered_by in cases:
+            headers = {"x-distill-category": category} if category else {}
+            r = call(create_app(server), "POST", "/v1/chat/completions", json=request(), headers=headers)
+            assert r.status_code == 200 and r.headers["x-distill-member"] == answered_by, (category, r.headers)
+    with pytest.raises(DistillError, match="--abstain-policy"):
+        FleetServer([member("a", dear, 1.0)], abstain_policy="sometimes")

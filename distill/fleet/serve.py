@@ -50,7 +50,15 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
-from distill.fleet.cascade import Member, call_key, check_answer, cost_ladder, fleet_members
+from distill.fleet.cascade import (
+    ABSTAIN_POLICIES,
+    DEFAULT_ABSTAIN_POLICY,
+    Member,
+    check_policy,
+    choose_answer,
+    cost_ladder,
+    fleet_members,
+)
 from eval.io import DistillError, fill_paragraphs
 from eval.secrets import ScrubFilter, register_secret, scrub
 
@@ -80,7 +88,8 @@ class FleetServer:
     """The routing and cascade logic, independent of the web framework (the FastAPI app below is a thin shell)."""
 
     def __init__(self, members: list[Member], router=None, alpha: float | None = None, timeout_s: float = 60.0,
-                 down_retry_s: float = 30.0, *, max_tools: int = MAX_TOOLS, schema_cache: int = SCHEMA_CACHE):
+                 down_retry_s: float = 30.0, *, max_tools: int = MAX_TOOLS, schema_cache: int = SCHEMA_CACHE,
+                 abstain_policy: str = DEFAULT_ABSTAIN_POLICY):
         self.members = [m for m in members if m.endpoint]
         for m in members:
             if not m.endpoint:
@@ -89,6 +98,7 @@ class FleetServer:
             raise DistillError("no fleet member has an `endpoint` (base_url, model) in the fleet file: nothing to serve")
         self.router = router
         self.alpha = alpha
+        self.abstain_policy = check_policy(abstain_policy)
         self.timeout_s = timeout_s
         self.down_retry_s = down_retry_s
         self.down_until: dict[str, float] = {}
@@ -124,9 +134,11 @@ class FleetServer:
             self.router.features([([{"role": "user", "content": "warm up"}], None)])
             log.info("router embedder %s loaded in %.1f s", self.router.meta["embedder"], time.perf_counter() - t0)
 
-    async def ladder(self, body: dict, category: str | None) -> list[Member]:
+    async def ladder(self, body: dict, category: str | None) -> tuple[list[Member], str | None]:
+        """The members to ask, in order, and the request's category (declared, or the router's vote), which decides
+        whose abstentions are trusted."""
         if self.router is None:
-            return cost_ladder(self.members, category)
+            return cost_ladder(self.members, category), category
         def route():
             return self.router.route(body.get("messages") or [], body.get("tools"), alpha=self.alpha, category=category)
 
@@ -135,7 +147,7 @@ class FleetServer:
         else:
             d = await asyncio.get_running_loop().run_in_executor(self._embed_pool, route)
         servable = {m.name for m in self.members}
-        return [m for m in d.ladder if m.name in servable] or cost_ladder(self.members, category)
+        return [m for m in d.ladder if m.name in servable] or cost_ladder(self.members, category), d.category
 
     async def _ask(self, m: Member, body: dict, sample: int) -> dict:
         """One chat completion from a member: the parsed JSON. Raises ConnectionError when it cannot be reached,
@@ -186,7 +198,7 @@ class FleetServer:
             except DistillError as e:
                 return 400, _error(str(e), "invalid_request_error"), {}
         self.totals["requests"] += 1
-        ladder = await self.ladder(body, category)
+        ladder, category = await self.ladder(body, category)
         tried, failures = [], []
         last: tuple[Member, dict] | None = None
         now = time.monotonic()
@@ -218,7 +230,7 @@ class FleetServer:
                 failures.append(f"{m.name} {errors[0]}")
                 continue
             try:
-                chosen, reason = await asyncio.to_thread(_pick, task, answers)
+                chosen, reason = await asyncio.to_thread(_pick, task, answers, m, category, self.abstain_policy)
             except Exception as e:  # an answer the verifier cannot check is not trusted: escalate
                 chosen, reason = None, f"the answer could not be verified ({type(e).__name__}: {str(e)[:100]})"
             if chosen is not None:
@@ -292,22 +304,11 @@ def _request_task(tools_json: str):
                            "expected": []}, "request")
 
 
-def _pick(task, answers: list[dict]) -> tuple[dict | None, str]:
-    """The answer to return from one member's samples (None when the verifier rejects them all), and why not."""
-    if task is None:
-        return answers[0], ""
-    checks = []
-    for data in answers:
-        msg = data["choices"][0]["message"]
-        checks.append(check_answer(task, msg.get("content"), msg.get("tool_calls")))
-    valid = [(a, c) for a, c in zip(answers, checks, strict=True) if c.accepted]
-    if not valid:
-        return None, checks[0].reason
-    if len(valid) == 1:
-        return valid[0][0], ""
-    counts = Counter(call_key(c.calls) for _, c in valid)
-    top = max(counts.values())
-    return next(a for a, c in valid if counts[call_key(c.calls)] == top), ""
+def _pick(task, answers: list[dict], member: Member, category: str | None, policy: str) -> tuple[dict | None, str]:
+    """The answer to return from one member's samples (None when the verifier or the abstention policy rejects
+    them all), and why not: the cascade rule `fleet eval` replays (distill.fleet.cascade.choose_answer)."""
+    i, reason = choose_answer(task, member, [a["choices"][0]["message"] for a in answers], category, policy)
+    return (answers[i] if i is not None else None), reason
 
 
 def _headers(member: str, tried: list[str], verified: bool) -> dict:
@@ -414,7 +415,7 @@ def serve_cli(args) -> int:
         log.warning("listening on %s without --api-key-env: anyone who can reach this address can use the fleet "
                     "(and its members' keys)", args.host)
     server = FleetServer(members, router, alpha=args.alpha, timeout_s=args.timeout, down_retry_s=args.down_retry_s,
-                         max_tools=args.max_tools, schema_cache=args.schema_cache)
+                         max_tools=args.max_tools, schema_cache=args.schema_cache, abstain_policy=args.abstain_policy)
     server.warm_up()
     order = "router " + str(router_dir) + f" (alpha {args.alpha if args.alpha is not None else router.alpha:g})" \
         if router else "cheapest first (no router)"
@@ -462,6 +463,11 @@ def add_parser(actions: argparse._SubParsersAction) -> None:
     s.add_argument("--alpha", type=float, default=None, help="accuracy weight in [0, 1] for routing (default: the "
                    "router's own, from `fleet fit --alpha`)")
     s.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for one member's answer (default: %(default)s)")
+    s.add_argument("--abstain-policy", choices=ABSTAIN_POLICIES, default=DEFAULT_ABSTAIN_POLICY,
+                   help="what a member's answer without a call does: admitted = ends the cascade only when the member "
+                   "is admitted for abstention on the request's category (`fleet admit` records where its no-call "
+                   "answers were right), else escalates; accept = always ends it; escalate = never does "
+                   "(default: %(default)s)")
     s.add_argument("--down-retry-s", type=float, default=30.0, help="seconds a member that could not be reached is "
                    "skipped before it is tried again (default: %(default)s)")
     s.add_argument("--api-key-env", default=None, metavar="NAME", help="environment variable holding the key clients "

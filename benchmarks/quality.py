@@ -652,7 +652,8 @@ def hardware() -> dict:
 
 def stage_a_results(planner: Planner) -> dict:
     a = planner.args
-    out = {"start": {"dev": report_summary(planner.dev_dir("start", 0) / "report.json"),
+    start_dev = planner.dev_dir("start", 0) / "report.json"
+    out = {"start": {"dev": report_summary(start_dev) if start_dev.is_file() else None,
                      "training": training_log(planner.start_dir(0))}, "arms": {}}
     for arm in planner.arms:
         log = training_log(planner.arm_dir(arm.name, 0))
@@ -689,7 +690,7 @@ def dev_table_input(stage_a: dict) -> tuple[dict, dict, set]:
 def markdown(res: dict) -> str:
     s, a, b = res["sizes"], res["stage_a"], res["stage_b"]
     sel = res["selection"]
-    dev_cats = sorted(a["start"]["dev"]["by_category"])
+    dev_cats = res["protocol"]["dev_categories"]
     lines = [
         f"# Quality benchmark (preference vs SFT), {res['date']}, {res['scale'].upper()} scale", "",
         res["scale_note"], "",
@@ -729,14 +730,20 @@ def markdown(res: dict) -> str:
                 + " | ".join(pct(dv["by_category"].get(c)) for c in dev_cats)
                 + f" | {pct(dv.get('format_valid_rate'))} | {chosen} | {rejected} | {fmt(la.get('rewards/margins'))} | {status} |")
 
-    lines.append(dev_row("start", "sft", f"{s['sft_lr']:g}", 0, a["start"]["dev"], None, "-"))
+    no_dev = {"accuracy": None, "format_valid_rate": None, "by_category": {}}
+    lines.append(dev_row("start", "sft", f"{s['sft_lr']:g}", 0, a["start"]["dev"] or no_dev, None, "-"))
     for name, arm in a["arms"].items():
         status = "collapsed: stopped by the guard" if arm["collapsed"] else "ok"
         if not arm["dev"]:
-            lines.append(f"| {name} | {arm['loss']} | {arm['lr']:g} | - | - |" + " - |" * len(dev_cats)
-                         + f" - | - | - | - | {status} (no checkpoint) |")
+            trained = arm["training"] is not None
+            lines.append(dev_row(name, arm["loss"], f"{arm['lr']:g}", (arm["training"] or {}).get("steps", "-"),
+                                 no_dev, arm["training"], status + ("; not scored on dev" if trained else "; not run")))
         for step, dv in arm["dev"].items():
             lines.append(dev_row(name, arm["loss"], f"{arm['lr']:g}", step, dv, arm["training"], status))
+    if sel is None:
+        lines += ["", "Nothing was picked: the dev scores of stage A are not complete.", "",
+                  f"## Stage B: held out, {s['seeds']} seeds", "", res["protocol"]["heldout"], ""]
+        return "\n".join(lines + _tail(res)) + "\n"
     lines += ["", f"Picked on dev: baseline (best SFT) **{sel['baseline']['label']}** (step {sel['baseline']['step']}, "
               f"dev {pct(sel['baseline']['dev']['accuracy'])}); candidate (best arm beyond SFT) "
               f"**{sel['candidate']['label']}** (step {sel['candidate']['step']}, dev "
@@ -881,17 +888,23 @@ def main(argv=None) -> int:
     run([planner.train_arm(arm, 0) for arm in planner.arms], args.jobs)
     run(planner.dev_evals(), args.jobs)
     stage_a = stage_a_results(planner)
-    selection = select(*dev_table_input(stage_a))
-    frozen = freeze_selection(out / "selection.json", selection)
-    # Stage B: the two picks, every seed, held-out tasks; touched here and nowhere else.
-    for wave in planner.stage_b(selection):
-        run(wave, args.jobs)
+    # Nothing is picked before every arm's training and every dev score exists (a --report-only of a run cut short).
+    dev_complete = all(arm_dir.is_file() for arm_dir in (planner.arm_dir(a.name, 0) / "adapter_model.safetensors"
+                                                          for a in planner.arms)) and all(
+        j.done.is_file() for j in planner.dev_evals())
+    selection = frozen = None
+    if dev_complete:
+        selection = select(*dev_table_input(stage_a))
+        frozen = freeze_selection(out / "selection.json", selection)
+        # Stage B: the two picks, every seed, held-out tasks; touched here and nowhere else.
+        for wave in planner.stage_b(selection):
+            run(wave, args.jobs)
     seconds["total"] = round(sum(v for k, v in seconds.items() if k != "total"), 1)
 
     tasks = {t["id"]: t for t in _records(out / "eval_tasks.jsonl")}
     categories = {t: task["category"] for t, task in tasks.items()}
-    picks = list(selection.values())
-    complete = (out / "heldout" / "base" / "report.json").is_file() and all(
+    picks = list(selection.values()) if selection else []
+    complete = bool(picks) and (out / "heldout" / "base" / "report.json").is_file() and all(
         (planner.heldout_dir(p["label"], s) / "report.json").is_file() for p in picks for s in range(args.seeds))
     b = base = target = None
     if complete:
@@ -912,7 +925,7 @@ def main(argv=None) -> int:
                      if k not in ("out", "results", "scale_note", "lock", "eval_per_category", "note", "report_only")}},
         "checkpoint_steps": planner.checkpoint_steps(),
         "protocol": {
-            "dev_categories": sorted(stage_a["start"]["dev"]["by_category"]),
+            "dev_categories": sorted({t["category"] for t in _records(out / "dev_tasks.jsonl")}),
             "heldout_categories": list(EVAL_CATEGORIES),
             "choices_made_on_dev": ["learning rate (two DPO rates screened)", "loss (" + ", ".join(
                                         a.name for a in planner.arms if a.kind != "sft") + ")",
@@ -920,7 +933,9 @@ def main(argv=None) -> int:
             "arms_skipped": args.skip_arms,
             "heldout": "Held-out tasks were evaluated once, after the selection was frozen "
                        f"({frozen['frozen_at']}, {rel(out / 'selection.json')}); nothing was chosen on them."
-                       if complete else "Stage B (held out) has not run to the end: no held-out result is reported.",
+                       if complete else "Stage B (held out) has not run to the end: no held-out result is reported."
+                       + ("" if dev_complete else " Stage A's dev scores are not complete either, so nothing was "
+                          "picked and held-out tasks were never touched."),
             "not_screened": "beta, warmup and max_grad_norm: fixed from published recipes (beta "
                             f"{args.beta}), not varied in this screen",
         },

@@ -307,6 +307,20 @@ def test_main_writes_stage_a_selection_and_stage_b_from_eval_reports(quality, tm
     md = Path(str(json_path).replace(".json", ".md")).read_text()
     assert "Stage B (held out) has not run to the end" in md and "Note: a partial run" in md
 
+    # a run cut short in stage A: its training logs are reported, nothing is picked, held-out is never touched
+    shutil.rmtree(Path(args.out) / "dev" / "apo_zero-4")
+    shutil.rmtree(Path(args.out) / "heldout")
+    (Path(args.out) / "selection.json").unlink()
+    assert quality.main(["--out", args.out, "--results", args.results, "--device", "cpu", "--train-per-category", "6",
+                         "--dev-per-category", "2", "--eval-per-category", "4", "--sft-steps", "3", "--arm-steps", "4",
+                         "--checkpoints", "2", "--dpo-lrs", "1e-4,2e-5", "--student-samples", "0", "--report-only",
+                         *(["--skip-arms", "sft+grpo,grpo"] if quality.grpo_available() else [])]) == 0
+    cut = json.loads(json_path.read_text())
+    assert cut["selection"] is None and cut["stage_b"] is None and not (Path(args.out) / "selection.json").exists()
+    assert cut["stage_a"]["arms"]["apo_zero"]["training"]["last"]["logps/chosen"] == -5.0
+    md = Path(str(json_path).replace(".json", ".md")).read_text()
+    assert "Nothing was picked" in md and "held-out tasks were never touched" in md
+
 
 def test_help_shows_the_single_gpu_command(quality, capsys):
     with pytest.raises(SystemExit):

@@ -85,11 +85,7 @@ from distill import run_info  # noqa: E402
 from distill.demo import STUDENT  # noqa: E402
 from eval.io import DistillError, atomic_write, read_jsonl, write_json, write_jsonl  # noqa: E402
 
-try:  # the public names arrive with the command-line restructure
-    from distill.demo import pct, rel  # noqa: E402
-except ImportError:  # pragma: no cover
-    from distill.demo import _pct as pct  # noqa: E402
-    from distill.demo import _rel as rel
+from distill.demo import pct, rel  # noqa: E402
 
 EVAL_CATEGORIES = ("simple_python", "multiple", "parallel", "parallel_multiple", "irrelevance")
 TEMPLATE = REPO / "data_gen" / "templates" / "hermes_tool.jinja"

@@ -82,10 +82,12 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from distill import run_info  # noqa: E402
-from distill.demo import STUDENT  # noqa: E402
+from distill.demo import (  # noqa: E402
+    STUDENT,  # noqa: E402
+    pct,
+    rel,
+)
 from eval.io import DistillError, atomic_write, read_jsonl, write_json, write_jsonl  # noqa: E402
-
-from distill.demo import pct, rel  # noqa: E402
 
 EVAL_CATEGORIES = ("simple_python", "multiple", "parallel", "parallel_multiple", "irrelevance")
 TEMPLATE = REPO / "data_gen" / "templates" / "hermes_tool.jinja"

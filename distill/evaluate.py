@@ -122,6 +122,10 @@ def evaluate(
         "samples": samples,
     }
     info = _check_folder(out, identity)
+    # eval.json goes in before the first trace: a run killed while generating leaves a folder that the next run
+    # recognises and resumes, not traces with no record of what they evaluate
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / EVAL_INFO, info)
     started = time.time()
     summary = generate(tasks_path, backend, out / TRACES, samples, limit=limit, progress=progress)
     info["runs"].append({

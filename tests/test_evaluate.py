@@ -166,6 +166,33 @@ def test_rerun_resumes_and_a_torn_trace_is_regenerated(tasks, tiny_adapter_dir, 
     assert again["generation"]["traces_generated"] == 8 and again["generation"]["runs"] == 3
 
 
+def test_a_run_killed_while_generating_resumes(tasks, tiny_adapter_dir, tmp_path, monkeypatch, capsys):
+    """A kill during the first run (here: an interrupt after the first batch) leaves a folder the rerun resumes:
+    eval.json is written before the first trace, so the traces are recognised as this evaluation's."""
+    from data_gen.backends.hf_backend import HFBackend
+
+    real = HFBackend.generate_batch
+    calls = []
+
+    def interrupted(self, batch):
+        calls.append(len(batch))
+        if len(calls) > 1:
+            raise KeyboardInterrupt
+        return real(self, batch)
+
+    out = tmp_path / "eval"
+    monkeypatch.setattr(HFBackend, "generate_batch", interrupted)
+    assert main(eval_args(tiny_adapter_dir, tasks, out)) == 130
+    assert "interrupted" in capsys.readouterr().err
+    assert json.loads((out / "eval.json").read_text())["runs"] == []
+    assert len((out / "traces.jsonl").read_text().splitlines()) == 4  # the first batch of 4
+    monkeypatch.setattr(HFBackend, "generate_batch", real)
+    capsys.readouterr()
+    assert main(eval_args(tiny_adapter_dir, tasks, out)) == 0
+    assert "3 new traces" in capsys.readouterr().err
+    assert json.loads((out / "report.json").read_text())["n"] == 7
+
+
 def test_a_folder_evaluating_something_else_is_refused(evaluated, tasks, tiny_adapter_dir, tiny_model_dir, tmp_path, capsys):
     before = (evaluated / "traces.jsonl").read_bytes()
     # the base model alone into the student's folder would count the student's traces as its own

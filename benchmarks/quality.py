@@ -145,8 +145,13 @@ def arms(args) -> list[Arm]:
         out.append(Arm("sigmoid-onpolicy", "preference", "dpo", hi, ("--loss_type", "sigmoid"),
                        pairs="pairs-onpolicy", what="DPO on the start student's own mistakes"))
     if grpo_available():
-        grpo = ("--num_generations", str(args.grpo_generations), "--per_device_train_batch_size",
-                str(args.grpo_generations * args.train_batch_size), "--max_completion_length", str(args.max_new_tokens))
+        # --train-batch-size tasks x --grpo-generations answers per optimizer step, trained in micro-batches of 2
+        # answers (the recipe's reason: a forward over many ~1,500-token prompts at once runs out of CPU memory)
+        answers = args.grpo_generations * args.train_batch_size
+        micro = 2 if answers % 2 == 0 else 1
+        grpo = ("--num_generations", str(args.grpo_generations), "--per_device_train_batch_size", str(micro),
+                "--gradient_accumulation_steps", str(answers // micro),
+                "--max_completion_length", str(args.max_new_tokens))
         out += [Arm("sft+grpo", "rl", "grpo", args.grpo_lr, grpo, pairs="train_tasks.jsonl",
                     what="GRPO, the verifier's fine reward"),
                 Arm("grpo", "rl", "grpo", args.grpo_lr, grpo, pairs="train_tasks.jsonl", from_base=True,

@@ -104,7 +104,7 @@ class DistillArguments:
         # Why 0.3 and not the natural share: SFT on the pairs themselves (17% no-call targets in distill's BFCL
         # quality benchmark) took a 135M student from 100% to 6% on held-out irrelevance while it learnt to call.
         # A set share keeps the call/no-call prior independent of how many irrelevance tasks a source holds
-        # (BFCL's live_irrelevance alone has more tasks than live_simple and live_multiple together), and an
+        # (BFCL has 884 live_irrelevance tasks against 274 live_simple and live_parallel ones), and an
         # abstention is one short answer learnt in few steps: much more than a third of the rows would spend
         # steps that the call format needs. benchmarks/quality.py's dev screen is where to revisit the value.
         default=0.3,

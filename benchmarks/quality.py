@@ -489,8 +489,8 @@ def collapsed(log: dict | None, guard_nats: float) -> bool:
     more than guard_nats below the first logged value."""
     if not log:
         return False
-    if log.get("guard") and log["guard"].get("tripped"):
-        return True
+    if log.get("guard"):  # the guard's own verdict (on the same-batch log-ratio; distill.callbacks says why)
+        return bool(log["guard"].get("tripped"))
     first = log["first"].get("logps/chosen")
     lowest = log.get("lowest_logps_chosen")
     return first is not None and lowest is not None and (not math.isfinite(lowest) or first - lowest > guard_nats)
@@ -719,8 +719,8 @@ def markdown(res: dict) -> str:
         + " Not screened: " + res["protocol"]["not_screened"] + ".", "",
         "## Stage A: screen on dev", "",
         "| arm | loss | lr | step | dev accuracy | " + " | ".join(dev_cats) + " | parse rate | logps/chosen first -> "
-        "lowest -> last | logps/rejected first -> last | margin last | status |",
-        "| --- | --- | --- | --- | --- | " + "--- | " * len(dev_cats) + "--- | --- | --- | --- | --- |",
+        "lowest -> last | chosen vs reference, lowest (nats) | logps/rejected first -> last | margin last | status |",
+        "| --- | --- | --- | --- | --- | " + "--- | " * len(dev_cats) + "--- | --- | --- | --- | --- | --- |",
     ]
 
     def dev_row(name, loss, lr, step, dv, log, status):
@@ -729,9 +729,12 @@ def markdown(res: dict) -> str:
         chosen = (f"{fmt(f.get('logps/chosen'))} -> {fmt((log or {}).get('lowest_logps_chosen'))} -> "
                   f"{fmt(la.get('logps/chosen'))}") if "logps/chosen" in f else "-"
         rejected = f"{fmt(f.get('logps/rejected'))} -> {fmt(la.get('logps/rejected'))}" if "logps/rejected" in f else "-"
+        # what the guard reads: the chosen answers' log-ratio to the reference on the same batch (distill.callbacks)
+        guard = (log or {}).get("guard") or {}
+        ratio = fmt(guard.get("lowest")) if guard.get("measure") == "logratio" else "-"
         return (f"| {name} | {loss} | {lr} | {step} | {pct(dv['accuracy'])} | "
                 + " | ".join(pct(dv["by_category"].get(c)) for c in dev_cats)
-                + f" | {pct(dv.get('format_valid_rate'))} | {chosen} | {rejected} | {fmt(la.get('rewards/margins'))} | {status} |")
+                + f" | {pct(dv.get('format_valid_rate'))} | {chosen} | {ratio} | {rejected} | {fmt(la.get('rewards/margins'))} | {status} |")
 
     no_dev = {"accuracy": None, "format_valid_rate": None, "by_category": {}}
     lines.append(dev_row("start", "sft", f"{s['sft_lr']:g}", 0, a["start"]["dev"] or no_dev, None, "-"))

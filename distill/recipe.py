@@ -135,9 +135,9 @@ class DistillArguments:
     logps_guard_nats: float | None = field(
         default=10.0,
         metadata={
-            "help": "DPO: warn when logps/chosen (the summed log-probability of the chosen answers, nats) falls "
-            "more than this many nats below its first logged value: DPO pushing the good answers down with the bad "
-            "ones. null turns the guard off."
+            "help": "DPO: warn when the chosen answers' summed log-probability (nats) falls more than this many "
+            "nats relative to the reference model on the same batch (rewards/chosen / beta, against its first "
+            "logged value): DPO pushing the good answers down with the bad ones. null turns the guard off."
         },
     )
     logps_guard_stop: bool = field(

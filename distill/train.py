@@ -144,10 +144,11 @@ def run_stage(recipe, *, end: bool = True):
     throughput = run_info.ThroughputCallback()
     callbacks, guard = [throughput], None
     if s.stage == "dpo" and s.logps_guard_nats is not None:
-        # TRL logs logps/chosen but ships no guard against its collapse (distill/callbacks.py says why it matters)
+        # TRL logs logps/chosen but ships no guard against its collapse (distill/callbacks.py says why it matters);
+        # with beta, the guard reads the chosen answers' log-ratio to the reference on the same batch
         from distill.callbacks import LogpsGuard
 
-        guard = LogpsGuard(s.logps_guard_nats, stop=s.logps_guard_stop)
+        guard = LogpsGuard(s.logps_guard_nats, stop=s.logps_guard_stop, beta=t.beta)
         callbacks.append(guard)
     run_info.keep_hub_token_out_of_checkpoints(t)  # training_args.bin would hold it otherwise
     trainer = trainer_cls(

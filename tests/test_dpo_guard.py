@@ -1,5 +1,7 @@
 """The logps/chosen guard: warns, and with stop set ends training, once DPO's chosen log-probability falls more
-than the threshold below its first logged value; ignores other keys; a non-number threshold is refused."""
+than the threshold below where it started: measured as the chosen answers' log-ratio to the reference on the same
+batch (rewards/chosen / beta) when beta is known, so batch-to-batch swings of logps/chosen do not trip it; else
+logps/chosen against its first logged value. Ignores other keys; a non-number threshold is refused."""
 
 from __future__ import annotations
 
@@ -71,6 +73,40 @@ def test_sft_logs_without_the_key_are_ignored():
     assert guard.summary()["first"] is None and guard.tripped is None
 
 
+# What TRL logged on real BFCL pairs (quality benchmark, CPU, batches of 2 pairs): logps/chosen swings with the
+# batch's answer lengths while the chosen log-ratio to the reference barely moves.
+NOISY_BATCHES = [{"logps/chosen": -29.9, "rewards/chosen": 0.0},
+                 {"logps/chosen": -12.1, "rewards/chosen": -0.02},
+                 {"logps/chosen": -45.3, "rewards/chosen": -0.05},
+                 {"logps/chosen": -13.6, "rewards/chosen": 0.01}]
+
+
+def test_with_beta_batch_swings_of_logps_chosen_do_not_trip_the_guard():
+    guard = LogpsGuard(max_drop_nats=10.0, stop=True, beta=0.1)
+    assert replay(guard, NOISY_BATCHES) == [False] * 4 and guard.tripped is None
+    s = guard.summary()
+    assert s["measure"] == "logratio" and s["first"] == 0.0 and math.isclose(s["lowest"], -0.5)
+    assert s["logps_chosen_first"] == -29.9 and s["logps_chosen_last"] == -13.6
+    # without beta the same log trips on the batch swing (-29.9 -> -45.3): what the log-ratio is for
+    assert replay(LogpsGuard(max_drop_nats=10.0, stop=True), NOISY_BATCHES) == [False, False, True, True]
+
+
+def test_with_beta_a_falling_log_ratio_trips_even_when_logps_chosen_rise(caplog):
+    guard = LogpsGuard(max_drop_nats=10.0, stop=True, beta=0.1)
+    log = [{"logps/chosen": -40.0, "rewards/chosen": 0.0},
+           {"logps/chosen": -20.0, "rewards/chosen": -0.6},   # shorter answers, 6 nats below the reference
+           {"logps/chosen": -25.0, "rewards/chosen": -1.3}]   # 13 nats below: collapse
+    with caplog.at_level(logging.WARNING, logger="distill.train"):
+        assert replay(guard, log) == [False, False, True]
+    assert math.isclose(guard.tripped["drop_nats"], 13.0) and guard.tripped["step"] == 15
+    assert any("relative to the reference model" in r.getMessage() for r in caplog.records)
+
+
+def test_beta_must_be_positive():
+    with pytest.raises(ValueError, match="beta"):
+        LogpsGuard(max_drop_nats=1.0, beta=0)
+
+
 @pytest.mark.parametrize("bad", ["ten", None, True, 0, -3.0, float("nan")])
 def test_threshold_must_be_a_positive_number(bad):
     with pytest.raises(ValueError, match="positive number of nats"):
@@ -102,6 +138,7 @@ def test_distill_train_stops_a_dpo_run_whose_chosen_logps_fall(tiny_runs):
     assert cli.main(["train", *dpo, "--output_dir", str(out / "stop"), "--logps_guard_stop", "true"]) == 0
     info = json.loads((out / "stop" / "run.json").read_text())
     guard = info["logps_guard"]
+    assert guard["measure"] == "logratio" and guard["beta"] == info["config"]["training"]["beta"]
     assert guard["tripped"]["stopped"] is True and guard["tripped"]["drop_nats"] > 0.001
     assert info["global_step"] == guard["tripped"]["step"] < 6, "stopped at the first logged fall"
     assert (out / "stop" / "adapter_model.safetensors").is_file(), "the adapter is saved as it was"
@@ -117,4 +154,5 @@ def test_distill_train_only_warns_by_default(tiny_runs, caplog):
         assert cli.main(["train", *dpo, "--output_dir", str(out / "warn")]) == 0
     info = json.loads((out / "warn" / "run.json").read_text())
     assert info["global_step"] == 6 and info["logps_guard"]["tripped"]["stopped"] is False
-    assert any("logps/chosen fell" in r.getMessage() for r in caplog.records)
+    assert any("relative to the reference model" in r.getMessage() and " fell to " in r.getMessage()
+               for r in caplog.records)

@@ -45,7 +45,9 @@ def test_every_exposed_loss_trains_one_step_through_distill_train(name, sft_adap
     assert info["config"]["training"]["loss_type"] == losses
     log = [h for h in json.loads((out / "trainer_state.json").read_text())["log_history"] if "loss" in h]
     assert len(log) == 1 and math.isfinite(log[0]["loss"]) and math.isfinite(log[0]["logps/chosen"])
-    assert info["logps_guard"]["first"] == log[0]["logps/chosen"]  # the guard watched the run
+    guard = info["logps_guard"]  # the guard watched the run: the chosen log-ratio, rewards/chosen / beta
+    assert guard["logps_chosen_first"] == log[0]["logps/chosen"] and guard["measure"] == "logratio"
+    assert math.isclose(guard["first"], log[0]["rewards/chosen"] / info["config"]["training"]["beta"])
 
 
 def test_loss_names_are_trls(monkeypatch):

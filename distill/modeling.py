@@ -47,8 +47,13 @@ def fsdp_enabled(training_args) -> bool:
 
 
 def device_map_for(training_args) -> Any:
-    """Where the weights load: the CPU; nowhere yet under FSDP/DeepSpeed; else this process's own GPU (one
-    whole copy per process for DDP; "auto" would split one model over every visible GPU)."""
+    """Where the weights load: nowhere yet under DeepSpeed ZeRO-3 (it partitions the weights as they load and
+    refuses any device_map, on the CPU too); the CPU; nowhere yet under FSDP/DeepSpeed; else this process's own GPU
+    (one whole copy per process for DDP; "auto" would split one model over every visible GPU)."""
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    if is_deepspeed_zero3_enabled():
+        return None
     if on_cpu(training_args):
         return "cpu"
     if sharded(training_args):

@@ -5,9 +5,9 @@ to tmp_path) as two gloo processes, and the LoRA adapter it saves has trained.
 What a CPU can and cannot show (accelerate 1.15, DeepSpeed 0.19.8, torch 2.13):
 - zero2.yaml: DeepSpeed's CPU accelerator (gloo, plus a shared-memory op it compiles once with ninja) trains the
   recipe as written, 4-bit QLoRA included.
-- zero3.yaml: DeepSpeed refuses a `device_map`, and distill.modeling.device_map_for returns "cpu" on the CPU even
-  under ZeRO-3. With it returning None when sharded, the same launch trains (4-bit off); the test is an expected
-  failure until then.
+- zero3.yaml: DeepSpeed partitions the weights as they load and refuses a `device_map`, so
+  distill.modeling.device_map_for gives none under ZeRO-3 (on the CPU too); the launch trains with 4-bit off (ZeRO-3
+  does not partition bitsandbytes' 4-bit weights), and the saved adapter is whole, not a shard.
 - fsdp2_qlora.yaml: accelerate enables FSDP only for GPU-type process groups; on a CPU-only machine the same launch
   runs plain DDP (MULTI_CPU) and calls itself finished. The test is an expected failure that asserts FSDP was in
   effect, so it turns red (strict xfail) the day accelerate shards on the CPU. FSDP itself is unproven here.
@@ -77,8 +77,6 @@ def test_deepspeed_zero2_trains_the_tiny_qlora_recipe_on_two_cpu_processes(tmp_p
     assert_trained(info, "DEEPSPEED")
 
 
-@pytest.mark.xfail(strict=True, reason="distill.modeling.device_map_for gives device_map='cpu' under ZeRO-3 on the "
-                   "CPU, which DeepSpeed refuses; return None when sharded")
 def test_deepspeed_zero3_trains_the_tiny_recipe_on_two_cpu_processes(tmp_path):
     pytest.importorskip("deepspeed")
     info = launch("recipes/accelerate/zero3.yaml", tmp_path, "--load_in_4bit", "false")

@@ -11,7 +11,11 @@
    silently and the student learns to answer with nothing; the fix is the recipe's `chat_template`.
 2. A token-length audit: prompt and completion lengths as the trainer will tokenize them (TRL's own prefix
    rule), percentiles against `max_length`, and a refusal to start when more than `max_truncated_share` of
-   the pairs would lose completion tokens, which TRL truncates (DPO) or drops (SFT) without a word.
+   the pairs would lose completion tokens, which TRL truncates (DPO) or drops (SFT) without a word. Text-form
+   DPO rows (`distill pairs --trim-shared-prefix`: prompt, chosen and rejected already rendered) are measured
+   as TRL's text path tokenizes them (the tokenizer called on the strings, EOS appended to an answer without
+   it), and refused when their prompts lack this tokenizer's assistant-turn opening (rendered with another
+   family's chat template).
 """
 
 from __future__ import annotations
@@ -113,6 +117,33 @@ def _ids(out) -> list[int]:
     return list(out["input_ids"] if hasattr(out, "keys") else out)
 
 
+def assistant_opening(tokenizer) -> str:
+    """The text the chat template puts before an assistant answer (`<|im_start|>assistant\\n` for ChatML): the
+    generation prompt as far as a rendered conversation shares it, which is where `distill pairs
+    --trim-shared-prefix` ends an untrimmed text prompt. "" when the template does not render it that way."""
+    probe = [{"role": "user", "content": "Hi"}]
+    try:
+        alone = tokenizer.apply_chat_template(probe, tokenize=False)
+        head = tokenizer.apply_chat_template(probe, tokenize=False, add_generation_prompt=True)
+        full = tokenizer.apply_chat_template(probe + [{"role": "assistant", "content": "Hello"}], tokenize=False)
+    except Exception:  # noqa: BLE001 - a template that fails here has failed check_chat_template already
+        return ""
+    end = common_prefix_length(head, full)
+    return head[len(alone) : end] if head.startswith(alone) and end > len(alone) else ""
+
+
+def _text_lengths(tokenizer, row: dict, comp_cols: list[str]) -> tuple[list[int], dict[str, list[int]]]:
+    """Ids of a text-form row as TRL's DPOTrainer makes them: EOS appended to an answer that does not end with
+    it, then the tokenizer on prompt and on prompt + answer (special tokens added, as TRL's text path does)."""
+    eos = tokenizer.eos_token or ""
+
+    def answer(text: str) -> str:
+        return text if not eos or text.endswith(eos) else text + eos
+
+    prompt = _ids(tokenizer(row["prompt"]))
+    return prompt, {c: _ids(tokenizer(row["prompt"] + answer(row[c]))) for c in comp_cols}
+
+
 def percentiles(values: list[int]) -> dict:
     if not values:
         return {"p50": 0, "p90": 0, "p99": 0, "max": 0, "mean": 0.0}
@@ -154,11 +185,22 @@ def audit_lengths(
     )
     prompt_lens, comp_lens, totals = [], {c: [] for c in comp_cols}, []
     lost_rows = dropped = 0
+    text_form = stage == "dpo" and isinstance(rows[0]["prompt"], str)
+    opening = assistant_opening(tokenizer) if text_form else ""
     for i in idx:
         row = rows[i]
         tools = json.loads(row["tools"]) if isinstance(row["tools"], str) else row["tools"]
+        if text_form and opening and opening not in row["prompt"]:
+            raise DistillError(
+                f"split {split!r} row {i}: the text-form prompt lacks this chat template's assistant-turn opening "
+                f"{opening!r}, so it was rendered with another student's chat template; text-form rows (`distill "
+                "pairs --trim-shared-prefix`) train the student whose template rendered them: run `distill pairs` "
+                "again with --policy-adapter (or --policy-model and --chat-template) of this student"
+            )
         try:
-            if comp_cols:
+            if text_form:
+                p, fulls = _text_lengths(tokenizer, row, comp_cols)
+            elif comp_cols:
                 p = _ids(
                     tokenizer.apply_chat_template(
                         row["prompt"], tools=tools, tokenize=True, add_generation_prompt=True
@@ -180,9 +222,8 @@ def audit_lengths(
                     )
                 }
         except Exception as e:
-            raise DistillError(
-                f"split {split!r} row {i}: the chat template fails on it ({type(e).__name__}: {e})"
-            ) from None
+            what = "the tokenizer" if text_form else "the chat template"
+            raise DistillError(f"split {split!r} row {i}: {what} fails on it ({type(e).__name__}: {e})") from None
         prompt_len = min(common_prefix_length(p, f) for f in fulls.values())
         prompt_lens.append(prompt_len)
         lost = False

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections import Counter
+from pathlib import Path
 
 import pytest
 import torch
@@ -168,12 +170,12 @@ def test_the_off_policy_filter_drops_exactly_the_rows_above_the_threshold(tasks,
     kept = load_from_disk(str(tmp_path / "kept" / "dataset"))["train"].to_list()
     assert [r["rejected_nll"] for r in kept] == pytest.approx([x for x in nll if x <= threshold], abs=1e-3)
     assert [{k: v for k, v in r.items() if k != "rejected_nll"} for r in kept] == [
-        r for r, x in zip(full, nll) if x <= threshold]
+        r for r, x in zip(full, nll, strict=True) if x <= threshold]
     f = summary["policy_filters"]["off_policy_filter"]
     assert f["rows_dropped"] == sum(x > threshold for x in nll) > 0
     by_kind = f["rejected_nll"]["by_pair_kind"]
     assert sum(v["n"] for v in by_kind.values()) == len(rows) == f["rows_scored"]
-    wrong = sorted(x for r, x in zip(rows, nll) if r["pair_kind"] == "wrong_call")
+    wrong = sorted(x for r, x in zip(rows, nll, strict=True) if r["pair_kind"] == "wrong_call")
     assert by_kind["wrong_call"]["p50"] == pytest.approx(wrong[len(wrong) // 2], abs=0.01)
     assert f["rejected_nll"]["by_rejected_source"]["student"]["n"] == len(rows)
     with pytest.raises(DistillError, match="every pair's rejected answer is less likely"):
@@ -203,7 +205,7 @@ def test_trimming_moves_the_shared_beginning_of_near_identical_calls_only(rows, 
     untrimmed, st0 = to_text_rows(tok, rows, None)
     trimmed, st = to_text_rows(tok, rows, 0.5)
     assert st0["rows_trimmed"] == 0 and st["rows_trimmed"] > 0
-    for row, plain, cut in zip(rows, untrimmed, trimmed):
+    for row, plain, cut in zip(rows, untrimmed, trimmed, strict=True):
         # the text form of an untrimmed row is the conversation TRL would have rendered, ending at the turn's end
         assert plain["prompt"] + plain["chosen"] == _assistant(tok, row).rstrip("\n")
         assert plain["shared_prefix"] == ""
@@ -219,18 +221,18 @@ def test_trimming_moves_the_shared_beginning_of_near_identical_calls_only(rows, 
         else:
             assert cut == plain, "rows that are not trimmed are the same as without trimming"
     # trimmed exactly where both answers are calls sharing at least half of the shorter one's tokens
-    for row, plain, cut in zip(rows, untrimmed, trimmed):
+    for row, plain, cut in zip(rows, untrimmed, trimmed, strict=True):
         ids = {s: tok(plain["prompt"] + plain[s]).input_ids for s in ("chosen", "rejected")}
         start = len(tok(plain["prompt"]).input_ids)
-        common = next((k for k, (a, b) in enumerate(zip(ids["chosen"], ids["rejected"])) if a != b), None)
+        common = next((k for k, (a, b) in enumerate(zip(ids["chosen"], ids["rejected"], strict=False)) if a != b), None)
         share = (common - start) / (min(map(len, ids.values())) - start)
         both_calls = bool(row["chosen"][0]["tool_calls"]) and bool(row["rejected"][0]["tool_calls"])
         assert bool(cut["shared_prefix"]) == (both_calls and share >= 0.5), (row["task_id"], share)
     assert any(r["chosen"][0]["tool_calls"] and r["rejected"][0]["tool_calls"] and not c["shared_prefix"]
-               for r, c in zip(rows, trimmed)), "the sample has calls that share too little"
+               for r, c in zip(rows, trimmed, strict=True)), "the sample has calls that share too little"
     # a call vs a malformed call, prose or an abstention is never trimmed
-    assert all(not c["shared_prefix"] for r, c in zip(rows, trimmed) if r["pair_kind"] != "wrong_call")
-    assert any(not c["shared_prefix"] for r, c in zip(rows, trimmed) if r["pair_kind"] == "wrong_call")
+    assert all(not c["shared_prefix"] for r, c in zip(rows, trimmed, strict=True) if r["pair_kind"] != "wrong_call")
+    assert any(not c["shared_prefix"] for r, c in zip(rows, trimmed, strict=True) if r["pair_kind"] == "wrong_call")
     every, _ = to_text_rows(tok, rows, 0.01)
     assert sum(bool(r["shared_prefix"]) for r in every) >= st["rows_trimmed"]
 
@@ -279,6 +281,122 @@ def test_a_conversational_prompt_cannot_end_inside_the_assistant_turn_in_trls_dp
     partial = [{"role": "user", "content": "Weather in Paris?"}, {"role": "assistant", "content": '<tool_call>\n{"name"'}]
     rendered = tok.apply_chat_template(partial, tokenize=False, add_generation_prompt=True)
     assert rendered.endswith('{"name"<|im_end|>\n<|im_start|>assistant\n')
+
+
+# --- trimmed pairs through `distill train` -----------------------------------------------------------------
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes" / "debug"
+
+
+@pytest.fixture(scope="module")
+def trimmed_pairs(tasks, tiny_adapter_dir, tmp_path_factory):
+    """What `distill pairs --on-policy --trim-shared-prefix --policy-adapter RUN` writes for the tiny student."""
+    out = tmp_path_factory.mktemp("trimmed")
+    tasks_path, student = _write(out, tasks, student_samples(tasks))
+    summary = pairs(tasks_path, [], str(out / "pairs"), student,
+                    PairsConfig(on_policy=True, chosen_from="gold", test_size=0, trim_shared_prefix=True),
+                    policy=PolicySpec(adapter=str(tiny_adapter_dir)))
+    assert summary["policy_filters"]["prefix_trim"]["rows_trimmed"] > 0
+    return out / "pairs"
+
+
+def _dpo_argv(pairs_dir, model, adapter, out, *flags) -> list[str]:
+    """One DPO step from the tiny SFT adapter over every row (24 pairs in one batch; prompts up to 712 tokens)."""
+    return [str(RECIPES / "tiny_cpu_dpo.yaml"), "--model_name_or_path", str(model), "--dataset_path", str(pairs_dir),
+            "--init_adapter", str(adapter), "--output_dir", str(out), "--max_steps", "1", "--max_length", "1024",
+            "--per_device_train_batch_size", "32", "--report_to", "none", *flags]
+
+
+def _distill_train(argv: list[str]):
+    """`distill train ARGV` through the command line, returning the trainer it ran (exit status 0 asserted)."""
+    from distill import cli, train
+
+    ran, run_stage = [], train.run_stage
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(train, "run_stage", lambda recipe, **kw: ran.append(run_stage(recipe, **kw)) or ran[-1])
+        assert cli.main(["train", *argv]) == 0
+    return ran[-1]
+
+
+@pytest.fixture(scope="module")
+def trimmed_dpo(trimmed_pairs, tiny_model_dir, tiny_adapter_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("trimmed-dpo") / "dpo"
+    return _distill_train(_dpo_argv(trimmed_pairs, tiny_model_dir, tiny_adapter_dir, out)), out
+
+
+def test_trimmed_pairs_train_one_dpo_step_through_distill_train(trimmed_pairs, trimmed_dpo, tiny_adapter_dir):
+    from datasets import load_from_disk
+    from safetensors.torch import load_file
+    from transformers import AutoTokenizer
+
+    from distill.preflight import percentiles
+
+    trainer, out = trimmed_dpo
+    rows = load_from_disk(str(trimmed_pairs / "dataset"))["train"]
+    info = json.loads((out / "run.json").read_text())
+    assert info["status"] == "finished" and info["global_step"] == 1
+    assert math.isfinite(info["metrics"]["train_loss"])
+    before, after = load_file(tiny_adapter_dir / "adapter_model.safetensors"), load_file(out / "adapter_model.safetensors")
+    assert before.keys() == after.keys() and any(not torch.equal(before[k], after[k]) for k in before)
+    # the pre-flight measured the rows as TRL's text path tokenized them (prompt, chosen, rejected ids)
+    tokenized = trainer.train_dataset
+    assert len(tokenized) == len(rows) == info["audit"]["measured"]
+    for side in ("prompt", "chosen", "rejected"):
+        assert info["audit"][side] == percentiles([len(ids) for ids in tokenized[f"{side}_ids"]]), side
+    # the shared beginning is context: the prompt the trainer scores from ends with it, the answers start after it
+    tok = AutoTokenizer.from_pretrained(tiny_adapter_dir)
+    for row, t in zip(rows, tokenized, strict=True):
+        assert t["prompt_ids"] == tok(row["prompt"]).input_ids
+        assert tok.decode(t["chosen_ids"]) == row["chosen"] and tok.decode(t["rejected_ids"]) == row["rejected"]
+        assert tok.decode(t["prompt_ids"]).endswith(row["shared_prefix"])
+    assert sum(bool(r["shared_prefix"]) for r in rows) > 0
+
+
+def test_fast_dpo_trains_trimmed_pairs_as_the_stock_trainer_scores_them(trimmed_pairs, trimmed_dpo, tiny_model_dir,
+                                                                         tiny_adapter_dir, tmp_path):
+    from distill.fast_dpo import FastDPOTrainer
+
+    stock, _ = trimmed_dpo
+    fast = _distill_train(_dpo_argv(trimmed_pairs, tiny_model_dir, tiny_adapter_dir, tmp_path / "fast", "--fast", "true",
+                                    "--pack_tokens", "2048", "--ref_cache_dir", str(tmp_path / "cache")))
+    assert isinstance(fast, FastDPOTrainer)
+    assert json.loads((tmp_path / "fast" / "run.json").read_text())["status"] == "finished"
+    assert (tmp_path / "fast" / "adapter_model.safetensors").is_file()
+    store = fast._stores["train"]
+    tokenized = stock.train_dataset
+    for pair in store.pairs:  # the same ids as the stock trainer: the shared prefix in the prompt, once
+        t = tokenized[pair.index]
+        assert (list(pair.prompt_ids), list(pair.chosen_ids), list(pair.rejected_ids)) == (t["prompt_ids"], t["chosen_ids"], t["rejected_ids"])
+    # the reference log-probs of the trimmed answers, packed, equal stock DPO's padded precompute
+    torch.testing.assert_close(store.ref_chosen, torch.tensor(tokenized["ref_chosen_logps"]), rtol=1e-5, atol=1e-3)
+    torch.testing.assert_close(store.ref_rejected, torch.tensor(tokenized["ref_rejected_logps"]), rtol=1e-5, atol=1e-3)
+
+
+def test_the_preflight_refuses_trimmed_rows_for_sft_or_another_template(trimmed_pairs, tiny_model_dir,
+                                                                        tiny_adapter_dir, tmp_path, capsys):
+    from transformers import AutoTokenizer
+
+    from data_gen.prompting import resolve_chat_template
+    from distill import cli
+    from distill.preflight import assistant_opening
+
+    assert assistant_opening(AutoTokenizer.from_pretrained(tiny_adapter_dir)) == "<|im_start|>assistant\n"
+    sft = [str(RECIPES / "tiny_cpu.yaml"), "--model_name_or_path", str(tiny_model_dir), "--dataset_path",
+           str(trimmed_pairs), "--output_dir", str(tmp_path / "sft"), "--max_steps", "1", "--report_to", "none"]
+    assert cli.main(["train", *sft]) == 2
+    assert "text-form rows" in capsys.readouterr().err and not (tmp_path / "sft" / "run.json").exists()
+    # a template whose assistant turn opens otherwise (it passes the tool-call check): the rows were not
+    # rendered for this student, with either trainer
+    other = tmp_path / "other.jinja"
+    other.write_text(resolve_chat_template("hermes_tool")[0].replace("<|im_start|>assistant", "<|im_start|>model"))
+    for fast in ("false", "true"):
+        out = tmp_path / f"other-{fast}"
+        argv = _dpo_argv(trimmed_pairs, tiny_model_dir, tiny_adapter_dir, out, "--chat_template", str(other),
+                         "--fast", fast)
+        assert cli.main(["train", *argv]) == 2
+        err = capsys.readouterr().err
+        assert "row 0" in err and "'<|im_start|>model\\n'" in err and "another student's chat template" in err
+        assert not (out / "run.json").exists()
 
 
 # --- the command line and bad input ------------------------------------------------------------------------

@@ -1,6 +1,12 @@
 """The real fleet, measured: do real small students, routed per request, beat every one of them?
 
-    # 2-core CPU shared with other jobs (what ran for benchmarks/results/fleet-<date>-cpu/; about 1.5 h of model time):
+    # 2 CPU cores shared with nothing, about 30 minutes (an estimate from `distill demo`'s measured times per answer,
+    # not a measured run): 30 calibration and 30 held-out tasks, the built-in members plus the quality benchmark's
+    # preference (DPO) student (put the arm and checkpoint its selection.json picks in the path)
+    OMP_NUM_THREADS=2 python benchmarks/fleet_quality.py --calib-per-category 10 --eval-per-category 10 \\
+        --train-per-category 40 --steps 8 --max-new-tokens 64 \\
+        --member smollm2-dpo=runs/quality-cpu/seed0/sigmoid-lr2e-05/checkpoint-2
+    # 2-core CPU shared with other jobs (about 1.5 h of model time):
     OMP_NUM_THREADS=1 python benchmarks/fleet_quality.py --lock /tmp/distill-heavy.lock --hold-lock \\
         --calib-per-category 15 --eval-per-category 15 --train-per-category 40 --steps 10 --max-new-tokens 64
     # one GPU (the 500 held-out tasks; member evaluations ~10 min on an H200):
@@ -15,7 +21,19 @@ Members (each a real model, evaluated greedily by `distill eval`):
                    tasks (--steps optimizer steps of --train-batch-size examples)
     gemma-fewshot  Gemma 3 270M (pkg:gemma-3-270m), a base model, with the few-shot completion prompt (as
                    `distill demo` uses it as the teacher)
-Their cost is their parameter count in billions (`distill fleet admit` reads it from the config).
+    --member NAME=SPEC (repeatable) adds an existing student without training it: SPEC is a LoRA adapter folder
+                   (adapter_config.json; `distill eval --adapter`, which loads the tokenizer and chat template it
+                   trained with), a model folder or .gguf file, or a pkg: name (`distill eval --model`). The
+                   preference student of benchmarks/quality.py is the arm and checkpoint its selection.json names:
+                   OUT/seed0/<arm>/checkpoint-<step> (stage A), or OUT/seed<k>/<arm>-<step> (stage B's reruns).
+                   It is evaluated on calibration and held-out, admitted, routed and served live like the others.
+                   The name must be new (not a built-in member's, not given twice) and SPEC must exist: checked
+                   before anything runs (exit 2). Its training data is unknown here: if it trained on tasks of the
+                   calibration split (benchmarks/quality.py trains on BFCL live_* tasks too), its calibration
+                   accuracy is optimistic; the results README says so.
+Their cost is their parameter count in billions (`distill fleet admit` reads it from the config; an adapter's is
+its base model's). The working folder records its members (members.json): a rerun into it with other members is
+refused, since the router and fleet eval already there would be kept.
 
 Data: BFCL. The training categories (--train-categories, BFCL's live, user-contributed tasks) are split by a
 seeded draw into the SFT student's training tasks and a disjoint calibration split (--calib-per-category per
@@ -31,8 +49,8 @@ Stages (each a distill command, printed, its output kept in --out and skipped on
     held-out requests answered live, and the live decisions compared with fleet eval's replayed ones.
 
 Writes --results/fleet-<date>-<cpu|gpu>/: fleet_eval.json, fleet_eval.md, pareto.png (the selected router),
-clusters/ (the same with the k-means-only router, for comparison), live.json, and README.md (the reading: targets
-met or missed, by how much, and why).
+clusters/ (the same with the k-means-only router, for comparison), live.json, results.json, and README.md (the
+reading: each member and where it came from, targets met or missed, by how much, and why).
 """
 
 from __future__ import annotations
@@ -41,9 +59,11 @@ import argparse
 import datetime
 import json
 import random
+import re
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -52,7 +72,81 @@ sys.path.insert(0, str(REPO))
 from distill.demo import Stage, _rel  # noqa: E402
 
 TEACHER_TEMPLATE = "hermes_tool.jinja"
-MEMBERS = ("smollm2-base", "smollm2-sft", "gemma-fewshot")
+# The built-in members and where each comes from (the results README lists them)
+BUILTIN = {
+    "smollm2-base": "SmolLM2-135M-Instruct (pkg:smollm2-135m-instruct) with the Hermes tool template",
+    "smollm2-sft": "LoRA SFT student of SmolLM2-135M-Instruct trained by this benchmark (recipes/demo/sft.yaml on "
+                   "the training tasks' verified answers)",
+    "gemma-fewshot": "Gemma 3 270M (pkg:gemma-3-270m), a base model, with the few-shot completion prompt",
+}
+MEMBERS = tuple(BUILTIN)
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+@dataclass(frozen=True)
+class Extra:
+    """A member added with --member NAME=SPEC: an existing student, evaluated and admitted, never trained here."""
+
+    name: str
+    spec: str  # as given: an adapter folder, a model folder or .gguf file, or a pkg: name
+    kind: str  # "adapter" (a LoRA adapter folder) or "model"
+
+    def model(self) -> str:
+        """The path or name as the distill commands get it (a local path relative to the working directory)."""
+        return self.spec if self.spec.startswith("pkg:") else _rel(Path(self.spec))
+
+    def source(self) -> str:
+        what = "LoRA adapter" if self.kind == "adapter" else "packaged model" if self.spec.startswith("pkg:") else "model"
+        return f"--member {what} {self.spec}"
+
+
+def parse_member(value: str, taken: set[str]) -> Extra:
+    """An --member NAME=SPEC value, checked without loading anything; ValueError names what is wrong. `taken`: the
+    member names already in use (the built-in ones and earlier --member values)."""
+    name, sep, spec = value.partition("=")
+    name, spec = name.strip(), spec.strip()
+    if not sep or not name or not spec:
+        raise ValueError("expected NAME=SPEC (SPEC: a LoRA adapter folder, a model folder or .gguf file, or pkg:NAME)")
+    if not NAME_RE.fullmatch(name):
+        raise ValueError(f"member name {name!r}: letters, digits, '.', '_' and '-' only, starting with a letter or digit")
+    if name in BUILTIN:
+        raise ValueError(f"member name {name!r} is a built-in member ({', '.join(BUILTIN)}); choose another")
+    if name in taken:
+        raise ValueError(f"member name {name!r} is given twice")
+    if spec.startswith("pkg:"):
+        from data_gen.local_models import _packaged
+        from eval.io import DistillError
+
+        try:
+            _packaged(spec)  # known and installed; nothing is converted or loaded
+        except DistillError as e:
+            raise ValueError(str(e)) from None
+        return Extra(name, spec, "model")
+    path = Path(spec)
+    if not path.exists():
+        raise ValueError(f"{spec}: no such adapter or model folder (nor a pkg: name)")
+    if path.is_dir():
+        if (path / "adapter_config.json").is_file():
+            try:
+                json.loads((path / "adapter_config.json").read_text())
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise ValueError(f"{path / 'adapter_config.json'}: not valid JSON ({e})") from None
+            return Extra(name, spec, "adapter")
+        if (path / "config.json").is_file():
+            return Extra(name, spec, "model")
+        raise ValueError(f"{spec}: neither adapter_config.json (a LoRA adapter folder) nor config.json (a model folder)")
+    if path.suffix.lower() == ".gguf":
+        return Extra(name, spec, "model")
+    raise ValueError(f"{spec}: a file that is not a .gguf model; give an adapter or model folder")
+
+
+def members(args) -> list[str]:
+    """Every member's name: the built-in ones, then --member's in the order given."""
+    return [*MEMBERS, *(e.name for e in args.extra)]
+
+
+def _extra(args, name: str) -> Extra | None:
+    return next((e for e in getattr(args, "extra", ()) if e.name == name), None)
 
 
 def _template() -> Path:
@@ -62,8 +156,10 @@ def _template() -> Path:
     raise SystemExit(f"{TEACHER_TEMPLATE} not found in the checkout")
 
 
-def member_model_args(name: str, out: Path) -> list[str]:
-    """The `distill eval` / `distill serve` model flags of a member."""
+def member_model_args(name: str, out: Path, extra: Extra | None = None) -> list[str]:
+    """The `distill eval` model flags of a member (`extra`: the --member it is)."""
+    if extra is not None:
+        return ["--adapter" if extra.kind == "adapter" else "--model", extra.model()]
     if name == "smollm2-base":
         return ["--model", "pkg:smollm2-135m-instruct", "--chat-template", _rel(_template())]
     if name == "smollm2-sft":
@@ -73,8 +169,10 @@ def member_model_args(name: str, out: Path) -> list[str]:
     raise ValueError(name)
 
 
-def serve_model_args(name: str, out: Path) -> list[str]:
+def serve_model_args(name: str, out: Path, extra: Extra | None = None) -> list[str]:
     """The `distill serve` model argument and flags of a member (the same model, template and adapter as its eval)."""
+    if extra is not None:
+        return [extra.model()]
     if name == "smollm2-base":
         return ["pkg:smollm2-135m-instruct", "--chat-template", _rel(_template())]
     if name == "smollm2-sft":
@@ -137,21 +235,24 @@ def plan(args) -> list[Stage]:
                "--load_in_4bit", "false", "--max_length", str(args.max_length), "--output_dir", o("checkpoints", "sft"),
                "--max_steps", str(args.steps), "--save_steps", str(args.steps)]),
     ]
-    for name in MEMBERS:
+    names = members(args)
+    for name in names:
         for split in ("calib", "heldout"):
             stages.append(Stage(f"eval {name} {split}", f"{name} on the {split} tasks",
                                 out / "members" / name / split / "report.json",
-                                ["eval", *member_model_args(name, out), "--tasks", o(f"{split}.jsonl"), *ev,
-                                 "--no-plots", "--out", o("members", name, split)]))
+                                ["eval", *member_model_args(name, out, _extra(args, name)), "--tasks",
+                                 o(f"{split}.jsonl"), *ev, "--no-plots", "--out", o("members", name, split)]))
+    if args.stop_after == "members":
+        return stages
     fleet = o("fleet.yaml")
-    for name in MEMBERS:
+    for name in names:
         # Thresholds at 0: at this scale every member is weak on some category, and the router's learned predictor
         # decides; the abstention rule keeps its defaults (trusted where >= 75% of >= 10 no-call answers were right).
         stages.append(Stage(f"admit {name}", f"{name} into the fleet (from its calibration report)",
                             out / "admitted" / f"{name}.done",
                             ["fleet", "admit", o("members", name, "calib"), "--fleet", fleet, "--name", name,
                              "--min-accuracy", "0", "--min-schema-valid", "0", "--min-n", "10"]))
-    verdicts = [x for name in MEMBERS for x in ("--verdicts", f"{name}={o('members', name, 'heldout')}")]
+    verdicts = [x for name in names for x in ("--verdicts", f"{name}={o('members', name, 'heldout')}")]
     stages += [
         Stage("fit", "router on the calibration split (predictor chosen by cross-validation)",
               out / "router" / "router.json",
@@ -217,20 +318,22 @@ def live_check(args) -> None:
                                                   capture_output=True, text=True).stdout
     strategy = f"router+cascade a={ev['router_alpha']:g}" + ("" if policy else " [accept]")
     replay = {d["task_id"]: d for _, d in read_jsonl(out / "fleet_eval" / "decisions.jsonl") if d["strategy"] == strategy}
+    names = members(args)
     traces = {name: {t["task_id"]: t for _, t in read_jsonl(out / "members" / name / "heldout" / "traces.jsonl")}
-              for name in MEMBERS}
+              for name in names}
     logs = out / "logs"
     lock = open(args.lock, "a") if args.lock else None
     if lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # three models loaded at once: one heavy job
+        fcntl.flock(lock, fcntl.LOCK_EX)  # every member's model loaded at once: one heavy job
     procs = []
     try:
         fleet = yaml.safe_load((out / "fleet.yaml").read_text())
         ports = {}
-        for name in MEMBERS:
+        for name in names:
             ports[name] = free_port()
             log = logs / f"live_serve_{name}.log"
-            cmd = [sys.executable, "-m", "distill", "serve", *serve_model_args(name, out), "--served-name", name,
+            cmd = [sys.executable, "-m", "distill", "serve", *serve_model_args(name, out, _extra(args, name)),
+                   "--served-name", name,
                    "--port", str(ports[name]), "--device", args.device, "--dtype", args.dtype,
                    "--max-new-tokens", str(args.max_new_tokens)]
             procs.append((subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT), log, name))
@@ -360,6 +463,29 @@ def targets(ev: dict) -> dict:
     }
 
 
+def member_sources(args) -> dict[str, dict]:
+    """{member: {"source", "spec", "base_model", "adapter", "parameters", "cost", "categories", "abstains"}}: where
+    each member came from, and what its fleet.yaml entry says (the model and adapter its evaluation loaded, its
+    cost: parameters in billions, an adapter's being its base model's)."""
+    import yaml
+
+    path = Path(args.out) / "fleet.yaml"
+    fleet = yaml.safe_load(path.read_text()) or {}
+    entries = {m["name"]: m for m in fleet.get("members") or []}
+
+    def where(value):  # fleet.yaml keeps local paths relative to itself; as the user types them here
+        local = value is not None and (path.parent / value).exists()
+        return _rel((path.parent / value).resolve()) if local else value
+
+    out = {}
+    for name in members(args):
+        extra, e = _extra(args, name), entries.get(name, {})
+        out[name] = {"source": extra.source() if extra else BUILTIN[name], "spec": extra.spec if extra else None,
+                     "base_model": where(e.get("base_model")), "adapter": where(e.get("adapter")),
+                     **{k: e.get(k) for k in ("parameters", "cost", "categories", "abstains")}}
+    return out
+
+
 def write_results(args, timings: dict) -> Path:
     """benchmarks/results/fleet-<date>-<device>/: fleet eval outputs, the clusters-only comparison, live.json, and
     results.json with the targets and the run's settings."""
@@ -377,17 +503,17 @@ def write_results(args, timings: dict) -> Path:
     shutil.copy(out / "live.json", folder / "live.json")
     ev = json.loads((out / "fleet_eval" / "fleet_eval.json").read_text())
     router = json.loads((out / "router" / "router.json").read_text())
-    members = {}
-    for name in MEMBERS:
+    members = member_sources(args)
+    for name in members:
         for split in ("calib", "heldout"):
             rep_ = json.loads((out / "members" / name / split / "report.json").read_text())
-            members.setdefault(name, {})[split] = {
+            members[name][split] = {
                 "n": rep_["n"], "strict_accuracy": rep_["strict_accuracy"],
                 "by_category": {c: v["strict_accuracy"] for c, v in rep_["by_category"].items()},
                 "errors": rep_["errors"]}
     write_json(folder / "results.json", {
         "date": datetime.date.today().isoformat(), "device": args.device,
-        "settings": {k: v for k, v in vars(args).items() if k not in ("out", "results", "lock", "stop_after")},
+        "settings": {k: v for k, v in vars(args).items() if k not in ("out", "results", "lock", "stop_after", "extra")},
         "targets": targets(ev), "members": members, "router": {
             "predictor": router["predictor"], "cross_validation": router["cross_validation"],
             "embedder": router["embedder"], "alpha": router["alpha"]},
@@ -419,6 +545,18 @@ def reading(res: dict, ev: dict, live: dict) -> str:
              f"Router: embedder {res['router']['embedder']}, predictor {res['router']['predictor']} (chosen by "
              f"cross-validation on calibration), alpha {a:g}; abstention policy {ev['abstain_policy']}. Costs: "
              f"parameters in billions. Accuracy is strict; ±: 95% interval half-width.", "",
+             "Members:", ""]
+    for name, m in res["members"].items():
+        cost = "" if m.get("cost") is None else f"; cost {m['cost']:.3g}"
+        model = "" if not m.get("base_model") else f"; base model {m['base_model']}" + (
+            f", adapter {m['adapter']}" if m.get("adapter") else "")
+        lines.append(f"- {name}: {m.get('source') or 'unknown'}{model}{cost}")
+    if any(m.get("spec") for m in res["members"].values()):
+        lines += ["", "A --member student was trained elsewhere, on data this benchmark does not know: where that data "
+                  "shares tasks with the calibration split, its calibration accuracy, and the router's trust in it, "
+                  "are optimistic; the held-out tasks (non-live BFCL categories) stay unseen only if it never trained "
+                  "on them."]
+    lines += ["",
              "| member | calibration | held-out | " + " | ".join(ev_cat for ev_cat in s["eval_categories"].split(",")) + " |",
              "| --- | ---: | ---: |" + " ---: |" * len(s["eval_categories"].split(","))]
     for name, m in res["members"].items():
@@ -444,7 +582,7 @@ def reading(res: dict, ev: dict, live: dict) -> str:
               f"{t['router_gap_to_oracle_points']:.1f} points below (target: within 10): "
               f"{met(t['router_within_10_of_oracle'])}"
               + ("" if t["router_within_10_of_oracle"] else f", by {t['router_gap_to_oracle_points'] - 10:.1f} points"),
-              "", f"Live: `distill fleet serve` before three `distill serve` members on 127.0.0.1 answered {live['n']} "
+              "", f"Live: `distill fleet serve` before {len(res['members'])} `distill serve` members on 127.0.0.1 answered {live['n']} "
               f"held-out requests; the members asked and the one that answered matched the replayed decisions "
               f"({live['strategy']}) for {live['decisions_match']} of {live['n']}, and the answer text matched the "
               f"member's `distill eval` trace for {live['answers_match']} of {live['n']}."
@@ -481,12 +619,46 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--alpha", type=float, default=0.9, help="the router's accuracy weight (default: %(default)s)")
     p.add_argument("--live", type=int, default=6, help="held-out requests answered live (default: %(default)s)")
     p.add_argument("--lock", default=None, help="run every training and evaluation under `flock LOCK` (a shared machine)")
+    p.add_argument("--member", action="append", default=[], metavar="NAME=SPEC",
+                   help="add an existing student to the fleet without training it (repeatable): SPEC is a LoRA adapter "
+                   "folder (with adapter_config.json, e.g. a checkpoint of benchmarks/quality.py's working folder), a "
+                   "model folder or .gguf file, or pkg:NAME; it is evaluated, admitted, routed and served like the "
+                   "built-in members, its cost its (base) model's parameters in billions")
     p.add_argument("--stop-after", default=None, choices=["members"], help="stop after the member evaluations")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    args.extra = []
+    for value in args.member:  # checked here, before any stage runs or any model loads
+        try:
+            args.extra.append(parse_member(value, {e.name for e in args.extra}))
+        except ValueError as e:
+            p.error(f"--member {value}: {e}")
+    return args
+
+
+def check_members_file(args) -> None:
+    """The working folder records the members it was run with (members.json); a rerun with other members would
+    skip the stages whose outputs exist (the router, fleet eval) and report a fleet without them, so it is refused
+    (exit 2). A folder from before members.json was written holds the built-in members."""
+    out = Path(args.out)
+    path = out / "members.json"
+    want = {name: (_extra(args, name).spec if _extra(args, name) else "built-in") for name in members(args)}
+    if path.is_file():
+        have = json.loads(path.read_text())
+    elif (out / "fleet.yaml").is_file():
+        have = {name: "built-in" for name in MEMBERS}
+    else:
+        have = None
+    if have is not None and have != want:
+        print(f"fleet_quality.py: {out} was run with the members {have}, this run asks for {want}: use another --out "
+              f"(member evaluations in {out / 'members'} can be copied over to skip them)", file=sys.stderr)
+        raise SystemExit(2)
+    out.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(want, indent=1) + "\n")
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    check_members_file(args)
     start = time.time()
     timings = run(plan(args), args)
     timings["total"] = round(time.time() - start, 1)

@@ -1,6 +1,8 @@
-"""benchmarks/fleet_quality.py without running a model: its split keeps training, calibration and held-out tasks
-apart, every stage is a command the real parsers accept, the live stage serves each member as its evaluation loaded
-it, and the targets are read off a fleet eval result as the issue states them."""
+"""benchmarks/fleet_quality.py: its split keeps training, calibration and held-out tasks apart, every stage is a
+command the real parsers accept, the live stage serves each member as its evaluation loaded it, the targets are read
+off a fleet eval result as the issue states them, and a student added with --member (checked before anything runs)
+is evaluated by `distill eval`, admitted, routed and listed in the results with where it came from (run for real
+on a tiny model and adapter, the built-in members' answers made up and scored by the real verifier)."""
 
 from __future__ import annotations
 
@@ -96,8 +98,10 @@ def test_reading_states_targets_and_the_live_check():
          "ci95": 0.1, "answered_by": {"a": 5, "b": 4}},
     ]
     ev = {"rows": rows, "router_alpha": 0.9, "n": 9, "abstain_policy": "admitted"}
-    member = {"calib": {"strict_accuracy": 0.5}, "heldout": {"strict_accuracy": 0.3, "by_category": {"x": 0.3}}}
-    res = {"date": "2026-12-02", "device": "cpu", "targets": fleet_quality.targets(ev), "members": {"a": member, "b": member},
+    member = {"calib": {"strict_accuracy": 0.5}, "heldout": {"strict_accuracy": 0.3, "by_category": {"x": 0.3}},
+              "source": "built in", "spec": None, "base_model": "org/a", "adapter": None, "cost": 0.135}
+    added = {**member, "source": "--member LoRA adapter ck/dpo", "spec": "ck/dpo", "adapter": "ck/dpo"}
+    res = {"date": "2026-12-02", "device": "cpu", "targets": fleet_quality.targets(ev), "members": {"a": member, "b": added},
            "router": {"embedder": "minilm", "predictor": "logistic"},
            "settings": {"eval_categories": "x", "eval_per_category": 9, "train_categories": "live_x",
                         "calib_per_category": 9, "steps": 2, "train_batch_size": 4, "train_per_category": 5,
@@ -107,3 +111,139 @@ def test_reading_states_targets_and_the_live_check():
     assert "+6.0 points (target +10)" in text and "missed, by 4.0 points" in text
     assert "20.0 points below (target: within 10): missed, by 10.0 points" in text
     assert "matched the replayed decisions (s) for 3 of 3" in text and "accepts every no-call answer" in text
+    assert "- a: built in; base model org/a; cost 0.135" in text
+    assert "- b: --member LoRA adapter ck/dpo; base model org/a, adapter ck/dpo; cost 0.135" in text
+    assert "trained elsewhere" in text and "before 2 `distill serve` members" in text
+
+
+# --- --member NAME=SPEC -------------------------------------------------------------------------------------------
+
+
+def _bad_member(tmp_path, capsys, *values) -> str:
+    with pytest.raises(SystemExit) as e:
+        fleet_quality.parse_args(["--out", str(tmp_path / "run"), *[x for v in values for x in ("--member", v)]])
+    assert e.value.code == 2
+    return capsys.readouterr().err
+
+
+def test_member_values_are_refused_before_anything_runs(tmp_path, capsys, tiny_adapter_dir, tiny_model_dir):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (tmp_path / "notes.txt").write_text("x")
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "adapter_config.json").write_text("{not json")
+    ok = f"dpo={tiny_adapter_dir}"
+    assert "expected NAME=SPEC" in _bad_member(tmp_path, capsys, str(tiny_adapter_dir))
+    assert "expected NAME=SPEC" in _bad_member(tmp_path, capsys, "dpo=")
+    assert "'smollm2-sft' is a built-in member" in _bad_member(tmp_path, capsys, f"smollm2-sft={tiny_adapter_dir}")
+    assert "'dpo' is given twice" in _bad_member(tmp_path, capsys, ok, f"dpo={tiny_model_dir}")
+    assert "letters, digits" in _bad_member(tmp_path, capsys, f"a/b={tiny_adapter_dir}")
+    err = _bad_member(tmp_path, capsys, f"dpo={tmp_path / 'nowhere'}")
+    assert f"--member dpo={tmp_path / 'nowhere'}" in err and "no such adapter or model folder" in err
+    assert "neither adapter_config.json" in _bad_member(tmp_path, capsys, f"dpo={empty}")
+    assert "not valid JSON" in _bad_member(tmp_path, capsys, f"dpo={broken}")
+    assert "not a .gguf model" in _bad_member(tmp_path, capsys, f"dpo={tmp_path / 'notes.txt'}")
+    assert "unknown packaged model 'pkg:nope'" in _bad_member(tmp_path, capsys, "dpo=pkg:nope")
+    args = fleet_quality.parse_args(["--out", str(tmp_path / "run"), "--member", ok, "--member", f"raw={tiny_model_dir}"])
+    assert [(e.name, e.kind) for e in args.extra] == [("dpo", "adapter"), ("raw", "model")]
+    assert fleet_quality.members(args) == [*fleet_quality.MEMBERS, "dpo", "raw"]
+
+
+def test_added_members_get_every_stage_and_are_served_as_evaluated(tmp_path, tiny_adapter_dir, tiny_model_dir):
+    args = fleet_quality.parse_args(["--out", str(tmp_path / "run"), "--member", f"dpo={tiny_adapter_dir}",
+                                     "--member", f"raw={tiny_model_dir}"])
+    stages = {s.name: s.argv for s in fleet_quality.plan(args)}
+    parser = build_parser()
+    for name, path in (("dpo", tiny_adapter_dir), ("raw", tiny_model_dir)):
+        assert "train" not in [a[0] for s, a in stages.items() if name in s]  # used as it is, never trained here
+        evaluated = parser.parse_args(stages[f"eval {name} calib"])
+        assert (evaluated.adapter, evaluated.model) == ((str(path), None) if name == "dpo" else (None, str(path)))
+        assert stages[f"admit {name}"][stages[f"admit {name}"].index("--name") + 1] == name
+        served = parser.parse_args(["serve", *fleet_quality.serve_model_args(name, tmp_path / "run",
+                                                                            fleet_quality._extra(args, name))])
+        assert served.model == str(path) and served.chat_template is None
+        assert f"{name}=" in " ".join(stages["fleet eval"])
+    short = fleet_quality.plan(fleet_quality.parse_args(["--out", str(tmp_path / "run"), "--member",
+                                                         f"dpo={tiny_adapter_dir}", "--stop-after", "members"]))
+    assert short[-1].name == "eval dpo heldout" and not any(s.name.startswith(("admit", "fit")) for s in short)
+
+
+def test_a_working_folder_refuses_other_members(tmp_path, tiny_adapter_dir, capsys):
+    run = tmp_path / "run"
+    fleet_quality.check_members_file(fleet_quality.parse_args(["--out", str(run)]))
+    assert json.loads((run / "members.json").read_text()) == {m: "built-in" for m in fleet_quality.MEMBERS}
+    with_dpo = fleet_quality.parse_args(["--out", str(run), "--member", f"dpo={tiny_adapter_dir}"])
+    with pytest.raises(SystemExit) as e:
+        fleet_quality.check_members_file(with_dpo)
+    assert e.value.code == 2 and "use another --out" in capsys.readouterr().err
+    fleet_quality.check_members_file(fleet_quality.parse_args(["--out", str(run)]))  # the same members: resumes
+    legacy = tmp_path / "legacy"  # a folder from before members.json: its fleet holds the built-in members
+    legacy.mkdir()
+    (legacy / "fleet.yaml").write_text("version: 1\nmembers: []\n")
+    with pytest.raises(SystemExit):
+        fleet_quality.check_members_file(fleet_quality.parse_args(["--out", str(legacy), "--member",
+                                                                   f"dpo={tiny_adapter_dir}"]))
+
+
+def _made_up_run(out: Path, model: Path) -> None:
+    """A working folder as the stages before the member evaluations leave it, with the built-in members' answers
+    made up (fleet_world's members, right by construction on their own domain) and scored by the real verifier."""
+    from distill.testing.fleet_world import DOMAINS, answer, correct_by_construction, make_task, write_jsonl
+    from distill.testing.fleet_world import MEMBERS as WORLD
+    from eval.report import score_traces
+
+    calib = [make_task(d, i) for d in DOMAINS for i in range(10)]
+    held = [make_task(d, i) for d in DOMAINS for i in range(10, 14)]
+    write_jsonl(out / "calib.jsonl", calib)
+    write_jsonl(out / "heldout.jsonl", held)
+    for name in ("train_source.jsonl", "heldout_source.jsonl", "train_tasks.jsonl", "pairs/pairs_stats.json",
+                 "checkpoints/sft/adapter_model.safetensors"):
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / name).write_text("")
+    for name, like in zip(fleet_quality.MEMBERS, WORLD, strict=False):  # weather-small, math-small, flights-mid
+        for split, tasks in (("calib", calib), ("heldout", held)):
+            folder = out / "members" / name / split
+            write_jsonl(folder / "traces.jsonl", [{"task_id": t["id"], "model": str(model), "sample": 0,
+                                                   "raw": answer(t, like, 0, correct_by_construction(like, t))}
+                                                  for t in tasks])
+            score_traces(out / f"{split}.jsonl", [folder / "traces.jsonl"], folder, model=str(model), plots=False)
+
+
+def test_an_added_student_is_evaluated_admitted_routed_and_reported(tmp_path, tiny_adapter_dir, tiny_model_dir):
+    import yaml
+
+    out = tmp_path / "run"
+    _made_up_run(out, tiny_model_dir)
+    args = fleet_quality.parse_args(["--out", str(out), "--results", str(tmp_path / "results"), "--member",
+                                     f"tiny-dpo={tiny_adapter_dir}", "--eval-categories", "weather,math,flights",
+                                     "--max-new-tokens", "8"])
+    fleet_quality.check_members_file(args)
+    stages = fleet_quality.plan(args)
+    ran = fleet_quality.run([s for s in stages if s.name != "live"], args)  # live would serve the real models
+    assert {k.split(" ", 1)[1] for k, v in ran.items() if v != "skipped"} == {
+        "eval tiny-dpo calib", "eval tiny-dpo heldout", *(f"admit {m}" for m in fleet_quality.members(args)), "fit",
+        "fit clusters", "fleet eval", "fleet eval clusters"}
+    report = json.loads((out / "members" / "tiny-dpo" / "heldout" / "report.json").read_text())
+    assert report["n"] == 12 and report["model"] == str(tiny_model_dir)  # `distill eval` ran the adapter on its base
+    fleet = {m["name"]: m for m in yaml.safe_load((out / "fleet.yaml").read_text())["members"]}
+    dpo = fleet["tiny-dpo"]
+    params = sum(p.numel() for p in __import__("transformers").AutoModelForCausalLM.from_pretrained(
+        tiny_model_dir).parameters())
+    assert dpo["parameters"] == params and dpo["cost"] == pytest.approx(params / 1e9)  # the base model's count
+    assert Path(out / dpo["adapter"]).resolve() == tiny_adapter_dir.resolve()
+    router = json.loads((out / "router" / "router.json").read_text())
+    assert "tiny-dpo" in router["members"]
+    ev = json.loads((out / "fleet_eval" / "fleet_eval.json").read_text())
+    assert "tiny-dpo" in {r["name"] for r in ev["rows"]}
+    (out / "live.json").write_text(json.dumps({"strategy": "s", "n": 0, "decisions_match": 0, "answers_match": 0,
+                                               "fleet_serve_abstain_policy": True, "requests": []}))
+    folder = fleet_quality.write_results(args, ran)
+    res = json.loads((folder / "results.json").read_text())
+    assert res["members"]["tiny-dpo"]["source"] == f"--member LoRA adapter {tiny_adapter_dir}"
+    assert res["members"]["tiny-dpo"]["heldout"]["n"] == 12
+    text = (folder / "README.md").read_text()
+    assert f"- tiny-dpo: --member LoRA adapter {tiny_adapter_dir}; base model {tiny_model_dir}, adapter " \
+           f"{tiny_adapter_dir}; cost {params / 1e9:.3g}" in text
+    assert f"- smollm2-sft: {fleet_quality.BUILTIN['smollm2-sft']}" in text
+    assert "| tiny-dpo |" in text and "before 4 `distill serve` members" in text

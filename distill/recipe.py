@@ -200,6 +200,9 @@ def read_recipe_file(path: str | Path) -> dict:
     return data
 
 
+_OPTIONAL_TEXT_KEYS = ("dataset_path", "init_adapter", "chat_template")  # distill's `str | None` keys
+
+
 def _flag_value(overrides: list[str], key: str) -> str | None:
     for i, arg in enumerate(overrides):
         if arg == f"--{key}" and i + 1 < len(overrides):
@@ -243,6 +246,11 @@ def parse_recipe(argv: list[str]) -> Recipe:
         # for command-line flags it does not know.
         raise DistillError(f"{path}: {e}") from None
 
+    # A float key's `--key null` parses to None (the help texts say so); a text key would keep the word as a path
+    # (`--init_adapter null` would look for a folder named "null"), so null clears those keys too, as in YAML.
+    for key in _OPTIONAL_TEXT_KEYS:
+        if getattr(script, key) in ("null", "None") and _flag_value(overrides, key) == getattr(script, key):
+            setattr(script, key, None)
     if "output_dir" not in data and _flag_value(overrides, "output_dir") is None:
         # A run without a named folder goes under checkpoints/, named after the recipe's folder and stage.
         training.output_dir = str(Path("checkpoints") / f"{path.resolve().parent.name}-{stage}")

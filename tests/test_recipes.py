@@ -141,6 +141,15 @@ def test_flags_override_the_file_and_unknown_flags_fail(tmp_path):
         parse_recipe([path, "--learning_rate", "fast"])
 
 
+def test_null_on_the_command_line_clears_a_key_as_in_yaml(tmp_path):
+    path = _write(tmp_path, {**BASE, "init_adapter": str(tmp_path / "sft"), "chat_template": "hermes_tool"})
+    recipe = parse_recipe([path, "--init_adapter", "null", "--chat_template=None", "--sft_no_call_share", "null"])
+    assert recipe.script.init_adapter is None and recipe.script.chat_template is None
+    assert recipe.script.sft_no_call_share is None
+    kept = parse_recipe([path])  # without the flags the file's values stand
+    assert kept.script.init_adapter == str(tmp_path / "sft") and kept.script.chat_template == "hermes_tool"
+
+
 @pytest.mark.parametrize(
     "change, message",
     [

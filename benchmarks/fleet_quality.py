@@ -111,11 +111,11 @@ def parse_member(value: str, taken: set[str]) -> Extra:
     if name in taken:
         raise ValueError(f"member name {name!r} is given twice")
     if spec.startswith("pkg:"):
-        from data_gen.local_models import _packaged
+        from data_gen.local_models import cached_folder
         from eval.io import DistillError
 
         try:
-            _packaged(spec)  # known and installed; nothing is converted or loaded
+            cached_folder(spec)  # known and installed (else a DistillError); nothing is converted or loaded
         except DistillError as e:
             raise ValueError(str(e)) from None
         return Extra(name, spec, "model")

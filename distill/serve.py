@@ -539,5 +539,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             p.add_argument(flag, action="store_true", help=helptext)
             continue
         kind = f.type if f.type in (int, float) else str
-        p.add_argument(flag, type=kind, default=f.default, help=f"{helptext} (default: %(default)s)")
+        says_default = f.default is None or "default" in helptext  # its help already tells what unset means
+        p.add_argument(flag, type=kind, default=f.default,
+                       help=helptext if says_default else f"{helptext} (default: %(default)s)")
     p.set_defaults(run=serve_cli)

@@ -34,6 +34,7 @@ def test_every_subcommand_explains_itself():
         r = distill(*path, "--help")
         assert r.returncode == 0, (path, r.stderr)
         assert "usage: distill " + " ".join(path) in r.stdout
+        assert "(default: None)" not in r.stdout, path  # an unset flag's help says what unset means instead
         # every flag has help text
         parser = build_parser()
         for name in path:

@@ -1,10 +1,10 @@
 """The real fleet, measured: do real small students, routed per request, beat every one of them?
 
-    # 2 CPU cores (what ran for benchmarks/results/fleet-2026-12-02-cpu/: 27 minutes): 30 calibration and 30
+    # 2 CPU cores (what ran for benchmarks/results/fleet-2026-12-02-cpu/: 85 minutes): 90 calibration and 120
     # held-out tasks, the built-in members plus the quality benchmark's preference (DPO) student (put the arm and
     # checkpoint its selection.json picks in the path)
-    OMP_NUM_THREADS=2 python benchmarks/fleet_quality.py --calib-per-category 10 --eval-per-category 10 \\
-        --train-per-category 40 --steps 8 --train-batch-size 2 --max-length 2048 --max-new-tokens 64 \\
+    OMP_NUM_THREADS=2 python benchmarks/fleet_quality.py --calib-per-category 30 --eval-per-category 40 \\
+        --train-per-category 40 --steps 16 --train-batch-size 2 --max-length 2048 --max-new-tokens 64 \\
         --member smollm2-dpo=runs/quality-cpu/seed0/sigmoid-lr2e-05/checkpoint-2
     # one GPU (the 500 held-out tasks; member evaluations ~10 min on an H200):
     python benchmarks/fleet_quality.py --device cuda --eval-categories \\

@@ -27,7 +27,7 @@ import math
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, get_type_hints
 
 import yaml
 
@@ -200,7 +200,8 @@ def read_recipe_file(path: str | Path) -> dict:
     return data
 
 
-_OPTIONAL_TEXT_KEYS = ("dataset_path", "init_adapter", "chat_template")  # distill's `str | None` keys
+# distill's `str | None` keys (dataset_path, init_adapter, chat_template), read off the dataclass so a new one joins
+_OPTIONAL_TEXT_KEYS = tuple(k for k, t in get_type_hints(DistillArguments).items() if t == str | None)
 
 
 def _flag_value(overrides: list[str], key: str) -> str | None:

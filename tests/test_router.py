@@ -13,7 +13,16 @@ import pytest
 from distill.cli import main
 from distill.fleet import load_fleet, save_fleet
 from distill.fleet.cascade import fleet_members
-from distill.fleet.router import _EMBEDDERS, load_router, question_text, registered_router, tools_text
+from distill.fleet.router import (
+    _EMBEDDERS,
+    _words,
+    load_router,
+    name_cover,
+    name_words,
+    question_text,
+    registered_router,
+    tools_text,
+)
 from distill.testing.fleet_world import DOMAINS, MEMBERS, build_world, correct_by_construction
 
 SPECIALIST = {"weather": "weather-small", "math": "math-small", "flights": "flights-mid"}
@@ -177,8 +186,25 @@ def test_request_kind_features_separate_what_the_question_does_not(world, tmp_pa
     a, b = router.features([(q, [world.tasks["weather_0"]["tools"][0]]), (q, unrelated)])
     dims = router.centroids.shape[1]
     assert a.shape == b.shape == (dims,)
-    assert np.allclose(a[:-7], b[:-7])  # the question's embedding is the same ...
-    assert list(a[-7:-4]) == [1, 0, 0] and list(b[-7:-4]) == [0, 0, 1]  # ... the number of tools is not
+    assert np.allclose(a[:-8], b[:-8])  # the question's embedding is the same ...
+    assert list(a[-8:-5]) == [1, 0, 0] and list(b[-8:-5]) == [0, 0, 1]  # ... the number of tools is not
     # and the question matches the weather tool better than stock prices: best and mean similarity to a tool, to its
     # parameters, and the share of its words in the tool's text ("weather" is in get_weather's)
-    assert a[-4] > b[-4] and a[-3] > b[-3] and a[-2] > b[-2] and a[-1] > b[-1] == 0
+    assert a[-5] > b[-5] and a[-4] > b[-4] and a[-3] > b[-3] and a[-2] > b[-2] == 0
+    # neither tool's name ("weather", "stock") is a word of the question: the name cover sees words, not meaning
+    assert a[-1] == b[-1] == 0
+
+
+def test_name_cover_catches_a_tool_on_the_topic_that_answers_another_question():
+    """BFCL's near-miss irrelevance requests: the offered tool is on the question's very topic (embedding similarity
+    scores it a match), but its name asks for something the question does not."""
+    assert name_words("thermodynamics.calculate_boiling_point") == ["thermodynamics", "boiling", "point"]
+    assert name_words("calculateFinalPrice") == ["final", "price"]  # camelCase, without the generic verb
+    assert name_words("get_info") == []
+    freezing = _words("What is the freezing point of water at a pressure of 10 kPa?")
+    boiling = _words("What is the boiling point of water at a pressure of 10 kPa?")
+    assert name_cover(freezing, "thermodynamics.calculate_boiling_point") == pytest.approx(1 / 3)
+    assert name_cover(boiling, "thermodynamics.calculate_boiling_point") == pytest.approx(2 / 3)
+    # words compare on their first 5 characters: a plural or another ending still matches
+    assert name_cover(_words("Area of these triangles?"), "calculate_triangle_area") == 1.0
+    assert name_cover(freezing, "get_info") == 0.5  # a name with nothing specific says nothing either way

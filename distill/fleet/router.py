@@ -66,7 +66,7 @@ from distill.fleet.cascade import (
 )
 from eval.io import DistillError, atomic_folder, fill_paragraphs, write_json
 
-ROUTER_VERSION = 2  # 2: relevance features (per-tool similarity, word overlap) and a choice of predictor
+ROUTER_VERSION = 3  # 2: relevance features (per-tool similarity, word overlap) and a choice of predictor; 3: name cover
 PREDICTORS = ("clusters", "logistic", "knn")
 DEFAULT_PREDICTOR = "auto"
 KNN_K = 10  # calibration tasks a kNN prediction averages
@@ -136,13 +136,43 @@ def _words(text: str) -> set[str]:
     return {w for w in re.findall(r"[a-z0-9]+", text.lower()) if len(w) > 1 and w not in _STOP}
 
 
+# Words of a tool's name that say what kind of operation it is, not what it is about: "calculate_boiling_point" is
+# about "boiling point".
+_GENERIC_NAME_WORDS = frozenset("analyze analysis api calc calculate check compute create data details determine "
+                                "estimate fetch find function generate info information list look lookup make "
+                                "predict retrieve search tool up".split())
+STEM = 5  # characters of a word compared when matching a tool's name with the question ("prob" ~ "probability" is not)
+
+
+def name_words(name: str) -> list[str]:
+    """The words of a tool's name that say what it is about: split at _, . and camelCase, lower-cased, without
+    stop words and generic verbs ("thermodynamics.calculate_boiling_point" -> thermodynamics, boiling, point)."""
+    spaced = re.sub(r"([a-z0-9])([A-Z])", r"\1 \2", name)
+    return [w for w in re.findall(r"[a-z0-9]+", spaced.lower())
+            if len(w) > 1 and w not in _STOP and w not in _GENERIC_NAME_WORDS]
+
+
+def name_cover(question_words: set[str], name: str) -> float:
+    """The share of a tool name's words (`name_words`) that the question contains, words compared on their first
+    `STEM` characters (a crude stemmer: "freezing" is not "boiling", "triangle" is "triangles"). A name with no such
+    words says nothing: 0.5. This is the feature that catches BFCL's near-miss irrelevance requests, a question on
+    the very topic of the offered tool but asking for something else (the freezing point, offered a boiling-point
+    tool), which embedding similarity scores as a match."""
+    words = name_words(name)
+    if not words:
+        return 0.5
+    stems = {w[:STEM] for w in question_words}
+    return sum(w[:STEM] in stems for w in words) / len(words)
+
+
 def _tool_buckets(n: int) -> list[float]:
     return [float(n == 1), float(2 <= n <= 3), float(n >= 4)]
 
 
-# 3 buckets of the number of tools + 4 relevance features: the question's best and mean similarity to a tool, its
-# best similarity to a tool's parameters, and the largest share of its words found in one tool's text
-STRUCTURE_DIMS = 7
+# 3 buckets of the number of tools + 5 relevance features: the question's best and mean similarity to a tool, its
+# best similarity to a tool's parameters, the largest share of its words found in one tool's text, and the largest
+# share of one tool name's words found in the question
+STRUCTURE_DIMS = 8
 MAX_TOOLS_FEATURIZED = 64  # a request offering more tools is judged on its first 64 (bounded work per request)
 
 
@@ -228,19 +258,22 @@ def get_embedder(name: str) -> Embedder | StaticEmbedder:
 def featurize(embedder, requests: list[tuple[list, list | None]], weight: float, cache: dict | None = None) -> np.ndarray:
     """The vectors the router clusters and routes on, one per (messages, tools):
 
-        [ embedding of the question | weight * one-hot(tools: 1, 2-3, 4+) | weight * relevance (4) ]
+        [ embedding of the question | weight * one-hot(tools: 1, 2-3, 4+) | weight * relevance (5) ]
 
-    relevance = [2 max_t cos(q, tool_t), 2 mean_t cos(q, tool_t), 2 max_t cos(q, params_t), max_t overlap(q, t)],
+    relevance = [2 max_t cos(q, tool_t), 2 mean_t cos(q, tool_t), 2 max_t cos(q, params_t), max_t overlap(q, t),
+                 max_t name_cover(q, t)],
     over the offered tools t: the embedding similarity of the question with each tool's name and description, with
-    its parameters' names and descriptions, and the share of the question's words found in the tool's text.
+    its parameters' names and descriptions, the share of the question's words found in the tool's text, and the
+    share of the tool name's words found in the question.
 
     The question's embedding says what the request is about; the rest says what kind of function-calling task it
     is, which the words alone hardly do: how many tools are offered (`multiple` offers several), and whether any
     offered tool fits the question (an `irrelevance` request matches none). Per tool rather than over all tools at
     once, because one fitting tool among several unrelated ones is what a relevant request looks like. On 840 BFCL
     tasks (simple_python, multiple, irrelevance), a logistic regression told irrelevance from the rest in 5-fold
-    cross-validation 82% of the time from the question alone, 90% from these relevance features alone, 92-93% from
-    both. Tool texts repeat across requests, so their embeddings are cached (bounded)."""
+    cross-validation 82% of the time from the question alone and 91.5% from the question and the first four
+    relevance features; the name cover raised that to 93.2% (three fold seeds each, spread 0.1-0.2 points). Tool
+    texts repeat across requests, so their embeddings are cached (bounded)."""
     questions = [question_text(m) for m, _ in requests]
     q = embedder.encode(questions)
     if weight == 0:
@@ -265,6 +298,8 @@ def featurize(embedder, requests: list[tuple[list, list | None]], weight: float,
         qw = _words(questions[i])
         if qw and tt:
             extra[i, 6] = max(len(qw & _words(f"{a} {b}")) / len(qw) for a, b in zip(tt, pt, strict=True))
+        if offered[i]:
+            extra[i, 7] = max(name_cover(qw, str(_function(t).get("name") or "")) for t in offered[i])
     return np.hstack([q, weight * extra]).astype(np.float32)
 
 

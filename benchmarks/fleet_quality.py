@@ -67,6 +67,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from distill.demo import Stage, _rel  # noqa: E402
+from distill.fleet.evaluate import placement_lines  # noqa: E402
 
 TEACHER_TEMPLATE = "hermes_tool.jinja"
 # The built-in members and where each comes from (the results README lists them)
@@ -586,6 +587,8 @@ def reading(res: dict, ev: dict, live: dict) -> str:
               + ("" if live.get("fleet_serve_abstain_policy") else
                  " (`fleet serve` had no abstention policy yet, so the replay compared is the one that accepts every "
                  "no-call answer.)"), ""]
+    if ev.get("placement"):  # calibration on live categories, held-out on non-live ones: where did requests go?
+        lines += [*placement_lines(ev["placement"], a), ""]
     return "\n".join(lines) + "\n"
 
 

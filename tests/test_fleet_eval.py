@@ -133,3 +133,20 @@ def test_missing_verdicts_name_the_member_and_the_way_out(world, tmp_path, capsy
                  "--verdicts", f"teacher={world.report_dir('math-small')}", "--no-plots", "--best-of", ""]) == 0
     rows = {r["name"]: r for r in json.loads((tmp_path / "e" / "fleet_eval.json").read_text())["rows"]}
     assert rows["teacher"]["accuracy"] == rows["math-small"]["accuracy"]
+
+
+def test_placement_counts_where_each_declared_category_went():
+    from distill.fleet.evaluate import placement, placement_lines
+
+    declared = {"a": "irrelevance", "b": "irrelevance", "c": "irrelevance", "d": "simple", "e": None}
+    routed = {"a": "live_irrelevance", "b": "live_simple", "c": "live_simple", "d": "live_simple", "e": "live_simple"}
+    correct = {"a": True, "b": False, "c": True, "d": True, "e": True}
+    p = placement(declared, routed, correct, ["live_simple", "live_irrelevance", None, "live_simple"])
+    assert p["by_category"] == {  # the task without a category is left out; most frequent placement first
+        "irrelevance": {"n": 3, "placed": {"live_simple": 2, "live_irrelevance": 1}, "router_accuracy": pytest.approx(2 / 3)},
+        "simple": {"n": 1, "placed": {"live_simple": 1}, "router_accuracy": 1.0}}
+    assert p["calibration_categories"] == ["live_irrelevance", "live_simple"]
+    assert p["unseen"] == ["irrelevance", "simple"]
+    assert "| irrelevance | 3 | live_simple 2, live_irrelevance 1 | 0.667 |" in placement_lines(p, 0.9)
+    assert placement({"a": "x"}, {}, {}, ["x"])["by_category"]["x"]["placed"] == {"(none)": 1}
+    assert placement({"a": None}, {"a": "x"}, {"a": True}, ["x"]) is None

@@ -97,7 +97,9 @@ def test_reading_states_targets_and_the_live_check():
         {"name": "router+cascade a=0.9", "kind": "router+cascade", "k": None, "accuracy": 0.41, "cost": 0.2,
          "ci95": 0.1, "answered_by": {"a": 5, "b": 4}},
     ]
-    ev = {"rows": rows, "router_alpha": 0.9, "n": 9, "abstain_policy": "admitted"}
+    placed = {"by_category": {"x": {"n": 9, "placed": {"live_x": 6, "live_y": 3}, "router_accuracy": 0.4}},
+              "calibration_categories": ["live_x", "live_y"], "unseen": ["x"]}
+    ev = {"rows": rows, "router_alpha": 0.9, "n": 9, "abstain_policy": "admitted", "placement": placed}
     member = {"calib": {"strict_accuracy": 0.5}, "heldout": {"strict_accuracy": 0.3, "by_category": {"x": 0.3}},
               "source": "built in", "spec": None, "base_model": "org/a", "adapter": None, "cost": 0.135}
     added = {**member, "source": "--member LoRA adapter ck/dpo", "spec": "ck/dpo", "adapter": "ck/dpo"}
@@ -114,6 +116,7 @@ def test_reading_states_targets_and_the_live_check():
     assert "- a: built in; base model org/a; cost 0.135" in text
     assert "- b: --member LoRA adapter ck/dpo; base model org/a, adapter ck/dpo; cost 0.135" in text
     assert "trained elsewhere" in text and "before 2 `distill serve` members" in text
+    assert "| x | 9 | live_x 6, live_y 3 | 0.400 |" in text  # where the router placed the held-out requests
 
 
 # --- --member NAME=SPEC -------------------------------------------------------------------------------------------
@@ -247,3 +250,4 @@ def test_an_added_student_is_evaluated_admitted_routed_and_reported(tmp_path, ti
            f"{tiny_adapter_dir}; cost {params / 1e9:.3g}" in text
     assert f"- smollm2-sft: {fleet_quality.BUILTIN['smollm2-sft']}" in text
     assert "| tiny-dpo |" in text and "before 4 `distill serve` members" in text
+    assert "Where the router placed the requests" in text and ev["placement"]["unseen"] == []

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -145,3 +146,29 @@ def test_live_answers_follow_the_same_abstention_policy():
     assert choose_answer(task, trusted, [prose], "irrelevance", policy="escalate")[0] is None
     assert choose_answer(task, trusted, [prose, call, call], "simple_python") == (1, "")  # calls still vote
     assert choose_answer(None, trusted, [prose], None) == (0, "")  # no tools: nothing to check
+
+
+def test_fleet_eval_says_where_the_router_placed_each_category(world, evaluated):
+    """The placement table counts, per held-out category, the categories the router itself infers for those
+    requests (recomputed here with router.decide), and decisions.jsonl records each router decision's category."""
+    rows, result, out = evaluated
+    router = load_router(world.root / "router", fleet_members(world.fleet))
+    tasks = heldout(world)
+    x = router.features([(t["messages"], t["tools"]) for t in tasks])
+    inferred = {t["id"]: router.decide(e).category for t, e in zip(tasks, x, strict=True)}
+    placed = result["placement"]
+    assert placed["unseen"] == [] and placed["calibration_categories"] == sorted({t["category"] for t in tasks})
+    for cat, row in placed["by_category"].items():
+        mine = [t["id"] for t in tasks if t["category"] == cat]
+        assert row["n"] == len(mine) == 40
+        assert row["placed"] == dict(Counter(inferred[t] for t in mine).most_common())
+    assert placed["by_category"]["irrelevance"]["placed"].get("irrelevance", 0) >= 30
+    decisions = [json.loads(x) for x in (out / "decisions.jsonl").read_text().splitlines()]
+    routed = [d for d in decisions if d["strategy"] == "router a=0.9"]
+    assert len(routed) == len(tasks) and all(d["routed_category"] == inferred[d["task_id"]] for d in routed)
+    assert all(d["routed_category"] is None for d in decisions if d["strategy"] == "cascade")
+    assert "Where the router placed the requests" in (out / "fleet_eval.md").read_text()
+    # the router's accuracy per category agrees with the decisions it made
+    for cat, row in placed["by_category"].items():
+        mine = [d["correct"] for d in routed if world.tasks[d["task_id"]]["category"] == cat]
+        assert row["router_accuracy"] == pytest.approx(sum(mine) / len(mine), abs=1e-6)

@@ -19,7 +19,8 @@ Requests are taken not to declare their category (as at serving time): the route
 
 Writes to --out: fleet_eval.json (every strategy's numbers), fleet_eval.md (the table and the answer), pareto.png
 (accuracy against cost, with the Pareto front), decisions.jsonl (per task: who was asked, who answered, at what cost,
-for the strategies at the router's own alpha).
+for the strategies at the router's own alpha; the category the router placed it in). With a router and held-out
+tasks that declare a category, fleet_eval.md also says where the router placed each category's requests (`placement`).
 """
 
 from __future__ import annotations
@@ -211,6 +212,7 @@ def evaluate_fleet(fleet_path, tasks_path, *, router_dir=None, alphas=DEFAULT_AL
 
     router = None
     notes = []
+    placed, routed_category = None, {}
     router_dir = router_dir or registered_router(fleet_path)
     if router_dir is not None:
         from distill.fleet.router import load_router
@@ -224,6 +226,16 @@ def evaluate_fleet(fleet_path, tasks_path, *, router_dir=None, alphas=DEFAULT_AL
         sweep = sorted({*alphas, router.alpha})
         for a in sweep:
             decisions = {t: router.decide(emb[i], alpha=a) for i, t in enumerate(ids)}
+            if a == router.alpha:
+                routed_category = {t: d.category for t, d in decisions.items()}
+                placed = placement({t: tasks[t].category for t in ids}, routed_category,
+                                   {t: outcomes[t][d.pick.name].correct for t, d in decisions.items()},
+                                   router.meta["calibration"].get("categories") or [])
+                if placed["unseen"]:
+                    notes.append(f"held-out categories {', '.join(placed['unseen'])} are not among the router's "
+                                 f"calibration categories ({', '.join(placed['calibration_categories']) or 'none'}): "
+                                 f"it places those requests by their nearest calibration tasks (see where it placed "
+                                 f"them); calibrate on requests like the ones the fleet will serve where you can")
             picks = {}
             for t, d in decisions.items():
                 m, o = d.pick, outcomes[t][d.pick.name]
@@ -254,8 +266,34 @@ def evaluate_fleet(fleet_path, tasks_path, *, router_dir=None, alphas=DEFAULT_AL
         "members": [{"name": m.name, "cost": m.cost, "best_of": m.best_of,
                      "categories": sorted(m.categories) if m.categories is not None else None,
                      "abstains": sorted(m.abstains)} for m in members],
-        "rows": rows, "answer": answer, "best_of_vs_larger": test_time, "notes": notes,
-        "_strategies": strategies, "_tasks": tasks,
+        "rows": rows, "answer": answer, "best_of_vs_larger": test_time, "placement": placed, "notes": notes,
+        "_strategies": strategies, "_tasks": tasks, "_routed_category": routed_category,
+    }
+
+
+def placement(declared: dict[str, str | None], routed: dict[str, str | None], correct: dict[str, bool],
+              calibration_categories: list[str]) -> dict | None:
+    """Where the router placed the held-out requests: for each category the tasks declare, how many it placed in
+    each category (inferred from their nearest calibration tasks, as at serving time; it decides which members are
+    admitted) and how often its pick was right there. Calibration on other kinds of request than the held-out ones
+    shows here first: BFCL's non-live irrelevance requests placed with live_simple, for one. None when no task
+    declares a category."""
+    by: dict[str, dict] = {}
+    for t, cat in declared.items():
+        if cat is None:
+            continue
+        row = by.setdefault(cat, {"n": 0, "placed": Counter(), "correct": 0})
+        row["n"] += 1
+        row["placed"][routed.get(t) or "(none)"] += 1
+        row["correct"] += bool(correct.get(t))
+    if not by:
+        return None
+    calib = sorted({c for c in calibration_categories if c})
+    return {
+        "by_category": {c: {"n": r["n"], "placed": dict(r["placed"].most_common()),
+                            "router_accuracy": round(r["correct"] / r["n"], 6)} for c, r in sorted(by.items())},
+        "calibration_categories": calib,
+        "unseen": sorted(c for c in by if c not in calib),
     }
 
 
@@ -348,9 +386,23 @@ def _markdown(result: dict) -> str:
             lines.append(f"| {b['best_of']} | {b['cost']:.3g} | {b['accuracy']:.3f} | {b['larger']} | "
                          f"{b['larger_cost']:.3g} | {b['larger_accuracy']:.3f} | "
                          f"{'best-of-k' if b['best_of_wins'] else 'larger model'} |")
+    if result.get("placement"):
+        lines += ["", *placement_lines(result["placement"], result["router_alpha"])]
     for n in result["notes"]:
         lines += ["", f"Note: {n}."]
     return "\n".join(lines) + "\n"
+
+
+def placement_lines(placed: dict, alpha: float) -> list[str]:
+    """The placement table (`placement`) as Markdown."""
+    lines = [f"**Where the router placed the requests.** Each held-out task's own category against the category the "
+             f"router inferred from its nearest calibration tasks (which decides the members admitted to answer), "
+             f"with the router's accuracy at alpha {alpha:g} on them:", "",
+             "| category | tasks | placed as | router accuracy |", "| --- | ---: | --- | ---: |"]
+    for cat, r in placed["by_category"].items():
+        where = ", ".join(f"{k} {v}" for k, v in r["placed"].items())
+        lines.append(f"| {cat} | {r['n']} | {where} | {r['router_accuracy']:.3f} |")
+    return lines
 
 
 def _plot(result: dict, path: Path) -> None:
@@ -398,8 +450,11 @@ def write_outputs(result: dict, out: Path, plots: bool = True) -> list[Path]:
     alpha = result["router_alpha"]
     keep = [s for s in strategies
             if s.kind in ("cascade", "cascade [accept]", "oracle") or (s.alpha is not None and s.alpha == alpha)]
-    decisions = ({"task_id": t, "category": tasks[t].category, "strategy": s.name, "tried": r.tried,
-                  "answered_by": r.answered_by, "accepted": r.accepted, "correct": r.correct, "cost": r.cost}
+    routed = result.get("_routed_category") or {}
+    decisions = ({"task_id": t, "category": tasks[t].category,
+                  "routed_category": routed.get(t) if s.kind.startswith("router") else None, "strategy": s.name,
+                  "tried": r.tried, "answered_by": r.answered_by, "accepted": r.accepted, "correct": r.correct,
+                  "cost": r.cost}
                  for s in keep for t, r in s.results.items())
     public = {k: v for k, v in result.items() if not k.startswith("_")}
     paths = [out / "fleet_eval.json", out / "fleet_eval.md", out / "decisions.jsonl"]

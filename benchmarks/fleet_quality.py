@@ -34,7 +34,9 @@ refused, since the router and fleet eval already there would be kept.
 
 Data: BFCL. The training categories (--train-categories, BFCL's live, user-contributed tasks) are split by a
 seeded draw into the SFT student's training tasks and a disjoint calibration split (--calib-per-category per
-category); the held-out tasks are the non-live categories (--eval-categories). No task is in two splits, and
+category); the held-out tasks are the non-live categories (--eval-categories). --calibrate-on held-out draws the
+calibration split from the held-out categories' other tasks instead (requests like the traffic; the same training
+and held-out tasks, results in a folder of their own). No task is in two splits, and
 nothing is chosen by looking at held-out results: admission thresholds, the router's settings (chosen by
 cross-validation on the calibration split, `fleet fit --predictor auto`) and the cascade policy are fixed before
 the held-out evaluation is read.
@@ -181,9 +183,12 @@ def serve_model_args(name: str, out: Path, extra: Extra | None = None) -> list[s
 
 
 def split_tasks(args) -> None:
-    """train_tasks.jsonl, calib.jsonl (disjoint, from the training categories) and heldout.jsonl, by a seeded draw
-    per category. --max-task-chars drops tasks whose JSON is longer (CPU runs: a few live_multiple tasks carry
-    20k+ characters of tool schemas, minutes of prompt for each member); 0 keeps every task."""
+    """train_tasks.jsonl, calib.jsonl and heldout.jsonl, disjoint, by a seeded draw per category. Calibration comes
+    from the training categories (--calibrate-on training), or from the held-out categories' tasks that were not
+    drawn as held-out (--calibrate-on held-out). Either way the training and held-out tasks are the same draw, so
+    the two settings train the same students and score them on the same held-out tasks. --max-task-chars drops
+    tasks whose JSON is longer (CPU runs: a few live_multiple tasks carry 20k+ characters of tool schemas, minutes
+    of prompt for each member); 0 keeps every task."""
     from eval.io import read_jsonl, write_jsonl
 
     out = Path(args.out)
@@ -201,12 +206,19 @@ def split_tasks(args) -> None:
     for _, rows in sorted(by_category(out / "train_source.jsonl").items()):
         rows = sorted(rows, key=lambda r: r["id"])
         rng.shuffle(rows)
-        calib += rows[: args.calib_per_category]
+        if args.calibrate_on == "training":
+            calib += rows[: args.calib_per_category]
         train += rows[args.calib_per_category: args.calib_per_category + (args.train_per_category or len(rows))]
-    for _, rows in sorted(by_category(out / "heldout_source.jsonl").items()):
+    for cat, rows in sorted(by_category(out / "heldout_source.jsonl").items()):
         rows = sorted(rows, key=lambda r: r["id"])
         rng.shuffle(rows)
-        held += rows[: args.eval_per_category or len(rows)]
+        n = args.eval_per_category or len(rows)
+        held += rows[:n]
+        if args.calibrate_on == "held-out":
+            if len(rows) < n + args.calib_per_category:
+                raise SystemExit(f"fleet_quality.py: --calibrate-on held-out: {cat} has {len(rows)} tasks, fewer than "
+                                 f"--eval-per-category {n} + --calib-per-category {args.calib_per_category}")
+            calib += rows[n: n + args.calib_per_category]
     write_jsonl(out / "calib.jsonl", calib)
     write_jsonl(out / "heldout.jsonl", held)
     write_jsonl(out / "train_tasks.jsonl", train)  # last: its existence marks the stage done
@@ -484,6 +496,13 @@ def member_sources(args) -> dict[str, dict]:
     return out
 
 
+def results_folder(args) -> Path:
+    """--results/fleet-<date>-<cpu|gpu>, with -calibrated-on-held-out when the calibration split came from the
+    held-out categories (a run under the protocol and one calibrated on requests like the traffic sit side by side)."""
+    name = f"fleet-{datetime.date.today().isoformat()}-{'gpu' if args.device == 'cuda' else 'cpu'}"
+    return Path(args.results) / (name + ("-calibrated-on-held-out" if args.calibrate_on == "held-out" else ""))
+
+
 def write_results(args, timings: dict) -> Path:
     """benchmarks/results/fleet-<date>-<device>/: fleet eval outputs, the clusters-only comparison, live.json, and
     results.json with the targets and the run's settings."""
@@ -492,7 +511,7 @@ def write_results(args, timings: dict) -> Path:
     from eval.io import write_json
 
     out = Path(args.out)
-    folder = Path(args.results) / f"fleet-{datetime.date.today().isoformat()}-{'gpu' if args.device == 'cuda' else 'cpu'}"
+    folder = results_folder(args)
     (folder / "clusters").mkdir(parents=True, exist_ok=True)
     for name in ("fleet_eval.json", "fleet_eval.md", "pareto.png"):
         shutil.copy(out / "fleet_eval" / name, folder / name)
@@ -537,7 +556,8 @@ def reading(res: dict, ev: dict, live: dict) -> str:
     rows = {r["name"]: r for r in ev["rows"]}
     lines = [f"# The real fleet, {res['date']} ({res['device']})", "",
              f"{'CPU scale' if res['device'] == 'cpu' else 'GPU run'}: held-out BFCL {s['eval_categories']} "
-             f"({s['eval_per_category']} per category, {ev['n']} tasks), calibration {s['train_categories']} "
+             f"({s['eval_per_category']} per category, {ev['n']} tasks), calibration "
+             f"{s['train_categories'] if s.get('calibrate_on', 'training') == 'training' else s['eval_categories'] + ' (other tasks than the held-out ones)'} "
              f"({s['calib_per_category']} per category); SFT student: {s['steps']} steps of {s['train_batch_size']} on "
              f"{s['train_per_category']} training tasks per category; greedy, at most {s['max_new_tokens']} new tokens. "
              f"Router: embedder {res['router']['embedder']}, predictor {res['router']['predictor']} (chosen by "
@@ -600,7 +620,13 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="BFCL categories for training and calibration (default: %(default)s)")
     p.add_argument("--eval-categories", default="simple_python,multiple,irrelevance",
                    help="held-out BFCL categories (default: %(default)s)")
-    p.add_argument("--calib-per-category", type=int, default=20, help="calibration tasks per training category")
+    p.add_argument("--calib-per-category", type=int, default=20, help="calibration tasks per category")
+    p.add_argument("--calibrate-on", choices=("training", "held-out"), default="training",
+                   help="where the calibration split comes from: the training categories (the protocol: calibration "
+                   "from the kind of data the students trained on) or the held-out categories' tasks not drawn as "
+                   "held-out (requests like the traffic, as from logged requests; results go to a folder ending "
+                   "-calibrated-on-held-out). The training and held-out tasks are the same either way "
+                   "(default: %(default)s)")
     p.add_argument("--train-per-category", type=int, default=40, help="SFT tasks per training category, 0 = the rest")
     p.add_argument("--eval-per-category", type=int, default=20, help="held-out tasks per category, 0 = all")
     p.add_argument("--max-task-chars", type=int, default=6000,

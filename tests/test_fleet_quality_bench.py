@@ -43,6 +43,33 @@ def test_split_is_disjoint_seeded_and_sized(tmp_path):
     assert (read("train_tasks.jsonl"), read("calib.jsonl"), read("heldout.jsonl")) == first
 
 
+def test_calibrating_on_held_out_categories_keeps_training_and_held_out_the_same(tmp_path):
+    def split(folder: Path, *extra: str) -> tuple[list[str], list[str], list[str]]:
+        folder.mkdir()
+        _source(folder / "train_source.jsonl", {"live_simple": 20, "live_irrelevance": 9})
+        _source(folder / "heldout_source.jsonl", {"simple_python": 12, "irrelevance": 9})
+        fleet_quality.split_tasks(fleet_quality.parse_args(
+            ["--out", str(folder), "--calib-per-category", "5", "--train-per-category", "7", "--eval-per-category", "4",
+             *extra]))
+        return tuple([json.loads(x)["id"] for x in (folder / n).read_text().splitlines()]
+                     for n in ("train_tasks.jsonl", "calib.jsonl", "heldout.jsonl"))
+
+    train, calib, held = split(tmp_path / "a", "--calibrate-on", "held-out")
+    assert (train, held) == (lambda t, _, h: (t, h))(*split(tmp_path / "b"))  # the same students, the same held-out
+    assert not set(calib) & set(held) and not set(calib) & set(train)
+    assert sorted(i.rsplit("_", 1)[0] for i in calib) == ["irrelevance"] * 5 + ["simple_python"] * 5
+    with pytest.raises(SystemExit, match="irrelevance has 9 tasks"):  # 4 held-out + 6 calibration do not fit in 9
+        folder = tmp_path / "c"
+        folder.mkdir()
+        _source(folder / "train_source.jsonl", {"live_simple": 20})
+        _source(folder / "heldout_source.jsonl", {"irrelevance": 9})
+        fleet_quality.split_tasks(fleet_quality.parse_args(["--out", str(folder), "--calib-per-category", "6",
+                                                            "--eval-per-category", "4", "--calibrate-on", "held-out"]))
+    folders = [fleet_quality.results_folder(fleet_quality.parse_args(["--results", str(tmp_path), *x])).name
+               for x in ([], ["--calibrate-on", "held-out", "--device", "cuda"])]
+    assert folders[0].endswith("-cpu") and folders[1].endswith("-gpu-calibrated-on-held-out")  # side by side
+
+
 @pytest.mark.parametrize("device", ["cpu", "cuda"])
 def test_every_stage_parses_and_members_are_served_as_evaluated(tmp_path, device):
     args = fleet_quality.parse_args(["--out", str(tmp_path / "run"), "--device", device])

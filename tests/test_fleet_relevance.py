@@ -97,7 +97,9 @@ def test_router_alone_comes_close_to_the_oracle_and_beats_every_member(world, ev
     assert oracle == 1.0  # by construction: the caller is right on calls, the abstainer on irrelevance
     best = max(rows[m]["accuracy"] for m in ("abstainer", "caller", "generalist"))
     assert alone >= best + 0.1, (alone, best)
-    assert alone >= oracle - 0.1, (alone, oracle)  # the target is 0.05; see docs/fleet.md for what this fleet reaches
+    # the target is 0.05; docs/fleet.md says what this fleet reaches (0.933 here: 8 errors in 120). At most 9 errors:
+    # without the name cover the router made 10
+    assert alone >= oracle - 0.075, (alone, oracle)
     # the irrelevance requests mostly go to the member that abstains (24 of 40 before the relevance features)
     tasks = heldout(world)
     emb = router.features([(t["messages"], t["tools"]) for t in tasks])

@@ -6,6 +6,9 @@
     OMP_NUM_THREADS=2 python benchmarks/fleet_quality.py --calib-per-category 30 --eval-per-category 40 \\
         --train-per-category 40 --steps 16 --train-batch-size 2 --max-length 2048 --max-new-tokens 64 \\
         --member smollm2-dpo=runs/quality-cpu/seed0/sigmoid-lr2e-05/checkpoint-2
+    # the same, calibrated on the held-out categories' other tasks (fleet-2026-12-02-cpu-calibrated-on-held-out/):
+    # add --calibrate-on held-out and a new --out holding copies of the first run's train_source.jsonl,
+    # heldout_source.jsonl, pairs/, checkpoints/ and members/*/heldout/ (34 minutes instead of 85)
     # one GPU (the 500 held-out tasks; member evaluations ~10 min on an H200):
     python benchmarks/fleet_quality.py --device cuda --eval-categories \\
         simple_python,multiple,parallel,parallel_multiple,irrelevance --eval-per-category 100 \\
@@ -47,7 +50,7 @@ Stages (each a distill command, printed, its output kept in --out and skipped on
     live: `distill serve` per member + `distill fleet serve` in front of them on 127.0.0.1, a handful of
     held-out requests answered live, and the live decisions compared with fleet eval's replayed ones.
 
-Writes --results/fleet-<date>-<cpu|gpu>/: fleet_eval.json, fleet_eval.md, pareto.png (the selected router),
+Writes --results/fleet-<date>-<cpu|gpu>[-calibrated-on-held-out]/: fleet_eval.json, fleet_eval.md, pareto.png (the selected router),
 clusters/ (the same with the k-means-only router, for comparison), live.json, results.json, and README.md (the
 reading: each member and where it came from, targets met or missed, by how much, and why).
 """

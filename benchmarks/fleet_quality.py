@@ -71,6 +71,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from data_gen.local_models import INFO_FILE  # noqa: E402
 from distill.demo import Stage, _rel  # noqa: E402
 from distill.fleet.evaluate import placement_lines  # noqa: E402
 
@@ -488,6 +489,12 @@ def member_sources(args) -> dict[str, dict]:
 
     def where(value):  # fleet.yaml keeps local paths relative to itself; as the user types them here
         local = value is not None and (path.parent / value).exists()
+        if local and (path.parent / value / INFO_FILE).is_file():
+            # a folder distill converted a pkg: model or .gguf file into: name what it came from, not this
+            # machine's cache path
+            source = json.loads((path.parent / value / INFO_FILE).read_text()).get("source")
+            if source:
+                return str(source)
         return _rel((path.parent / value).resolve()) if local else value
 
     out = {}

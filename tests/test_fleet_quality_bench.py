@@ -278,3 +278,25 @@ def test_an_added_student_is_evaluated_admitted_routed_and_reported(tmp_path, ti
     assert f"- smollm2-sft: {fleet_quality.BUILTIN['smollm2-sft']}" in text
     assert "| tiny-dpo |" in text and "before 4 `distill serve` members" in text
     assert "Where the router placed the requests" in text and ev["placement"]["unseen"] == []
+
+
+def test_a_model_distill_converted_is_named_by_its_source_not_the_cache_path(tmp_path):
+    """A --member adapter's base model is often the folder distill converted a pkg: model into (its
+    adapter_config.json names it): the results name the pkg: source, not this machine's cache path."""
+    import yaml
+
+    from data_gen.local_models import INFO_FILE
+
+    converted, plain = tmp_path / "cache" / "smollm2-135m-instruct-0123", tmp_path / "my-model"
+    converted.mkdir(parents=True)
+    plain.mkdir()
+    (converted / INFO_FILE).write_text(json.dumps({"source": "pkg:smollm2-135m-instruct", "format": 1}))
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "fleet.yaml").write_text(yaml.safe_dump({"version": 1, "members": [
+        {"name": "smollm2-base", "base_model": str(converted), "cost": 0.135},
+        {"name": "smollm2-sft", "base_model": str(plain), "adapter": "checkpoints/sft", "cost": 0.135}]}))
+    sources = fleet_quality.member_sources(fleet_quality.parse_args(["--out", str(out)]))
+    assert sources["smollm2-base"]["base_model"] == "pkg:smollm2-135m-instruct"
+    assert Path(sources["smollm2-sft"]["base_model"]).resolve() == plain.resolve()  # a plain folder stays a path
+    assert sources["smollm2-sft"]["adapter"] == "checkpoints/sft"  # not on disk: as written

@@ -50,9 +50,9 @@ Stages (each a distill command, printed, its output kept in --out and skipped on
     live: `distill serve` per member + `distill fleet serve` in front of them on 127.0.0.1, a handful of
     held-out requests answered live, and the live decisions compared with fleet eval's replayed ones.
 
-Writes --results/fleet-<date>-<cpu|gpu>[-calibrated-on-held-out]/: fleet_eval.json, fleet_eval.md, pareto.png (the selected router),
-clusters/ (the same with the k-means-only router, for comparison), live.json, results.json, and README.md (the
-reading: each member and where it came from, targets met or missed, by how much, and why).
+Writes --results/fleet-<date>-<cpu|gpu>[-calibrated-on-held-out]/: fleet_eval.json, fleet_eval.md, pareto.png
+(the selected router), clusters/ (the same with the k-means-only router, for comparison), live.json, results.json,
+and README.md (the reading: each member and where it came from, targets met or missed, by how much, and why).
 """
 
 from __future__ import annotations
@@ -488,14 +488,16 @@ def member_sources(args) -> dict[str, dict]:
     entries = {m["name"]: m for m in fleet.get("members") or []}
 
     def where(value):  # fleet.yaml keeps local paths relative to itself; as the user types them here
-        local = value is not None and (path.parent / value).exists()
-        if local and (path.parent / value / INFO_FILE).is_file():
+        if value is None or not (path.parent / value).exists():
+            return value
+        folder = path.parent / value
+        if (folder / INFO_FILE).is_file():
             # a folder distill converted a pkg: model or .gguf file into: name what it came from, not this
             # machine's cache path
-            source = json.loads((path.parent / value / INFO_FILE).read_text()).get("source")
+            source = json.loads((folder / INFO_FILE).read_text()).get("source")
             if source:
                 return str(source)
-        return _rel((path.parent / value).resolve()) if local else value
+        return _rel(folder.resolve())
 
     out = {}
     for name in members(args):
@@ -564,10 +566,11 @@ def reading(res: dict, ev: dict, live: dict) -> str:
     t, s = res["targets"], res["settings"]
     a = ev["router_alpha"]
     rows = {r["name"]: r for r in ev["rows"]}
+    calibration = (s["train_categories"] if s.get("calibrate_on", "training") == "training"
+                   else f"{s['eval_categories']} (other tasks than the held-out ones)")
     lines = [f"# The real fleet, {res['date']} ({res['device']})", "",
              f"{'CPU scale' if res['device'] == 'cpu' else 'GPU run'}: held-out BFCL {s['eval_categories']} "
-             f"({s['eval_per_category']} per category, {ev['n']} tasks), calibration "
-             f"{s['train_categories'] if s.get('calibrate_on', 'training') == 'training' else s['eval_categories'] + ' (other tasks than the held-out ones)'} "
+             f"({s['eval_per_category']} per category, {ev['n']} tasks), calibration {calibration} "
              f"({s['calib_per_category']} per category); SFT student: {s['steps']} steps of {s['train_batch_size']} on "
              f"{s['train_per_category']} training tasks per category; greedy, at most {s['max_new_tokens']} new tokens. "
              f"Router: embedder {res['router']['embedder']}, predictor {res['router']['predictor']} (chosen by "

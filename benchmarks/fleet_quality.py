@@ -596,7 +596,7 @@ def reading(res: dict, ev: dict, live: dict) -> str:
                      + " |")
     lines += ["", "| strategy | accuracy | ± | cost | answered by |", "| --- | ---: | ---: | ---: | --- |"]
     for name in [*res["members"], "oracle", "cascade", "cascade [accept]", f"router a={a:g}", f"router+cascade a={a:g}",
-                 f"router+cascade a={a:g} [accept]"]:
+                 f"router+cascade a={a:g} [accept]", f"router+cascade a={a:g} [every rung]"]:
         if name in rows:
             r = rows[name]
             who = ", ".join(f"{k} {v}" for k, v in r["answered_by"].items())

@@ -150,3 +150,36 @@ def test_placement_counts_where_each_declared_category_went():
     assert "| irrelevance | 3 | live_simple 2, live_irrelevance 1 | 0.667 |" in placement_lines(p, 0.9)
     assert placement({"a": "x"}, {}, {}, ["x"])["by_category"]["x"]["placed"] == {"(none)": 1}
     assert placement({"a": None}, {"a": "x"}, {"a": True}, ["x"]) is None
+
+
+def test_router_cascade_does_not_climb_to_a_member_never_right(tmp_path):
+    """A member right on no calibration task, dearer than the specialists and cheaper than the teacher, is left out of
+    the router+cascade ladder at alpha 0.9 (its predicted accuracy buys nothing for its cost); the `[every rung]` row
+    climbs through it, pays for it and keeps some of its wrong answers (the schema-valid ones pass the check)."""
+    from distill.fleet.cascade import fleet_members
+    from distill.fleet.router import load_router
+    from distill.testing.fleet_world import DOMAINS
+
+    members = {**MEMBERS, "hopeless": ({d: 0.0 for d in DOMAINS}, 10.0, list(DOMAINS))}
+    w = build_world(tmp_path / "w", n_calib=25, n_heldout=20, members=members)
+    assert main(["fleet", "fit", "--fleet", str(w.fleet), "--tasks", str(w.calib), "--out", str(w.root / "router"),
+                 "--embedder", "minilm-static"]) == 0
+    out = tmp_path / "eval"
+    assert main(["fleet", "eval", "--fleet", str(w.fleet), "--tasks", str(w.heldout), "--out", str(out),
+                 "--teacher", "teacher", "--alphas", "0,0.9", "--no-plots", "--best-of", ""]) == 0
+    rows = {r["name"]: r for r in json.loads((out / "fleet_eval.json").read_text())["rows"]}
+    pruned, every = rows["router+cascade a=0.9"], rows["router+cascade a=0.9 [every rung]"]
+    assert "hopeless" not in pruned["asked"] and every["asked"].get("hopeless", 0) > 0
+    assert every["answered_by"].get("hopeless", 0) > 0 and pruned["accuracy"] >= every["accuracy"]
+    decisions = [json.loads(x) for x in (out / "decisions.jsonl").read_text().splitlines()]
+    kept = [d for d in decisions if d["strategy"] == "router+cascade a=0.9 [every rung]" and d["answered_by"] == "hopeless"]
+    assert len(kept) == every["answered_by"]["hopeless"] and not any(d["correct"] for d in kept)
+    # at alpha 0 only cost counts: nothing is worth asking after the pick
+    assert rows["router+cascade a=0"]["escalated"] == 0
+    assert rows["router+cascade a=0"]["answered_by"] == rows["router a=0"]["answered_by"]
+
+    router = load_router(w.root / "router", fleet_members(w.fleet))
+    task = heldout(w)[0]
+    d = router.route(task["messages"], task["tools"])
+    assert "hopeless" in d.not_worth and "hopeless" in [m.name for m in d.every_rung]
+    assert d.ladder == [m for m in d.every_rung if m.name != "hopeless"]

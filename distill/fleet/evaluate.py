@@ -14,7 +14,9 @@ what it paid (member cost x samples, for every member it asked). Strategies:
   function, schema failure: all knowable without the gold answer, so these are the decisions `fleet serve` makes)
   and on an answer without a call unless the abstention policy trusts it (--abstain-policy, distill.fleet.cascade);
 - the cluster router over a sweep of alpha (its pick answers, whatever the verifier says);
-- router + cascade over the same sweep (the router's pick first, then up the cost ladder).
+- router + cascade over the same sweep (the router's pick first, then up the cost ladder, leaving out the members
+  the router expects not to be worth their cost on the request; `[every rung]`: the same without leaving any out,
+  at the router's alpha, for comparison).
 Requests are taken not to declare their category (as at serving time): the router infers it from the nearest cluster.
 
 Writes to --out: fleet_eval.json (every strategy's numbers), fleet_eval.md (the table and the answer), pareto.png
@@ -56,7 +58,8 @@ DEFAULT_ALPHAS = tuple(round(a / 10, 1) for a in range(11))
 class Strategy:
     name: str
     kind: str  # single | oracle | cascade | router | router+cascade, or "cascade [accept]" and "router+cascade [accept]"
-    # (the same with every no-call answer accepted, for comparison)
+    # (the same with every no-call answer accepted, for comparison) and "router+cascade [every rung]" (no member left
+    # out of the ladder)
     results: dict[str, CascadeResult]  # task id -> what happened
     alpha: float | None = None
     k: int | None = None
@@ -246,6 +249,10 @@ def evaluate_fleet(fleet_path, tasks_path, *, router_dir=None, alphas=DEFAULT_AL
             if compare and a == router.alpha:
                 strategies.append(Strategy(f"router+cascade a={a:g} [accept]", "router+cascade [accept]", {
                     t: run_cascade(d.ladder, outcomes[t], d.category, "accept") for t, d in decisions.items()}, alpha=a))
+            if a == router.alpha:
+                strategies.append(Strategy(f"router+cascade a={a:g} [every rung]", "router+cascade [every rung]", {
+                    t: run_cascade(d.every_rung, outcomes[t], d.category, abstain_policy)
+                    for t, d in decisions.items()}, alpha=a))
     else:
         notes.append("no router: fit one with `distill fleet fit` (or pass --router) to see the router strategies")
 
@@ -359,7 +366,8 @@ def _markdown(result: dict) -> str:
         f"{result['n']} held-out tasks ({result['tasks']}); teacher: **{t}** (cost {result['teacher_cost']:g} per "
         f"request); router: {_router_label(result)}; abstention policy: {result.get('abstain_policy', 'accept')} "
         f"(a no-call answer ends a cascade only from a member admitted for abstention on the request's category; "
-        f"`[accept]` rows accept every no-call answer).",
+        f"`[accept]` rows accept every no-call answer); router+cascade leaves out of its ladder the members the router "
+        f"expects not to be worth their cost on the request (`[every rung]`: without leaving any out).",
         "",
         "**Does the fleet beat the teacher?** " + result["answer"]["text"],
         "",

@@ -464,6 +464,8 @@ class Decision:
     cluster: int  # the nearest cluster
     category: str | None  # declared by the request, or voted by its nearest calibration tasks
     members: list[Member] = field(repr=False, default_factory=list)  # every member routed over
+    # routed members not worth escalating to on this request (`worth_escalating`)
+    not_worth: frozenset[str] = frozenset()
 
     @property
     def pick(self) -> Member:
@@ -471,8 +473,24 @@ class Decision:
 
     @property
     def ladder(self) -> list[Member]:
-        """The router-ordered cascade: its pick, then the dearer admitted members, cheapest first."""
+        """The router-ordered cascade: its pick, then the dearer admitted members, cheapest first, leaving out those
+        the router expects not to pay for their cost on this request (`not_worth`). A member that joined the fleet
+        after the router was fit has no prediction and stays on the ladder."""
+        return [m for m in self.every_rung if m is self.pick or m.name not in self.not_worth]
+
+    @property
+    def every_rung(self) -> list[Member]:
+        """The ladder without that pruning (every dearer admitted member), for comparison in `fleet eval`."""
         return ladder_from(self.ranked[0], self.members, self.category)
+
+
+def worth_escalating(acc: np.ndarray, cost_norm: np.ndarray, alpha: float) -> np.ndarray:
+    """Whether asking each member pays for itself by the router's own utility, alpha * accuracy + (1 - alpha) *
+    (1 - cost_normalised): its predicted accuracy must buy more than its normalised cost, alpha * acc > (1 - alpha) *
+    cost_norm. A member predicted never right is never worth asking; at alpha 1 any chance is; at alpha 0 nothing
+    is worth more than the first answer. Measured on the real fleet, where a member right on none of the
+    calibration tasks otherwise ended a third of the router+cascade ladders (docs/fleet.md)."""
+    return alpha * acc > (1 - alpha) * cost_norm
 
 
 class Router:
@@ -546,12 +564,14 @@ class Router:
             ok = np.ones_like(ok)
         idx = [j for j in range(len(self.routed)) if ok[j]]
         idx.sort(key=lambda j: (-score[j], self.routed[j].request_cost, self.routed[j].name))
+        worth = worth_escalating(acc, self.cost_norm, alpha)
         return Decision(
             ranked=[self.routed[j] for j in idx],
             scores={self.routed[j].name: round(float(score[j]), 6) for j in idx},
             cluster=cluster,
             category=category,
             members=self.members,
+            not_worth=frozenset(m.name for j, m in enumerate(self.routed) if not worth[j]),
         )
 
     def predict(self, x: np.ndarray) -> np.ndarray:

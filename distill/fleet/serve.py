@@ -12,7 +12,8 @@ Each member needs an `endpoint` in fleet.yaml (kept by `distill fleet admit`):
       endpoint: {base_url: "http://10.0.0.5:8000/v1", model: qwen05-dpo, api_key_env: QWEN_KEY}   # key optional
 
 Per request: the router (fleet.yaml's `router` section, written by `distill fleet fit`, or --router) orders the
-members (its pick first, then up the cost ladder; without a router, cheapest first); each member is asked in turn
+members (its pick first, then up the cost ladder, leaving out the members it expects not to be worth their cost on
+the request; without a router, cheapest first); each member is asked in turn
 and its answer is checked as `fleet eval` assumes: it must parse, call only the request's tools, and pass their
 JSON Schemas. The first accepted answer is returned as the member sent it, with headers `x-distill-member` (who
 answered), `x-distill-tried` (who was asked, in order) and `x-distill-verified` (false when every member was
@@ -454,7 +455,8 @@ def add_parser(actions: argparse._SubParsersAction) -> None:
         help="OpenAI-compatible endpoint that routes each request to a member's server and applies the cascade",
         description=fill_paragraphs("Serve /v1/chat/completions in front of the members' own OpenAI-compatible servers (each "
         "member's `endpoint: {base_url, model}` in --fleet). The router (from --fleet's `router` section or --router) "
-        "picks the first member, the rest of the cost ladder follows; an answer that is malformed, calls an unknown "
+        "picks the first member, the rest of the cost ladder follows (without the members the router expects not to be "
+        "worth their cost on the request); an answer that is malformed, calls an unknown "
         "function or fails the tool's JSON Schema escalates to the next member. The answer comes back as the member "
         "sent it, with headers x-distill-member (who answered), x-distill-tried and x-distill-verified. GET "
         "/v1/fleet/stats: counts per member. A member that cannot be reached is logged and skipped for "

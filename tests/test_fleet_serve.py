@@ -4,7 +4,9 @@ member `ghost` whose endpoint nothing listens on. The stub is the second server 
 to the request's first tool with {"query": ...}, schema-valid or not depending on the tool, which is what the
 escalation checks need (a random tiny model's text cannot be made to fail or pass the schema on purpose).
 
-The router is fit so that weather questions go to `ghost` (then up the ladder: stub, tiny) and math to `tiny`."""
+The router is fit so that weather questions go to `ghost` (then up the ladder: stub, tiny) and math to `tiny`. A
+fourth member, `hopeless` (served by the stub too), was right on no calibration task: it sits on the cost ladder
+between the stub and tiny, and the router never finds it worth asking."""
 
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ MEMBERS = {  # accuracy per domain (for the router's calibration verdicts), cost
     "ghost": ({"weather": 0.97, "math": 0.1, "flights": 0.5}, 0.1, ALL),
     "stub": ({"weather": 0.9, "math": 0.1, "flights": 0.5}, 0.5, ALL),
     "tiny": ({"weather": 0.5, "math": 0.95, "flights": 0.9}, 5.0, ALL),
+    "hopeless": ({"weather": 0.0, "math": 0.0, "flights": 0.0}, 2.0, ALL),
 }
 
 
@@ -74,6 +77,7 @@ def fleet_server(tiny_model_dir, tmp_path_factory):
         fleet = load_fleet(world.fleet)
         endpoints = {"ghost": {"base_url": f"http://127.0.0.1:{ghost_port}/v1", "model": "ghost"},
                      "stub": {"base_url": stub.base_url, "model": "stub-model"},
+                     "hopeless": {"base_url": stub.base_url, "model": "stub-model"},
                      "tiny": {"base_url": f"http://127.0.0.1:{tiny_port}/v1", "model": str(tiny_model_dir)}}
         for m in fleet["members"]:
             m["endpoint"] = endpoints[m["name"]]
@@ -129,7 +133,8 @@ def test_routes_escalates_on_schema_failure_and_skips_a_down_member(fleet_server
     assert f"member 'ghost' at http://127.0.0.1:{fleet_server['ghost_port']}/v1 is down" in text
     assert "skipping it for 600 s" in text
 
-    # weather again, but the stub's call fails this tool's schema: escalation to tiny (transformers serve)
+    # weather again, but the stub's call fails this tool's schema: escalation to tiny (transformers serve), past
+    # hopeless, which is not worth its cost
     asked_before = len(stub.chat_requests)
     r = ask(base, WEATHER_Q, [GET_WEATHER])
     assert r.status_code == 200, r.text
@@ -157,8 +162,9 @@ def test_routes_escalates_on_schema_failure_and_skips_a_down_member(fleet_server
     assert s["ghost"]["down"] == 1 and s["ghost"]["skipped_down"] == 1 and s["ghost"]["is_down"]
     assert (s["stub"]["asked"], s["stub"]["answered"], s["stub"]["rejected"]) == (2, 1, 1)
     assert s["tiny"]["asked"] == 2 and s["tiny"]["answered"] + s["tiny"]["answered_unverified"] == 2
+    assert s["hopeless"]["asked"] == 0
     names = [m["id"] for m in httpx.get(f"{base}/v1/models", timeout=10).json()["data"]]
-    assert names == ["fleet", "ghost", "stub", "tiny"]
+    assert names == ["fleet", "ghost", "stub", "hopeless", "tiny"]
 
 
 def test_refuses_what_it_cannot_verify_or_parse(fleet_server):

@@ -92,9 +92,9 @@ def bench_embedder(world, name: str, n: int, n_http: int) -> dict:
     from distill.fleet import load_fleet, save_fleet
     from distill.fleet.cascade import check_answer, fleet_members
     from distill.fleet.router import get_embedder, load_router, question_text
-    from eval.tasks import task_from_dict
     from distill.testing.fleet_world import answer
     from distill.testing.openai_stub import StubServer, free_port
+    from eval.tasks import task_from_dict
 
     t0 = time.perf_counter()
     get_embedder(name)  # first in this process (the static embedder first: minilm's time includes importing torch)

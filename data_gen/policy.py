@@ -157,7 +157,7 @@ def _ids(out) -> list[int]:
 
 def common_prefix_length(a, b) -> int:
     n = 0
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=False):  # the shorter one ends the prefix
         if x != y:
             break
         n += 1
@@ -206,7 +206,7 @@ def nll_summary(rows: list[dict], nll: list[float]) -> dict:
     out = {}
     for column in ("pair_kind", "rejected_source"):
         groups: dict[str, list[float]] = {}
-        for row, value in zip(rows, nll):
+        for row, value in zip(rows, nll, strict=True):
             groups.setdefault(str(row.get(column, "-")), []).append(value)
         out[f"by_{column}"] = {
             k: {"n": len(v), "p10": q(sorted(v), 0.1), "p50": q(sorted(v), 0.5), "p90": q(sorted(v), 0.9)}
@@ -269,7 +269,7 @@ def to_text_rows(tokenizer, rows: list[dict], trim_min_share: float | None) -> t
         where = f"row {i} (task {row.get('task_id')})"
         tools = _tools(row["tools"])
         prompt = clean_messages(row["prompt"], where)
-        render = lambda msgs, **kw: tokenizer.apply_chat_template(msgs, tools=tools, tokenize=False, **kw)  # noqa: E731
+        render = lambda msgs, tools=tools, **kw: tokenizer.apply_chat_template(msgs, tools=tools, tokenize=False, **kw)  # noqa: E731
         try:
             head = render(prompt, add_generation_prompt=True)
             full_c = render(prompt + clean_messages(row["chosen"], where))

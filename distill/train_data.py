@@ -142,10 +142,10 @@ def sft_selection(split, no_call_share: float | None = None, seed: int = 0) -> t
     if "task_id" in split.column_names:
         tasks = split["task_id"]
     else:  # no provenance column (a dataset from elsewhere): the prompt and tools name the task
-        tasks = [json.dumps([p, t], sort_keys=True, default=str) for p, t in zip(split["prompt"], split["tools"])]
+        tasks = [json.dumps([p, t], sort_keys=True, default=str) for p, t in zip(split["prompt"], split["tools"], strict=True)]
     seen: set[tuple[str, str]] = set()
     calls, no_calls = [], []
-    for i, (task, answer) in enumerate(zip(tasks, chosen)):
+    for i, (task, answer) in enumerate(zip(tasks, chosen, strict=True)):
         key = (task, _answer_key(answer))
         if key in seen:
             continue

@@ -15,8 +15,8 @@ import pytest
 from data_gen.backends.base import Sampling
 from data_gen.backends.openai_backend import OpenAIBackend
 from data_gen.generate import generate
-from eval.io import DistillError
 from distill.testing.openai_stub import Fault, StubServer, free_port, write_tasks
+from eval.io import DistillError
 
 
 def backend_for(server_url, **kw):

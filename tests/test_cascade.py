@@ -20,8 +20,8 @@ from distill.fleet.cascade import (
     run_cascade,
     vote,
 )
-from eval.tasks import task_from_dict
 from distill.testing.fleet_world import MEMBERS, answer, build_world, correct_by_construction, error_kind
+from eval.tasks import task_from_dict
 
 VISIBLE = {"schema", "malformed", "unknown_function"}  # wrong answers a gold-free check can see
 

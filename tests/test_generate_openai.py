@@ -19,8 +19,8 @@ import pytest
 from data_gen.backends.base import Sampling
 from data_gen.backends.openai_backend import OpenAIBackend
 from data_gen.generate import generate
-from eval.parse import parse_output
 from distill.testing.openai_stub import free_port, write_tasks
+from eval.parse import parse_output
 
 SERVE_START_TIMEOUT_S = 120
 

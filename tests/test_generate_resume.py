@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 
 from data_gen.backends.base import Request, Result, Sampling, derive_seed
 from data_gen.generate import _locked_append, generate, repair_tail, scan_traces
-from eval.io import DistillError
 from distill.testing.openai_stub import write_tasks
+from eval.io import DistillError
 
 
 class EchoBackend:

@@ -37,7 +37,7 @@ def _split(n_call_tasks: int = 6, n_irrelevance: int = 2) -> Dataset:
     (the same answer). Irrelevance tasks with one pair each."""
     rows = []
     for t in range(n_call_tasks):
-        for k in range(3):
+        for _ in range(3):
             rows.append(_row(f"c{t}", _call({"city": f"City{t}", "unit": "celsius"}), _call({"city": "Atlantis"})))
     rows.append(_row("c0", _call({"city": "City0"}), _call({"city": "Atlantis"})))
     rows.append(_row("c0", [{"role": "assistant", "content": None, "tool_calls": [{"type": "function", "function": {
@@ -166,9 +166,10 @@ def test_a_recipe_share_is_parsed_and_null_keeps_the_natural_share(tmp_path):
 
 def test_distill_train_sft_trains_on_the_selected_rows_and_records_them(tmp_path, tiny_model_dir):
     """The real path: a recipe with sft_no_call_share, run_stage, the trainer's dataset and run.json."""
+    from datasets import DatasetDict
+
     from distill.recipe import parse_recipe
     from distill.train import run_stage
-    from datasets import DatasetDict
 
     pairs = tmp_path / "pairs"
     DatasetDict(train=_split(n_call_tasks=6, n_irrelevance=2), test=_split(n_call_tasks=2, n_irrelevance=1)).save_to_disk(

@@ -144,7 +144,7 @@ def test_routes_escalates_on_schema_failure_and_skips_a_down_member(fleet_server
     text = log.read_text()
     assert "skipping member 'ghost': down" in text
     assert ("the answer of member 'stub' was rejected by the verifier (get_weather: \"city\" is a required property); "
-            "escalating to 'tiny'") in text
+            "escalating to 'tiny' (left out as not worth their cost on this request: hopeless)") in text
 
     # math -> the router starts at tiny; the cheap stub is not asked at all
     from openai import OpenAI

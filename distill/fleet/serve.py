@@ -149,11 +149,12 @@ class FleetServer:
             self.router.features([([{"role": "user", "content": "warm up"}], None)])
             log.info("router embedder %s loaded in %.1f s", self.router.meta["embedder"], time.perf_counter() - t0)
 
-    async def ladder(self, body: dict, category: str | None) -> tuple[list[Member], str | None]:
-        """The members to ask, in order, and the request's category (declared, or the router's vote), which decides
-        whose abstentions are trusted."""
+    async def ladder(self, body: dict, category: str | None) -> tuple[list[Member], str | None, list[str]]:
+        """The members to ask, in order; the request's category (declared, or the router's vote), which decides
+        whose abstentions are trusted; and the members the router left out of the ladder as not worth their cost on
+        this request."""
         if self.router is None:
-            return cost_ladder(self.members, category), category
+            return cost_ladder(self.members, category), category, []
         def route():
             return self.router.route(body.get("messages") or [], body.get("tools"), alpha=self.alpha, category=category)
 
@@ -162,7 +163,9 @@ class FleetServer:
         else:
             d = await asyncio.get_running_loop().run_in_executor(self._embed_pool, route)
         servable = {m.name for m in self.members}
-        return [m for m in d.ladder if m.name in servable] or cost_ladder(self.members, category), d.category
+        ladder = [m for m in d.ladder if m.name in servable]
+        left_out = [m.name for m in d.every_rung if m.name in servable and m not in d.ladder]
+        return ladder or cost_ladder(self.members, category), d.category, left_out
 
     async def _ask(self, m: Member, body: dict, sample: int) -> dict:
         """One chat completion from a member: the parsed JSON. Raises ConnectionError when it cannot be reached,
@@ -213,7 +216,7 @@ class FleetServer:
             except DistillError as e:
                 return 400, _error(str(e), "invalid_request_error"), {}
         self.totals["requests"] += 1
-        ladder, category = await self.ladder(body, category)
+        ladder, category, left_out = await self.ladder(body, category)
         tried, failures = [], []
         last: tuple[Member, dict] | None = None
         now = time.monotonic()
@@ -254,8 +257,9 @@ class FleetServer:
             st["rejected"] += 1
             last = (m, answers[0])
             nxt = next((x.name for x in ladder[i + 1:]), None)
-            log.info("the answer of member %r was rejected by the verifier (%s); %s", m.name, reason,
-                     f"escalating to {nxt!r}" if nxt else "no member left to escalate to")
+            log.info("the answer of member %r was rejected by the verifier (%s); %s%s", m.name, reason,
+                     f"escalating to {nxt!r}" if nxt else "no member left to escalate to",
+                     f" (left out as not worth their cost on this request: {', '.join(left_out)})" if left_out else "")
         if last is not None:  # every member that answered was rejected: the dearest answer is the fleet's best
             m, data = last
             self.stats[m.name]["answered_unverified"] += 1

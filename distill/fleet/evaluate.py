@@ -504,7 +504,8 @@ def add_parser(actions: argparse._SubParsersAction) -> None:
         "(their verdicts; no model runs): each member alone and best-of-k where its verdicts hold k samples, the "
         "oracle (cheapest member that was right), the verifier-gated cascade (cheapest first, escalating on malformed "
         "output, unknown functions and schema failures), the cluster router over a sweep of alpha, and router + "
-        "cascade. Accuracy is strict (correct and schema-valid); cost is the mean per request of member cost x "
+        "cascade (the router's pick, then up the cost ladder to the members worth their cost on the request; the "
+        "`[every rung]` row climbs to all of them). Accuracy is strict (correct and schema-valid); cost is the mean per request of member cost x "
         "samples for every member asked. Writes --out/fleet_eval.json, fleet_eval.md (table and answer), pareto.png "
         "and decisions.jsonl. Each member's verdicts must cover every task of --tasks: the fleet file's `verdicts`, "
         "or --verdicts NAME=PATH."),

@@ -152,7 +152,7 @@ def test_placement_counts_where_each_declared_category_went():
     assert placement({"a": None}, {"a": "x"}, {"a": True}, ["x"]) is None
 
 
-def test_router_cascade_does_not_climb_to_a_member_never_right(tmp_path):
+def test_router_cascade_does_not_climb_to_a_member_never_right(tmp_path, capsys):
     """A member right on no calibration task, dearer than the specialists and cheaper than the teacher, is left out of
     the router+cascade ladder at alpha 0.9 (its predicted accuracy buys nothing for its cost); the `[every rung]` row
     climbs through it, pays for it and keeps some of its wrong answers (the schema-valid ones pass the check)."""
@@ -162,8 +162,11 @@ def test_router_cascade_does_not_climb_to_a_member_never_right(tmp_path):
 
     members = {**MEMBERS, "hopeless": ({d: 0.0 for d in DOMAINS}, 10.0, list(DOMAINS))}
     w = build_world(tmp_path / "w", n_calib=25, n_heldout=20, members=members)
+    capsys.readouterr()
     assert main(["fleet", "fit", "--fleet", str(w.fleet), "--tasks", str(w.calib), "--out", str(w.root / "router"),
                  "--embedder", "minilm-static"]) == 0
+    err = capsys.readouterr().err
+    assert "right on none of the 75 calibration tasks: hopeless." in err and "leave it out of the fleet" in err
     out = tmp_path / "eval"
     assert main(["fleet", "eval", "--fleet", str(w.fleet), "--tasks", str(w.heldout), "--out", str(out),
                  "--teacher", "teacher", "--alphas", "0,0.9", "--no-plots", "--best-of", ""]) == 0

@@ -788,6 +788,12 @@ def fit_cli(args) -> int:
         for p, r in cv.items():
             print(f"  {p:<9} accuracy {r['accuracy']:.3f}  cost {r['cost']:.3g}  utility {r['utility']:.4f}"
                   + ("  <- chosen" if p == router.predictor else ""))
+    never = [m for m, acc in router.meta["overall_accuracy"].items() if acc == 0]
+    if never:  # a member evaluated with the wrong prompt format or answer length looks like this
+        n = router.meta["calibration"]["n"]
+        _warn(f"right on none of the {n} calibration tasks: {', '.join(never)}. The router expects nothing of such a "
+              f"member (it is picked only where no member is expected to do better, and not escalated to); check its "
+              f"evaluation (prompt format, answer length) or leave it out of the fleet")
     print(f"distill fleet fit: {router.meta['calibration']['n']} tasks, {len(router.meta['clusters'])} clusters, "
           f"predictor {router.predictor}, {len(router.routed)} members, embedder {router.meta['embedder']} ({router.meta['embed_s']:.1f} s to "
           f"load it and embed); wrote {folder}{'' if args.no_register else f' and its path to {args.fleet}'} in "

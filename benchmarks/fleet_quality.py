@@ -37,7 +37,8 @@ refused, since the router and fleet eval already there would be kept.
 
 Data: BFCL. The training categories (--train-categories, BFCL's live, user-contributed tasks) are split by a
 seeded draw into the SFT student's training tasks and a disjoint calibration split (--calib-per-category per
-category); the held-out tasks are the non-live categories (--eval-categories). --calibrate-on held-out draws the
+category; a category with fewer tasks than --calib-per-category + --train-per-category, such as BFCL's 16
+live_parallel tasks, is shared between the two in proportion); the held-out tasks are the non-live categories (--eval-categories). --calibrate-on held-out draws the
 calibration split from the held-out categories' other tasks instead (requests like the traffic; the same training
 and held-out tasks, results in a folder of their own). No task is in two splits, and
 nothing is chosen by looking at held-out results: admission thresholds, the router's settings (chosen by
@@ -186,6 +187,16 @@ def serve_model_args(name: str, out: Path, extra: Extra | None = None) -> list[s
     raise ValueError(name)
 
 
+def calibration_count(n_tasks: int, calib_per_category: int, train_per_category: int) -> int:
+    """How many of a training category's tasks the calibration split takes: --calib-per-category, or, in a category
+    with fewer tasks than calibration and training ask for together, its share in proportion to the two (BFCL has 16
+    live_parallel tasks: 60 calibration and 200 training tasks per category would leave the student none of them).
+    With --train-per-category 0 (every remaining task), calibration comes first."""
+    if not train_per_category or n_tasks >= calib_per_category + train_per_category:
+        return min(calib_per_category, n_tasks)
+    return round(n_tasks * calib_per_category / (calib_per_category + train_per_category))
+
+
 def split_tasks(args) -> None:
     """train_tasks.jsonl, calib.jsonl and heldout.jsonl, disjoint, by a seeded draw per category. Calibration comes
     from the training categories (--calibrate-on training), or from the held-out categories' tasks that were not
@@ -207,12 +218,17 @@ def split_tasks(args) -> None:
         return cats
 
     train, calib, held = [], [], []
-    for _, rows in sorted(by_category(out / "train_source.jsonl").items()):
+    for cat, rows in sorted(by_category(out / "train_source.jsonl").items()):
         rows = sorted(rows, key=lambda r: r["id"])
         rng.shuffle(rows)
+        n = calibration_count(len(rows), args.calib_per_category, args.train_per_category)
+        if n < min(args.calib_per_category, len(rows)):
+            print(f"fleet_quality.py: {cat} has {len(rows)} tasks, fewer than --calib-per-category "
+                  f"{args.calib_per_category} + --train-per-category {args.train_per_category}: {n} go to calibration "
+                  f"and {len(rows) - n} to training, in proportion", file=sys.stderr)
         if args.calibrate_on == "training":
-            calib += rows[: args.calib_per_category]
-        train += rows[args.calib_per_category: args.calib_per_category + (args.train_per_category or len(rows))]
+            calib += rows[:n]
+        train += rows[n: n + (args.train_per_category or len(rows))]
     for cat, rows in sorted(by_category(out / "heldout_source.jsonl").items()):
         rows = sorted(rows, key=lambda r: r["id"])
         rng.shuffle(rows)

@@ -24,7 +24,7 @@ def _source(path: Path, cats: dict[str, int]) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
-def test_split_is_disjoint_seeded_and_sized(tmp_path):
+def test_split_is_disjoint_seeded_and_sized(tmp_path, capsys):
     args = fleet_quality.parse_args(["--out", str(tmp_path), "--calib-per-category", "5", "--train-per-category", "7",
                                      "--eval-per-category", "4"])
     _source(tmp_path / "train_source.jsonl", {"live_simple": 20, "live_irrelevance": 9})
@@ -33,14 +33,24 @@ def test_split_is_disjoint_seeded_and_sized(tmp_path):
     read = lambda n: [json.loads(x)["id"] for x in (tmp_path / n).read_text().splitlines()]  # noqa: E731
     train, calib, held = read("train_tasks.jsonl"), read("calib.jsonl"), read("heldout.jsonl")
     assert not set(train) & set(calib)
-    assert sum(i.startswith("live_simple") for i in calib) == 5 and sum(i.startswith("live_irr") for i in calib) == 5
-    assert sum(i.startswith("live_simple") for i in train) == 7 and sum(i.startswith("live_irr") for i in train) == 4
+    assert sum(i.startswith("live_simple") for i in calib) == 5 and sum(i.startswith("live_simple") for i in train) == 7
+    # 9 tasks cannot give 5 to calibration and 7 to training: shared in proportion (9 x 5/12 = 3.75), said so
+    assert sum(i.startswith("live_irr") for i in calib) == 4 and sum(i.startswith("live_irr") for i in train) == 5
+    assert "live_irrelevance has 9 tasks" in capsys.readouterr().err
     assert len(held) == 7 and all(not i.startswith("live") for i in held)
     first = (train, calib, held)
     for name in ("train_tasks.jsonl", "calib.jsonl", "heldout.jsonl"):
         (tmp_path / name).unlink()
     fleet_quality.split_tasks(args)
     assert (read("train_tasks.jsonl"), read("calib.jsonl"), read("heldout.jsonl")) == first
+
+
+def test_calibration_count_shares_a_small_category_in_proportion():
+    count = fleet_quality.calibration_count
+    assert count(258, 60, 200) == 60 and count(1000, 60, 200) == 60  # enough (or nearly) for both: as asked
+    assert count(16, 60, 200) == 4 and count(24, 60, 200) == 6  # BFCL's live_parallel and live_parallel_multiple
+    assert count(16, 60, 0) == 16 and count(100, 60, 0) == 60  # training takes whatever is left: calibration first
+    assert count(3, 0, 200) == 0
 
 
 def test_calibrating_on_held_out_categories_keeps_training_and_held_out_the_same(tmp_path):

@@ -74,6 +74,7 @@ import shlex
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -172,8 +173,19 @@ def grpo_available() -> bool:
     return "grpo" in STAGES and GRPO_RECIPE.is_file()
 
 
-def split_dev(source: list[dict], held_out: list[dict], dev_per_category: int) -> tuple[list[dict], list[dict]]:
-    """(training tasks, dev tasks): the first `dev_per_category` tasks of each training category go to dev.
+def dev_count(n_tasks: int, dev_per_category: int, train_per_category: int = 0) -> int:
+    """How many of a training category's tasks go to dev: `dev_per_category`, or, in a category with fewer tasks
+    than dev and training ask for together, its share in proportion to the two, at least one (BFCL has 16
+    live_parallel tasks: 40 dev and 200 training tasks per category would ask for all of them and more)."""
+    if not train_per_category or n_tasks >= dev_per_category + train_per_category:
+        return dev_per_category
+    return max(1, round(n_tasks * dev_per_category / (dev_per_category + train_per_category)))
+
+
+def split_dev(source: list[dict], held_out: list[dict], dev_per_category: int,
+              train_per_category: int = 0) -> tuple[list[dict], list[dict]]:
+    """(training tasks, dev tasks): the first `dev_per_category` tasks of each training category go to dev (fewer,
+    in proportion, in a category too small for `dev_per_category` + `train_per_category`: `dev_count`).
 
     Dev must come from the training categories only: a task id or a category it shares with the held-out tasks is
     an error, since a choice made on it would be made on held-out data."""
@@ -183,11 +195,17 @@ def split_dev(source: list[dict], held_out: list[dict], dev_per_category: int) -
     if shared_cats:
         raise DistillError(f"training categories {', '.join(map(str, shared_cats))} are also held out: the dev split "
                            "is carved from the training categories and must share none with the held-out tasks")
+    sizes = Counter(t.get("category") for t in source)
+    wanted = {c: dev_count(n, dev_per_category, train_per_category) for c, n in sizes.items()}
+    for c in sorted(c for c in wanted if wanted[c] < dev_per_category):
+        print(f"quality.py: {c} has {sizes[c]} tasks, fewer than --dev-per-category {dev_per_category} + "
+              f"--train-per-category {train_per_category}: {wanted[c]} go to dev and {sizes[c] - wanted[c]} to "
+              f"training, in proportion", file=sys.stderr)
     taken: dict[str, int] = {}
     train, dev = [], []
     for task in source:
         cat = task.get("category")
-        if taken.get(cat, 0) < dev_per_category:
+        if taken.get(cat, 0) < wanted[cat]:
             taken[cat] = taken.get(cat, 0) + 1
             dev.append(task)
         else:
@@ -196,7 +214,7 @@ def split_dev(source: list[dict], held_out: list[dict], dev_per_category: int) -
     if overlap:
         raise DistillError(f"dev split overlaps the held-out tasks: {', '.join(overlap[:5])}"
                            + (f" and {len(overlap) - 5} more" if len(overlap) > 5 else ""))
-    short = sorted(c for c, n in taken.items() if n < dev_per_category)
+    short = sorted(c for c, n in taken.items() if n < wanted[c])
     if short or not dev:
         raise DistillError(f"too few tasks for a dev split of {dev_per_category} per category"
                            + (f" in {', '.join(short)}" if short else ""))
@@ -207,8 +225,9 @@ def _records(path: Path) -> list[dict]:
     return [record for _, record in read_jsonl(path)]
 
 
-def write_split(out: Path, dev_per_category: int) -> None:
-    train, dev = split_dev(_records(out / "train_source.jsonl"), _records(out / "eval_tasks.jsonl"), dev_per_category)
+def write_split(out: Path, dev_per_category: int, train_per_category: int = 0) -> None:
+    train, dev = split_dev(_records(out / "train_source.jsonl"), _records(out / "eval_tasks.jsonl"), dev_per_category,
+                           train_per_category)
     write_jsonl(out / "train_pool.jsonl", train)
     write_jsonl(out / "dev_tasks.jsonl", dev)  # written last: the job's done marker
 
@@ -251,7 +270,7 @@ class Planner:
                 ["import", "bfcl", "--categories", ",".join(EVAL_CATEGORIES),
                  *(["--limit", str(a.eval_per_category)] if a.eval_per_category else []), "--out", o("eval_tasks.jsonl")]),
             Job("split", f"dev split: {a.dev_per_category} tasks per training category", self.out / "dev_tasks.jsonl",
-                fn=lambda: write_split(self.out, a.dev_per_category)),
+                fn=lambda: write_split(self.out, a.dev_per_category, a.train_per_category)),
             Job("compose", "composed parallel tasks from the training part", self.out / "train_tasks.jsonl",
                 ["compose", "--tasks", o("train_pool.jsonl"), "--categories", "live_simple", "--k", "2-3",
                  "--share", str(a.composed_share), "--max-tools", "3", "--seed", "0", "--out", o("train_tasks.jsonl")]),

@@ -132,6 +132,24 @@ def test_dev_split_comes_from_training_categories_and_never_overlaps_held_out(qu
         quality.split_dev(source, held, 6)
 
 
+def test_a_training_category_too_small_for_dev_and_training_is_shared_in_proportion(quality, capsys):
+    """BFCL has 16 live_parallel tasks: 40 dev and 200 training tasks per category used to ask for more than all of
+    them (and stop the GPU command at its split); now 3 go to dev and 13 to training, and the split says so."""
+    pytest.importorskip("bfcl_eval", reason="needs bfcl-eval (pip install --no-deps bfcl-eval)")
+    from data_gen.bfcl import import_bfcl
+
+    source = list(import_bfcl(["live_simple", "live_parallel"], limit=240))
+    held = list(import_bfcl(["simple_python"], limit=3))
+    train, dev = quality.split_dev(source, held, 40, 200)
+    per = lambda rows, c: sum(t["category"] == c for t in rows)  # noqa: E731
+    assert (per(dev, "live_parallel"), per(train, "live_parallel")) == (3, 13)
+    assert (per(dev, "live_simple"), per(train, "live_simple")) == (40, 200)
+    assert "live_parallel has 16 tasks" in capsys.readouterr().err
+    with pytest.raises(DistillError, match="too few tasks for a dev split of 40 per category in live_parallel"):
+        quality.split_dev(source, held, 40)  # without a training size there is no proportion to keep
+    assert quality.dev_count(16, 3, 8) == 3 and quality.dev_count(5, 3, 8) == 1  # the CPU command's sizes
+
+
 def _summary(acc, parse=1.0):
     return {"accuracy": acc, "format_valid_rate": parse, "by_category": {}}
 

@@ -13,7 +13,8 @@
     python benchmarks/fleet_quality.py --device cuda --eval-categories \\
         simple_python,multiple,parallel,parallel_multiple,irrelevance --eval-per-category 100 \\
         --train-categories live_simple,live_multiple,live_parallel,live_parallel_multiple,live_irrelevance \\
-        --calib-per-category 60 --train-per-category 200 --steps 100 --batch-size 64 --max-task-chars 0
+        --calib-per-category 60 --train-per-category 200 --steps 100 --batch-size 64 --max-task-chars 0 \\
+        --max-length 3072
 
 Members (each a real model, evaluated greedily by `distill eval`):
     smollm2-base   SmolLM2-135M-Instruct (pkg:smollm2-135m-instruct) with the Hermes tool template

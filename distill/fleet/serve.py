@@ -163,8 +163,10 @@ class FleetServer:
         else:
             d = await asyncio.get_running_loop().run_in_executor(self._embed_pool, route)
         servable = {m.name for m in self.members}
-        ladder = [m for m in d.ladder if m.name in servable]
-        left_out = [m.name for m in d.every_rung if m.name in servable and m not in d.ladder]
+        kept = d.ladder  # a property that builds the ladder: read once per request
+        asked = {m.name for m in kept}
+        left_out = [m.name for m in d.every_rung if m.name in servable and m.name not in asked]
+        ladder = [m for m in kept if m.name in servable]
         return ladder or cost_ladder(self.members, category), d.category, left_out
 
     async def _ask(self, m: Member, body: dict, sample: int) -> dict:

@@ -196,6 +196,10 @@ def run_stage(recipe, *, end: bool = True):
         run_info.write_run_info(t.output_dir, info)
         logger.info("saved %s adapter, tokenizer and run.json to %s", s.stage, t.output_dir)
     if end and hasattr(trainer, "end"):  # Trainer.end() arrived in transformers 5.18
+        # Every process reaches the same point before the process group is destroyed: rank 0 is still writing
+        # run.json when the others arrive, and a rank that destroys the group early can leave the launch hanging at
+        # exit (pytorch/pytorch#75097 advises this barrier). A no-op in one process.
+        trainer.accelerator.wait_for_everyone()
         trainer.end()
     return trainer
 

@@ -177,6 +177,12 @@ def test_router_cascade_does_not_climb_to_a_member_never_right(tmp_path, capsys)
     decisions = [json.loads(x) for x in (out / "decisions.jsonl").read_text().splitlines()]
     kept = [d for d in decisions if d["strategy"] == "router+cascade a=0.9 [every rung]" and d["answered_by"] == "hopeless"]
     assert len(kept) == every["answered_by"]["hopeless"] and not any(d["correct"] for d in kept)
+    # decisions.jsonl says, per router+cascade request, which ladder members were left out; the other rows do not
+    pruned_rows = [d for d in decisions if d["strategy"] == "router+cascade a=0.9"]
+    kept_ids = {d["task_id"] for d in kept}
+    assert all("hopeless" in d["left_out"] for d in pruned_rows if d["task_id"] in kept_ids)
+    assert all(not set(d["left_out"]) & set(d["tried"]) for d in pruned_rows)
+    assert all("left_out" not in d for d in decisions if d["strategy"] == "router+cascade a=0.9 [every rung]")
     # at alpha 0 only cost counts: nothing is worth asking after the pick
     assert rows["router+cascade a=0"]["escalated"] == 0
     assert rows["router+cascade a=0"]["answered_by"] == rows["router a=0"]["answered_by"]

@@ -65,6 +65,8 @@ class Strategy:
     k: int | None = None
     member: str | None = None
     row: dict = field(default_factory=dict)
+    # router+cascade: per task, the dearer members on the request's ladder left out as not worth their cost there
+    left_out: dict[str, list[str]] | None = None
 
 
 def _summarise(s: Strategy, teacher_cost: float) -> dict:
@@ -244,11 +246,15 @@ def evaluate_fleet(fleet_path, tasks_path, *, router_dir=None, alphas=DEFAULT_AL
                 m, o = d.pick, outcomes[t][d.pick.name]
                 picks[t] = CascadeResult(m.name, [m.name], o.accepted, o.correct, m.cost * o.samples)
             strategies.append(Strategy(f"router a={a:g}", "router", picks, alpha=a))
+            left_out = {t: [m.name for m in d.every_rung if m is not d.pick and m.name in d.not_worth]
+                        for t, d in decisions.items()}
             strategies.append(Strategy(f"router+cascade a={a:g}", "router+cascade", {
-                t: run_cascade(d.ladder, outcomes[t], d.category, abstain_policy) for t, d in decisions.items()}, alpha=a))
+                t: run_cascade(d.ladder, outcomes[t], d.category, abstain_policy) for t, d in decisions.items()},
+                alpha=a, left_out=left_out))
             if compare and a == router.alpha:
                 strategies.append(Strategy(f"router+cascade a={a:g} [accept]", "router+cascade [accept]", {
-                    t: run_cascade(d.ladder, outcomes[t], d.category, "accept") for t, d in decisions.items()}, alpha=a))
+                    t: run_cascade(d.ladder, outcomes[t], d.category, "accept") for t, d in decisions.items()},
+                    alpha=a, left_out=left_out))
             if a == router.alpha:
                 strategies.append(Strategy(f"router+cascade a={a:g} [every rung]", "router+cascade [every rung]", {
                     t: run_cascade(d.every_rung, outcomes[t], d.category, abstain_policy)
@@ -462,7 +468,7 @@ def write_outputs(result: dict, out: Path, plots: bool = True) -> list[Path]:
     decisions = ({"task_id": t, "category": tasks[t].category,
                   "routed_category": routed.get(t) if s.kind.startswith("router") else None, "strategy": s.name,
                   "tried": r.tried, "answered_by": r.answered_by, "accepted": r.accepted, "correct": r.correct,
-                  "cost": r.cost}
+                  "cost": r.cost, **({"left_out": s.left_out[t]} if s.left_out is not None else {})}
                  for s in keep for t, r in s.results.items())
     public = {k: v for k, v in result.items() if not k.startswith("_")}
     paths = [out / "fleet_eval.json", out / "fleet_eval.md", out / "decisions.jsonl"]

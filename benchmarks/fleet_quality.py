@@ -556,7 +556,10 @@ def write_results(args, timings: dict) -> Path:
             members[name][split] = {
                 "n": rep_["n"], "strict_accuracy": rep_["strict_accuracy"],
                 "by_category": {c: v["strict_accuracy"] for c, v in rep_["by_category"].items()},
-                "errors": rep_["errors"]}
+                "errors": rep_["errors"],
+                # the devices that generated the answers: a member evaluated on another machine (or resumed there)
+                # says so in the results
+                "ran_on": (rep_.get("generation") or {}).get("ran_on")}
     write_json(folder / "results.json", {
         "date": datetime.date.today().isoformat(), "device": args.device,
         "settings": {k: v for k, v in vars(args).items() if k not in ("out", "results", "lock", "stop_after", "extra")},
@@ -598,7 +601,9 @@ def reading(res: dict, ev: dict, live: dict) -> str:
         cost = "" if m.get("cost") is None else f"; cost {m['cost']:.3g}"
         model = "" if not m.get("base_model") else f"; base model {m['base_model']}" + (
             f", adapter {m['adapter']}" if m.get("adapter") else "")
-        lines.append(f"- {name}: {m.get('source') or 'unknown'}{model}{cost}")
+        where = sorted({d for split in ("calib", "heldout") for d in (m.get(split) or {}).get("ran_on") or []})
+        ran = f"; answers generated on {' and '.join(where)}" if where else ""
+        lines.append(f"- {name}: {m.get('source') or 'unknown'}{model}{cost}{ran}")
     if any(m.get("spec") for m in res["members"].values()):
         lines += ["", "A --member student was trained elsewhere, on data this benchmark does not know: where that data "
                   "shares tasks with the calibration split, its calibration accuracy, and the router's trust in it, "

@@ -71,6 +71,15 @@ def data_version(tasks) -> str | None:
     return ", ".join(sources) or None
 
 
+def ran_on(backend) -> str:
+    """Where a backend generates, e.g. 'cuda float32' for a local model (greedy answers can differ between devices
+    and dtypes), or the backend's name for a server ('openai')."""
+    device, lm = getattr(backend, "device", None), getattr(backend, "lm", None)
+    if device is None or lm is None:
+        return backend.name
+    return f"{device} {str(getattr(lm, 'dtype', '')).removeprefix('torch.')}".strip()
+
+
 def _check_folder(out: Path, identity: dict) -> dict:
     """Read out/eval.json, refusing a folder that evaluates something else (its traces would count as done)."""
     path = out / EVAL_INFO
@@ -135,6 +144,7 @@ def evaluate(
         "failed": sum(summary.failed.values()),
         "completion_tokens": summary.completion_tokens,
         "wall_s": round(summary.elapsed_s, 4),
+        "ran_on": ran_on(backend),
     })
     write_json(out / EVAL_INFO, info)
 
@@ -153,6 +163,8 @@ def evaluate(
         "wall_s": round(wall, 4),
         "completion_tokens_per_s": round(tokens / wall, 2) if wall > 0 else None,
         "runs": len(info["runs"]),
+        # where the traces were generated: a folder resumed on another machine holds answers of both
+        "ran_on": sorted({r.get("ran_on") or "unrecorded" for r in runs}),
         "missing": summary.missing,  # requests that failed in the last run: the report is partial until 0
     }
     extra = {

@@ -160,7 +160,9 @@ def summary_markdown(report: dict) -> str:
         lines.append(
             f"Generation wall clock: {gen['completion_tokens']} completion tokens in {gen['wall_s']} s, "
             f"{gen['completion_tokens_per_s']} tokens/s ({gen['backend']} backend"
-            + (f", batch size {gen['batch_size']})." if gen.get("batch_size") else ").")
+            + (f", batch size {gen['batch_size']}" if gen.get("batch_size") else "")
+            + (f", on {' and '.join(gen['ran_on'])}" if gen.get("ran_on") else "")
+            + ")."
         )
     return "\n".join(lines) + "\n"
 

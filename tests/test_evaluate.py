@@ -90,6 +90,7 @@ def test_eval_writes_every_file_and_summary_matches_report(evaluated, tasks, tin
     assert gen["completion_tokens"] == sum(t["completion_tokens"] for t in traces) > 0
     assert gen["completion_tokens_per_s"] == round(gen["completion_tokens"] / gen["wall_s"], 2)
     assert gen["sampling"]["temperature"] == 0.0  # eval is greedy by default
+    assert gen["ran_on"] == ["cpu float32"]  # --device cpu; the tiny model's weights are float32
 
     md = (evaluated / "summary.md").read_text()
     pct = lambda x: f"{100 * x:.1f}%"  # noqa: E731
@@ -103,6 +104,7 @@ def test_eval_writes_every_file_and_summary_matches_report(evaluated, tasks, tin
         assert (f"| {err} | {k} | {pct(k / report['n'])} |" in md) == (k > 0)
     assert f"Latency p50 {tp['latency_p50_s']} s, p95 {tp['latency_p95_s']} s" in md
     assert f"{gen['completion_tokens']} completion tokens in {gen['wall_s']} s, {gen['completion_tokens_per_s']} tokens/s" in md
+    assert "(hf backend, batch size 4, on cpu float32)." in md
     # ... and no number in the summary that is not the report's (paths and the fingerprint aside)
     text = re.sub(r"`[^`]*`|\(sha256:[0-9a-f]+\)|^# .*$", "", md, flags=re.M)
     printed = re.findall(r"(?<![\w.])\d+(?:\.\d+)?(?![\w.]*\w)", text)
@@ -164,6 +166,15 @@ def test_rerun_resumes_and_a_torn_trace_is_regenerated(tasks, tiny_adapter_dir, 
     info = json.loads((out / "eval.json").read_text())
     assert [r["written"] for r in info["runs"]] == [7, 0, 1]
     assert again["generation"]["traces_generated"] == 8 and again["generation"]["runs"] == 3
+    # a folder resumed elsewhere says so: the runs that wrote traces, each with where it ran
+    assert [r["ran_on"] for r in info["runs"]] == ["cpu float32"] * 3
+    info["runs"][0]["ran_on"] = "cuda bfloat16"
+    (out / "eval.json").write_text(json.dumps(info))
+    lines = (out / "traces.jsonl").read_text().splitlines(keepends=True)
+    (out / "traces.jsonl").write_text("".join(lines[:-1]))
+    assert main(eval_args(tiny_adapter_dir, tasks, out)) == 0
+    assert json.loads((out / "report.json").read_text())["generation"]["ran_on"] == ["cpu float32", "cuda bfloat16"]
+    assert "on cpu float32 and cuda bfloat16)." in (out / "summary.md").read_text()
 
 
 def test_a_run_killed_while_generating_resumes(tasks, tiny_adapter_dir, tmp_path, monkeypatch, capsys):

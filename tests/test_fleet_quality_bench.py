@@ -139,7 +139,9 @@ def test_reading_states_targets_and_the_live_check():
     ev = {"rows": rows, "router_alpha": 0.9, "n": 9, "abstain_policy": "admitted", "placement": placed}
     member = {"calib": {"strict_accuracy": 0.5}, "heldout": {"strict_accuracy": 0.3, "by_category": {"x": 0.3}},
               "source": "built in", "spec": None, "base_model": "org/a", "adapter": None, "cost": 0.135}
-    added = {**member, "source": "--member LoRA adapter ck/dpo", "spec": "ck/dpo", "adapter": "ck/dpo"}
+    added = {**member, "source": "--member LoRA adapter ck/dpo", "spec": "ck/dpo", "adapter": "ck/dpo",
+             "calib": {"strict_accuracy": 0.5, "ran_on": ["cuda float32"]},
+             "heldout": {**member["heldout"], "ran_on": ["cpu float32", "cuda float32"]}}
     res = {"date": "2026-12-02", "device": "cpu", "targets": fleet_quality.targets(ev), "members": {"a": member, "b": added},
            "router": {"embedder": "minilm", "predictor": "logistic"},
            "settings": {"eval_categories": "x", "eval_per_category": 9, "train_categories": "live_x",
@@ -151,7 +153,8 @@ def test_reading_states_targets_and_the_live_check():
     assert "20.0 points below (target: within 10): missed, by 10.0 points" in text
     assert "matched the replayed decisions (s) for 3 of 3" in text and "accepts every no-call answer" in text
     assert "- a: built in; base model org/a; cost 0.135" in text
-    assert "- b: --member LoRA adapter ck/dpo; base model org/a, adapter ck/dpo; cost 0.135" in text
+    assert ("- b: --member LoRA adapter ck/dpo; base model org/a, adapter ck/dpo; cost 0.135; answers generated on "
+            "cpu float32 and cuda float32") in text
     assert "trained elsewhere" in text and "before 2 `distill serve` members" in text
     assert "| x | 9 | live_x 6, live_y 3 | 0.400 |" in text  # where the router placed the held-out requests
 

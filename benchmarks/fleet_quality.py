@@ -9,12 +9,18 @@
     # the same, calibrated on the held-out categories' other tasks (fleet-2026-12-02-cpu-calibrated-on-held-out/):
     # add --calibrate-on held-out and a new --out holding copies of the first run's train_source.jsonl,
     # heldout_source.jsonl, pairs/, checkpoints/ and members/*/heldout/ (34 minutes instead of 85)
-    # one GPU (the 500 held-out tasks; member evaluations ~10 min on an H200):
+    # one GPU (the 500 held-out tasks):
     python benchmarks/fleet_quality.py --device cuda --eval-categories \\
         simple_python,multiple,parallel,parallel_multiple,irrelevance --eval-per-category 100 \\
         --train-categories live_simple,live_multiple,live_parallel,live_parallel_multiple,live_irrelevance \\
         --calib-per-category 60 --train-per-category 200 --steps 100 --batch-size 64 --max-task-chars 0 \\
         --max-length 3072
+    # a GPU machine that cannot hold every member's model (no network, little to carry): the same command in
+    # three steps, the same --out each time. 1. On the CPU, --stop-after split writes the task files; evaluate
+    # there the member the GPU machine lacks with `distill eval` into OUT/members/NAME/calib and .../heldout
+    # (benchmarks/README.md has the commands). 2. On the GPU, --stop-after members trains and evaluates the rest
+    # (the finished evaluations are skipped). 3. On the CPU, --live-device cpu admits, fits, replays and serves
+    # the live requests there. The results name where each member's answers were generated.
 
 Members (each a real model, evaluated greedily by `distill eval`):
     smollm2-base   SmolLM2-135M-Instruct (pkg:smollm2-135m-instruct) with the Hermes tool template
@@ -266,6 +272,8 @@ def plan(args) -> list[Stage]:
                "--load_in_4bit", "false", "--max_length", str(args.max_length), "--output_dir", o("checkpoints", "sft"),
                "--max_steps", str(args.steps), "--save_steps", str(args.steps)]),
     ]
+    if args.stop_after == "split":
+        return stages[:3]
     names = members(args)
     for name in names:
         for split in ("calib", "heldout"):
@@ -318,6 +326,14 @@ def _wait_up(url: str, proc, log: Path, what: str, timeout_s: float = 900) -> No
         time.sleep(0.5)
 
 
+def live_serve_argv(args, name: str, port: int) -> list[str]:
+    """The `distill serve` arguments of one member in the live stage: the model as it was evaluated, on
+    --live-device (default: --device)."""
+    return ["serve", *serve_model_args(name, Path(args.out), _extra(args, name)), "--served-name", name,
+            "--port", str(port), "--device", args.live_device or args.device, "--dtype", args.dtype,
+            "--max-new-tokens", str(args.max_new_tokens)]
+
+
 def live_check(args) -> None:
     """Serve every member with `distill serve` and the fleet with `distill fleet serve` on 127.0.0.1, send --live
     held-out requests (the first of each category in turn), and compare what the fleet did live (the members asked,
@@ -363,10 +379,7 @@ def live_check(args) -> None:
         for name in names:
             ports[name] = free_port()
             log = logs / f"live_serve_{name}.log"
-            cmd = [sys.executable, "-m", "distill", "serve", *serve_model_args(name, out, _extra(args, name)),
-                   "--served-name", name,
-                   "--port", str(ports[name]), "--device", args.device, "--dtype", args.dtype,
-                   "--max-new-tokens", str(args.max_new_tokens)]
+            cmd = [sys.executable, "-m", "distill", *live_serve_argv(args, name, ports[name])]
             procs.append((subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT), log, name))
         for m in fleet["members"]:
             m["endpoint"] = {"base_url": f"http://127.0.0.1:{ports[m['name']]}/v1", "model": m["name"]}
@@ -576,6 +589,9 @@ def write_results(args, timings: dict) -> Path:
     return folder
 
 
+DEVICE_NAMES = {"cpu": "CPU", "cuda": "GPU"}
+
+
 def _pct(x) -> str:
     return "-" if x is None else f"{100 * x:.0f}%"
 
@@ -641,7 +657,11 @@ def reading(res: dict, ev: dict, live: dict) -> str:
               f"member's `distill eval` trace for {live['answers_match']} of {live['n']}."
               + ("" if live.get("fleet_serve_abstain_policy") else
                  " (`fleet serve` had no abstention policy yet, so the replay compared is the one that accepts every "
-                 "no-call answer.)"), ""]
+                 "no-call answer.)")
+              + ("" if (s.get("live_device") or s.get("device", "cpu")) == s.get("device", "cpu") else
+                 f" The live members ran on the {DEVICE_NAMES[s['live_device']]}, their evaluations on the "
+                 f"{DEVICE_NAMES[s['device']]}: a greedy "
+                 "answer can differ between the two, and with it the decision."), ""]
     if ev.get("placement"):  # calibration on live categories, held-out on non-live ones: where did requests go?
         lines += [*placement_lines(ev["placement"], a), ""]
     return "\n".join(lines) + "\n"
@@ -685,7 +705,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "folder (with adapter_config.json, e.g. a checkpoint of benchmarks/quality.py's working folder), a "
                    "model folder or .gguf file, or pkg:NAME; it is evaluated, admitted, routed and served like the "
                    "built-in members, its cost its (base) model's parameters in billions")
-    p.add_argument("--stop-after", default=None, choices=["members"], help="stop after the member evaluations")
+    p.add_argument("--stop-after", default=None, choices=["split", "members"],
+                   help="stop after the split (the task files, e.g. to evaluate a member elsewhere into "
+                   "OUT/members/NAME/{calib,heldout}/, which the run then skips) or after the member evaluations")
+    p.add_argument("--live-device", default=None, choices=["cpu", "cuda"],
+                   help="where the live stage serves the members (default: --device): cpu to finish on a CPU a run "
+                   "whose members were evaluated on a GPU machine that cannot hold every member's model")
     args = p.parse_args(argv)
     args.extra = []
     for value in args.member:  # checked here, before any stage runs or any model loads
@@ -726,7 +751,7 @@ def main(argv=None) -> int:
     timings = run(plan(args), args)
     timings["total"] = round(time.time() - start, 1)
     print(json.dumps(timings, indent=1), file=sys.stderr)
-    if args.stop_after == "members":
+    if args.stop_after:
         return 0
     folder = write_results(args, timings)
     print(json.dumps(targets(json.loads((Path(args.out) / "fleet_eval" / "fleet_eval.json").read_text())), indent=1))

@@ -157,6 +157,11 @@ def test_reading_states_targets_and_the_live_check():
             "cpu float32 and cuda float32") in text
     assert "trained elsewhere" in text and "before 2 `distill serve` members" in text
     assert "| x | 9 | live_x 6, live_y 3 | 0.400 |" in text  # where the router placed the held-out requests
+    assert "The live members ran on" not in text
+    res["settings"].update(device="cuda", live_device="cpu")
+    text = fleet_quality.reading(res, ev, {"n": 3, "decisions_match": 3, "answers_match": 2, "strategy": "s",
+                                           "fleet_serve_abstain_policy": True})
+    assert "The live members ran on the CPU, their evaluations on the GPU" in text
 
 
 # --- --member NAME=SPEC -------------------------------------------------------------------------------------------
@@ -210,6 +215,13 @@ def test_added_members_get_every_stage_and_are_served_as_evaluated(tmp_path, tin
     short = fleet_quality.plan(fleet_quality.parse_args(["--out", str(tmp_path / "run"), "--member",
                                                          f"dpo={tiny_adapter_dir}", "--stop-after", "members"]))
     assert short[-1].name == "eval dpo heldout" and not any(s.name.startswith(("admit", "fit")) for s in short)
+    split_only = fleet_quality.plan(fleet_quality.parse_args(["--out", str(tmp_path / "run"), "--stop-after", "split"]))
+    assert [s.name for s in split_only] == ["import", "import", "split"]
+    # the live stage serves each member as evaluated, on --live-device when given (a GPU run finished on a CPU)
+    for flags, device in (([], "cpu"), (["--device", "cuda"], "cuda"), (["--device", "cuda", "--live-device", "cpu"], "cpu")):
+        live_args = fleet_quality.parse_args(["--out", str(tmp_path / "run"), "--member", f"dpo={tiny_adapter_dir}", *flags])
+        served = parser.parse_args(fleet_quality.live_serve_argv(live_args, "dpo", 8123))
+        assert (served.model, served.device, served.port, served.served_name) == (str(tiny_adapter_dir), device, 8123, "dpo")
 
 
 def test_a_working_folder_refuses_other_members(tmp_path, tiny_adapter_dir, capsys):

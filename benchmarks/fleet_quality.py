@@ -618,7 +618,8 @@ def reading(res: dict, ev: dict, live: dict) -> str:
         model = "" if not m.get("base_model") else f"; base model {m['base_model']}" + (
             f", adapter {m['adapter']}" if m.get("adapter") else "")
         where = sorted({d for split in ("calib", "heldout") for d in (m.get(split) or {}).get("ran_on") or []})
-        ran = f"; answers generated on {' and '.join(where)}" if where else ""
+        ran = (f"; answers generated on {' and '.join(d.replace('unrecorded', 'a device not recorded') for d in where)}"
+               if where else "")
         lines.append(f"- {name}: {m.get('source') or 'unknown'}{model}{cost}{ran}")
     if any(m.get("spec") for m in res["members"].values()):
         lines += ["", "A --member student was trained elsewhere, on data this benchmark does not know: where that data "

@@ -141,7 +141,7 @@ def test_reading_states_targets_and_the_live_check():
               "source": "built in", "spec": None, "base_model": "org/a", "adapter": None, "cost": 0.135}
     added = {**member, "source": "--member LoRA adapter ck/dpo", "spec": "ck/dpo", "adapter": "ck/dpo",
              "calib": {"strict_accuracy": 0.5, "ran_on": ["cuda float32"]},
-             "heldout": {**member["heldout"], "ran_on": ["cpu float32", "cuda float32"]}}
+             "heldout": {**member["heldout"], "ran_on": ["cpu float32", "cuda float32", "unrecorded"]}}
     res = {"date": "2026-12-02", "device": "cpu", "targets": fleet_quality.targets(ev), "members": {"a": member, "b": added},
            "router": {"embedder": "minilm", "predictor": "logistic"},
            "settings": {"eval_categories": "x", "eval_per_category": 9, "train_categories": "live_x",
@@ -154,7 +154,7 @@ def test_reading_states_targets_and_the_live_check():
     assert "matched the replayed decisions (s) for 3 of 3" in text and "accepts every no-call answer" in text
     assert "- a: built in; base model org/a; cost 0.135" in text
     assert ("- b: --member LoRA adapter ck/dpo; base model org/a, adapter ck/dpo; cost 0.135; answers generated on "
-            "cpu float32 and cuda float32") in text
+            "cpu float32 and cuda float32 and a device not recorded") in text
     assert "trained elsewhere" in text and "before 2 `distill serve` members" in text
     assert "| x | 9 | live_x 6, live_y 3 | 0.400 |" in text  # where the router placed the held-out requests
     assert "The live members ran on" not in text

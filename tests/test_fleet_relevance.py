@@ -15,7 +15,7 @@ import pytest
 from distill.cli import main
 from distill.fleet import load_fleet
 from distill.fleet.cascade import Member, choose_answer, fleet_members
-from distill.fleet.router import PREDICTORS, load_router
+from distill.fleet.router import LOGISTIC_EMBEDDING_WEIGHT, PREDICTORS, load_router
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("bfcl_eval") is None,
                                 reason="needs bfcl-eval (pip install --no-deps bfcl-eval)")
@@ -97,9 +97,10 @@ def test_router_alone_comes_close_to_the_oracle_and_beats_every_member(world, ev
     assert oracle == 1.0  # by construction: the caller is right on calls, the abstainer on irrelevance
     best = max(rows[m]["accuracy"] for m in ("abstainer", "caller", "generalist"))
     assert alone >= best + 0.1, (alone, best)
-    # the target is 0.05; docs/fleet.md says what this fleet reaches (0.933 here: 8 errors in 120). At most 9 errors:
-    # without the name cover the router made 10
-    assert alone >= oracle - 0.075, (alone, oracle)
+    # within 5 points of the oracle (0.950 here: 6 errors in 120; docs/fleet.md). With the question's embedding at
+    # full weight in the logistic regressions the router made 8 errors, without the name cover 10
+    assert alone >= oracle - 0.05 - 1e-9, (alone, oracle)
+    assert router.meta["logistic_embedding_weight"] == LOGISTIC_EMBEDDING_WEIGHT < 1
     # the irrelevance requests mostly go to the member that abstains (24 of 40 before the relevance features)
     tasks = heldout(world)
     emb = router.features([(t["messages"], t["tools"]) for t in tasks])

@@ -15,10 +15,15 @@ from distill.fleet import load_fleet, save_fleet
 from distill.fleet.cascade import fleet_members
 from distill.fleet.router import (
     _EMBEDDERS,
+    LOGISTIC_EMBEDDING_WEIGHT,
+    STRUCTURE_DIMS,
     _words,
+    embedding_dims,
+    fit_logistic,
     load_router,
     name_cover,
     name_words,
+    predict_logistic,
     question_text,
     registered_router,
     tools_text,
@@ -208,3 +213,30 @@ def test_name_cover_catches_a_tool_on_the_topic_that_answers_another_question():
     # words compare on their first 5 characters: a plural or another ending still matches
     assert name_cover(_words("Area of these triangles?"), "calculate_triangle_area") == 1.0
     assert name_cover(freezing, "get_info") == 0.5  # a name with nothing specific says nothing either way
+
+
+def test_logistic_regressions_keep_the_request_kind_features_audible_beside_the_embedding():
+    """120 calibration tasks whose members' correctness follows one request-kind feature, beside 384 embedding
+    dimensions that carry nothing: at full weight the regressions fit the embedding's noise (about 0.6 accuracy on new
+    tasks), scaled down to LOGISTIC_EMBEDDING_WEIGHT they find the feature (about 0.87)."""
+    rng = np.random.default_rng(0)
+
+    def draw(n):
+        emb = rng.normal(size=(n, 384))
+        kind = rng.normal(size=(n, STRUCTURE_DIMS))
+        right = (kind[:, 0] + 0.3 * rng.normal(size=n) > 0).astype(float)
+        return np.hstack([emb / np.linalg.norm(emb, axis=1, keepdims=True), kind]), np.c_[right, 1 - right]
+
+    x, y = draw(120)
+    new_x, new_y = draw(1000)
+    seen = np.ones_like(y, dtype=bool)
+    assert embedding_dims(x, structure_weight=1.0) == 384 and embedding_dims(x, structure_weight=0) == x.shape[1]
+
+    def accuracy(arrays):
+        return float(np.mean((predict_logistic(arrays, new_x)[:, 0] > 0.5) == (new_y[:, 0] > 0.5)))
+
+    full, scaled = fit_logistic(x, y, seen), fit_logistic(x, y, seen, embedding=384)
+    assert accuracy(full) < 0.7 < 0.8 < accuracy(scaled)
+    # the scaling lives in the stored scale, so a saved router predicts with it and nothing else
+    assert np.allclose(scaled["lr_scale"][:384], full["lr_scale"][:384] / LOGISTIC_EMBEDDING_WEIGHT)
+    assert np.allclose(scaled["lr_scale"][384:], full["lr_scale"][384:])

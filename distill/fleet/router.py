@@ -17,7 +17,8 @@ each member is to answer a request right (strict accuracy: correct and schema-va
 from one of three predictors (`--predictor`):
 - `clusters`: the member's accuracy over the request's `nearest` clusters, shrunk towards its overall accuracy
   where a cluster has few of its verdicts (Avengers-Pro);
-- `logistic`: one logistic regression per member over the standardised features (RouteLLM's classifier routers);
+- `logistic`: one logistic regression per member over the standardised features (RouteLLM's classifier routers),
+  the question's embedding scaled down against the request-kind features (`LOGISTIC_EMBEDDING_WEIGHT`);
 - `knn`: the member's accuracy on the 10 nearest calibration tasks, shrunk the same way.
 `auto` (the default) picks the one whose routing is best on the calibration split itself, by 5-fold
 cross-validation at the fit's alpha (the utility below, averaged over held-back folds); router.json keeps every
@@ -71,6 +72,12 @@ PREDICTORS = ("clusters", "logistic", "knn")
 DEFAULT_PREDICTOR = "auto"
 KNN_K = 10  # calibration tasks a kNN prediction averages
 LOGISTIC_C = 1.0  # inverse L2 strength of the per-member logistic regressions (scikit-learn's default)
+# Scale of each standardised question-embedding dimension against a standardised request-kind feature in the
+# logistic regressions: 384 embedding dimensions at full scale drown the 8 request-kind features that tell whether any
+# offered tool fits (on 560 calibration tasks a regression fits them at the relevance features' expense). At 0.2 each
+# embedding dimension's coefficient costs 25 times the L2 penalty. Chosen by 5-fold cross-validation on the
+# calibration splits of docs/fleet.md's fleet with built-in strengths (1, 0.5, 0.3, 0.2, 0.1, 0.05 tried).
+LOGISTIC_EMBEDDING_WEIGHT = 0.2
 CV_FOLDS = 5
 DEFAULT_EMBEDDER = "minilm"
 EMBEDDERS = ("minilm", "minilm-static")
@@ -331,15 +338,24 @@ def cluster_accuracy(labels: np.ndarray, k: int, y: np.ndarray, seen: np.ndarray
     return acc, counts
 
 
-def fit_logistic(x: np.ndarray, y: np.ndarray, seen: np.ndarray) -> dict[str, np.ndarray]:
-    """Per member, a logistic regression of its accuracy on the standardised features. A task's score in [0, 1]
-    (the mean over a member's samples) enters as a right and a wrong example weighted by the score and its
-    complement. A member right (or wrong) on every task it was scored on gets a constant prediction."""
+def embedding_dims(x: np.ndarray, structure_weight: float) -> int:
+    """How many leading columns of `featurize`'s vectors are the question's embedding (all of them at weight 0)."""
+    return x.shape[1] - (STRUCTURE_DIMS if structure_weight > 0 else 0)
+
+
+def fit_logistic(x: np.ndarray, y: np.ndarray, seen: np.ndarray, embedding: int | None = None) -> dict[str, np.ndarray]:
+    """Per member, a logistic regression of its accuracy on the standardised features, the first `embedding`
+    columns (the question's embedding) scaled down to `LOGISTIC_EMBEDDING_WEIGHT` when request-kind features follow
+    them. A task's score in [0, 1] (the mean over a member's samples) enters as a right and a wrong example weighted
+    by the score and its complement. A member right (or wrong) on every task it was scored on gets a constant
+    prediction. The scaling is folded into the stored `lr_scale`, so prediction needs nothing else."""
     from sklearn.linear_model import LogisticRegression
 
     mean = x.mean(0)
     scale = x.std(0)
     scale[scale < 1e-6] = 1.0
+    if embedding is not None and embedding < x.shape[1]:
+        scale[:embedding] /= LOGISTIC_EMBEDDING_WEIGHT
     z = (x - mean) / scale
     n, m = y.shape
     coef = np.zeros((m, x.shape[1]))
@@ -416,7 +432,8 @@ def pick_members(acc: np.ndarray, ok: np.ndarray, cost_norm: np.ndarray, tie: li
 
 
 def cross_validate(x: np.ndarray, y: np.ndarray, seen: np.ndarray, categories: list[str], members: list[Member], *,
-                   k: int, nearest: int, alpha: float, seed: int, folds: int = CV_FOLDS) -> dict[str, dict]:
+                   k: int, nearest: int, alpha: float, seed: int, embedding: int | None = None,
+                   folds: int = CV_FOLDS) -> dict[str, dict]:
     """{predictor: {"utility", "accuracy", "cost"}}: how each predictor routes the calibration tasks it was not fit on
     (k-fold, stratified by category), at `alpha`: accuracy and mean request cost of its picks, and the utility the
     router maximises (alpha * accuracy + (1 - alpha) * (1 - mean normalised cost))."""
@@ -441,7 +458,7 @@ def cross_validate(x: np.ndarray, y: np.ndarray, seen: np.ndarray, categories: l
         ok = np.array([[m.admitted_for(c) for m in members] for c in cats], dtype=bool)
         acc_c, _ = cluster_accuracy(labels, kk, y[train], seen[train])
         preds = {"clusters": acc_c[near].mean(1),
-                 "logistic": predict_logistic(fit_logistic(x[train], y[train], seen[train]), x[val]),
+                 "logistic": predict_logistic(fit_logistic(x[train], y[train], seen[train], embedding), x[val]),
                  "knn": predict_knn({**fit_knn(x[train], y[train], seen[train]), "calib_x": x[train]}, x[val])}
         for p, acc in preds.items():
             picks[p][val] = pick_members(acc, ok, cost_norm, tie, alpha)
@@ -701,14 +718,16 @@ def fit_router(fleet_path: str | os.PathLike, tasks_path: str | os.PathLike, *, 
 
     cv = None
     if predictor == "auto" and len(ids) >= 2 * CV_FOLDS:
-        cv = cross_validate(x, y, seen, categories, members, k=k, nearest=nearest, alpha=alpha, seed=seed)
+        cv = cross_validate(x, y, seen, categories, members, k=k, nearest=nearest, alpha=alpha, seed=seed,
+                            embedding=embedding_dims(x, structure_weight))
         # the best cross-validated utility; ties to the simpler predictor (PREDICTORS is in that order)
         chosen = max(PREDICTORS, key=lambda p: (cv[p]["utility"], -PREDICTORS.index(p)))
     else:
         chosen = "clusters" if predictor == "auto" else predictor
     centroids, labels = fit_clusters(x, k, seed)
     acc, counts = cluster_accuracy(labels, k, y, seen)
-    arrays = fit_logistic(x, y, seen) if chosen == "logistic" else fit_knn(x, y, seen) if chosen == "knn" else {}
+    arrays = (fit_logistic(x, y, seen, embedding_dims(x, structure_weight)) if chosen == "logistic"
+              else fit_knn(x, y, seen) if chosen == "knn" else {})
     arrays["calib_x"] = x.astype(np.float32)  # for the category vote (and the kNN predictor)
     clusters_meta = []
     for c in range(k):
@@ -723,6 +742,7 @@ def fit_router(fleet_path: str | os.PathLike, tasks_path: str | os.PathLike, *, 
         "structure_weight": structure_weight,
         "predictor": chosen,
         "predictor_requested": predictor,
+        "logistic_embedding_weight": LOGISTIC_EMBEDDING_WEIGHT,
         "cross_validation": {"folds": CV_FOLDS, "alpha": alpha, "results": cv} if cv else None,
         "members": [m.name for m in members],
         "member_costs_at_fit": {m.name: m.request_cost for m in members},

@@ -157,15 +157,27 @@ def resolve_model(name_or_path: str, *, cache_dir: str | os.PathLike | None = No
     return str(folder)
 
 
+def checkpoint_step(adapter: str | os.PathLike) -> int | None:
+    """The step of a Trainer checkpoint folder (`checkpoint-<step>`); None for any other folder."""
+    m = re.fullmatch(r"checkpoint-(\d+)", Path(adapter).name)
+    return int(m.group(1)) if m else None
+
+
+def _run_record_paths(adapter: str | os.PathLike) -> list[Path]:
+    folder = Path(adapter)
+    return [folder / "run.json"] + ([folder.parent / "run.json"] if checkpoint_step(folder) is not None else [])
+
+
+def run_record_path(adapter: str | os.PathLike) -> Path | None:
+    """Where `run_record` looks first and finds a file: the folder's run.json, or its run's for a checkpoint."""
+    return next((p for p in _run_record_paths(adapter) if p.is_file()), None)
+
+
 def run_record(adapter: str | os.PathLike) -> dict | None:
     """The run.json of the training run that made an adapter folder: in the folder, or, for a Trainer checkpoint
     (`checkpoint-<step>`, which holds none), in the run folder around it. None when there is none (or it is not
     JSON)."""
-    folder = Path(adapter)
-    paths = [folder / "run.json"]
-    if re.fullmatch(r"checkpoint-\d+", folder.name):
-        paths.append(folder.parent / "run.json")
-    for path in paths:
+    for path in _run_record_paths(adapter):
         try:
             record = json.loads(path.read_text())
         except (OSError, ValueError):

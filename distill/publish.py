@@ -113,8 +113,9 @@ def eval_results(report: dict) -> list:
 
 
 def model_card(repo_id: str, run: dict, report: dict | None, *, base_model: str, datasets: list[str],
-               license: str | None) -> str:
-    """README.md for the staged folder: YAML metadata (ModelCardData) and a body with usage, provenance and scores."""
+               license: str | None, checkpoint: int | None = None) -> str:
+    """README.md for the staged folder: YAML metadata (ModelCardData) and a body with usage, provenance and scores.
+    `checkpoint`: the step of the Trainer checkpoint published, when it is one (its run may have gone further)."""
     from huggingface_hub import ModelCard, ModelCardData
 
     stage = run.get("stage")
@@ -134,6 +135,9 @@ def model_card(repo_id: str, run: dict, report: dict | None, *, base_model: str,
     libs = run.get("libraries") or {}
     git = run.get("git") or {}
     quant = "QLoRA (4-bit NF4 base)" if model_cfg.get("load_in_4bit") else "LoRA"
+    steps = run.get("global_step", "-")
+    if checkpoint is not None:  # a checkpoint of a run that may have gone further
+        steps = f"{checkpoint} (checkpoint-{checkpoint} of a run of {steps} steps)" if "global_step" in run else checkpoint
     base_ref = f"[`{base_model}`](https://huggingface.co/{base_model})" if HUB_ID.match(base_model) else f"`{base_model}`"
     lines = [
         f"# {repo_id.split('/')[-1]}",
@@ -160,7 +164,7 @@ def model_card(repo_id: str, run: dict, report: dict | None, *, base_model: str,
         f"| teacher | {('`' + ds['teacher_model'] + '`') if ds.get('teacher_model') else '-'} |",
         f"| preference data | {', '.join(f'`{d}`' for d in datasets) if datasets else ('`' + str(ds.get('path')) + '` (local)' if ds.get('path') else '-')} |",
         f"| rows | {', '.join(f'{k} {v}' for k, v in (ds.get('rows') or {}).items()) or '-'} |",
-        f"| steps | {run.get('global_step', '-')} |",
+        f"| steps | {steps} |",
         f"| git commit | {git.get('sha', '-')}{' (with uncommitted changes)' if git.get('dirty') else ''} |",
         f"| libraries | {', '.join(f'{k} {v}' for k, v in libs.items() if v) or '-'} |",
         "",
@@ -202,6 +206,7 @@ def stage(checkpoint: str | Path, repo_id: str, *, out: str | Path | None = None
           base_model: str | None = None, dataset_id: str | None = None, license: str | None = None,
           no_eval: bool = False) -> tuple[Path, list[str]]:
     """Build the upload folder; returns (folder, warnings). Nothing is uploaded."""
+    from data_gen.local_models import checkpoint_step, run_record_path
     from distill.evaluate import adapter_fingerprint
 
     ckpt = Path(checkpoint)
@@ -213,9 +218,12 @@ def stage(checkpoint: str | Path, repo_id: str, *, out: str | Path | None = None
     if not HUB_ID.match(repo_id):
         raise DistillError(f"--repo-id {repo_id!r} is not a Hub repo id (owner/name)")
     warnings = []
-    run = _read_json(ckpt / "run.json") if (ckpt / "run.json").is_file() else {}
+    # a Trainer checkpoint (checkpoint-<step>) holds no run.json: its run's, in the folder around it, says how it was made
+    run_path = run_record_path(ckpt)
+    run = _read_json(run_path) if run_path else {}
     if not run:
-        warnings.append(f"{ckpt}: no run.json; the card will not say how the adapter was made")
+        warnings.append(f"{ckpt}: no run.json (nor one in its run's folder); the card will not say how the adapter "
+                        f"was made")
     adapter_cfg = _read_json(ckpt / "adapter_config.json")
     base = base_model or ((run.get("config") or {}).get("model") or {}).get("model_name_or_path") \
         or adapter_cfg.get("base_model_name_or_path")
@@ -236,9 +244,11 @@ def stage(checkpoint: str | Path, repo_id: str, *, out: str | Path | None = None
 
     out = Path(out) if out else ckpt / "publish"
     with atomic_folder(out) as tmp:
-        for name in ADAPTER_FILES[1:] + TOKENIZER_FILES + ("run.json",):
+        for name in ADAPTER_FILES[1:] + TOKENIZER_FILES:
             if (ckpt / name).is_file():
                 shutil.copy2(ckpt / name, tmp / name)
+        if run_path:
+            shutil.copy2(run_path, tmp / "run.json")
         # The staged adapter names the base a user can download (the training run may have used a local copy).
         adapter_cfg["base_model_name_or_path"] = base
         with atomic_write(tmp / "adapter_config.json") as f:
@@ -250,7 +260,7 @@ def stage(checkpoint: str | Path, repo_id: str, *, out: str | Path | None = None
                     shutil.copy2(report_path.parent / name, tmp / "eval" / name)
         with atomic_write(tmp / "README.md") as f:
             f.write(model_card(repo_id, run, rep, base_model=base, datasets=[dataset_id] if dataset_id else [],
-                               license=license))
+                               license=license, checkpoint=checkpoint_step(ckpt)))
         validate(tmp, expect_results=rep is not None)
     return out, warnings
 

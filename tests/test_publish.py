@@ -104,6 +104,26 @@ def test_dry_run_stages_a_loadable_adapter_and_a_card_with_eval_results(checkpoi
     assert "staged and validated" in capsys.readouterr().out
 
 
+def test_a_checkpoint_publishes_with_its_runs_record(tiny_adapter_dir, tmp_path, hub_calls, capsys):
+    """A Trainer checkpoint (checkpoint-<step>) holds no run.json: the run's, in the folder around it, goes into the
+    staged folder, and the card says which step of the run was published."""
+    from distill.evaluate import adapter_fingerprint
+
+    run = tmp_path / "tiny-dpo"
+    ckpt = run / "checkpoint-3"
+    shutil.copytree(tiny_adapter_dir, ckpt)
+    (ckpt / "run.json").rename(run / "run.json")
+    tasks = write_tasks(tmp_path / "tasks.jsonl", {"simple_python": 4})
+    build_report(ckpt / "eval", tasks, "base", {"simple_python": ["ok"] * 4}, adapter=str(ckpt),
+                 extra={"adapter_fingerprint": adapter_fingerprint(ckpt)})
+    assert main(["publish", str(ckpt), "--repo-id", "me/tiny-fc", "--dry-run", "--model", "me/tiny-base"]) == 0
+    assert "no run.json" not in capsys.readouterr().err
+    staged = ckpt / "publish"
+    assert (staged / "run.json").read_bytes() == (run / "run.json").read_bytes()
+    card = (staged / "README.md").read_text()
+    assert "| steps | 3 (checkpoint-3 of a run of 8 steps) |" in card and "| stage | sft |" in card
+
+
 def test_newest_report_of_this_adapter_is_chosen(checkpoint, hub_calls, tmp_path, capsys):
     import os
     import time

@@ -19,14 +19,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import socket
-import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import pytest
+
+from distill.testing.processes import launch_retrying_exit_hang
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = "recipes/debug/tiny_cpu.yaml"
@@ -47,57 +46,26 @@ def launch(config: str, tmp_path: Path, *flags: str, launcher_flags: tuple[str, 
     """Launch the tiny recipe with `config` and 2 processes on the CPU; returns the run's run.json. The recipe's
     fixtures are copied so that nothing (datasets caches included) is written into the repository.
 
-    A launch that trains in about 20 s but has not exited after LAUNCH_TIMEOUT_S is stopped with SIGABRT, which
-    makes every process of it print its Python stacks (PYTHONFAULTHANDLER), and the failure shows them. In one CI
-    run the FSDP launch below finished training and never exited (30 local runs, 15 of them beside a CPU hog, did
-    not hang); a launch that hangs only after writing a finished run.json is retried once, with a warning that
-    carries those stacks, so such a hang stays visible without failing the suite. Any other hang, or a second one,
-    fails."""
+    A launch that trains in about 20 s but has not exited after LAUNCH_TIMEOUT_S is stopped and its stacks shown
+    (distill.testing.processes). In one CI run the FSDP launch below finished training and never exited (30 local
+    runs, 15 of them beside a CPU hog, did not hang); such a hang after a finished run.json is retried once."""
     fixtures = tmp_path / "tiny"
     shutil.copytree(ROOT / "recipes" / "debug" / "tiny", fixtures)
-    for attempt in (1, 2):
+
+    def command(attempt: int) -> tuple[list[str], Path]:
         out = tmp_path / f"run-{attempt}"
-        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ROOT / config),
-               "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-               "--main_process_port", str(_free_port()), *launcher_flags,
-               "-m", "distill.train", RECIPE, "--model_name_or_path", str(fixtures / "model"),
-               "--dataset_path", str(fixtures / "pairs"), "--output_dir", str(out), "--max_steps", "3",
-               "--save_strategy", "no", "--report_to", "none", *flags]
-        returncode, output, hung = _run_with_stacks_on_hang(cmd)
-        if not hung:
-            break
-        if attempt == 2 or _run_status(out) != "finished":
-            pytest.fail(f"the launch did not exit within {LAUNCH_TIMEOUT_S} s; its stacks:\n{output[-12000:]}")
-        warnings.warn(f"the launch trained, wrote a finished run.json and hung at exit; retrying once. Its stacks:\n"
-                      f"{output[-12000:]}", stacklevel=2)
+        return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ROOT / config),
+                "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+                "--main_process_port", str(_free_port()), *launcher_flags,
+                "-m", "distill.train", RECIPE, "--model_name_or_path", str(fixtures / "model"),
+                "--dataset_path", str(fixtures / "pairs"), "--output_dir", str(out), "--max_steps", "3",
+                "--save_strategy", "no", "--report_to", "none", *flags], out
+
+    returncode, output, out = launch_retrying_exit_hang(command, cwd=ROOT, env=ENV, timeout_s=LAUNCH_TIMEOUT_S)
     assert returncode == 0, output[-6000:]
     info = json.loads((out / "run.json").read_text())
     info["_out"] = str(out)
     return info
-
-
-def _run_with_stacks_on_hang(cmd: list[str]) -> tuple[int, str, bool]:
-    """(return code, stdout + stderr, hung) of `cmd` run in its own process group."""
-    proc = subprocess.Popen(cmd, cwd=ROOT, env={**ENV, "PYTHONFAULTHANDLER": "1"}, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    try:
-        output, _ = proc.communicate(timeout=LAUNCH_TIMEOUT_S)
-        return proc.returncode, output, False
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGABRT)  # the launcher and both workers print their stacks and stop
-        try:
-            output, _ = proc.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            output, _ = proc.communicate()
-        return proc.returncode, output, True
-
-
-def _run_status(out: Path) -> str | None:
-    try:
-        return json.loads((out / "run.json").read_text()).get("status")
-    except (OSError, ValueError):
-        return None
 
 
 def assert_trained(info: dict, distributed_type: str) -> None:

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from distill.testing.processes import launch_retrying_exit_hang
+
 ROOT = Path(__file__).resolve().parents[1]
 SFT_RECIPE = "recipes/debug/tiny_cpu.yaml"
 ENV = {
@@ -96,36 +98,21 @@ def _free_port() -> int:
 
 @pytest.mark.slow
 def test_accelerate_two_process_gloo_ddp_runs_the_tiny_recipe(tmp_path):
-    out = tmp_path / "ddp"
     # The recipe as committed, with its relative fixture paths, run from a copy: datasets writes cache files
     # beside the data it maps, and tests never write into the repository.
     shutil.copytree(ROOT / "recipes" / "debug", tmp_path / "recipes" / "debug")
-    cmd = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        str(_free_port()),
-        "-m",
-        "distill.train",
-        SFT_RECIPE,
-        "--output_dir",
-        str(out),
-        "--max_steps",
-        "3",
-    ]
-    env = {**ENV, "PYTHONPATH": str(ROOT)}
-    run = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+
+    def command(attempt: int) -> tuple[list[str], Path]:
+        out = tmp_path / f"ddp-{attempt}"
+        return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                "--main_process_port", str(_free_port()), "-m", "distill.train", SFT_RECIPE,
+                "--output_dir", str(out), "--max_steps", "3"], out
+
+    # a launch that has not exited after 240 s (it takes about 20) is stopped with its stacks shown
+    returncode, output, out = launch_retrying_exit_hang(command, cwd=tmp_path, env={**ENV, "PYTHONPATH": str(ROOT)},
+                                                        timeout_s=240)
+    assert returncode == 0, output[-6000:]
     info = json.loads((out / "run.json").read_text())
     assert info["hardware"]["world_size"] == 2 and info["hardware"]["distributed_type"] == "MULTI_CPU"
     assert info["status"] == "finished" and info["global_step"] == 3

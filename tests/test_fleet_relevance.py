@@ -15,7 +15,7 @@ import pytest
 from distill.cli import main
 from distill.fleet import load_fleet
 from distill.fleet.cascade import Member, choose_answer, fleet_members
-from distill.fleet.router import LOGISTIC_EMBEDDING_WEIGHT, PREDICTORS, load_router
+from distill.fleet.router import LOGISTIC_EMBEDDING_WEIGHTS, PREDICTORS, load_router
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("bfcl_eval") is None,
                                 reason="needs bfcl-eval (pip install --no-deps bfcl-eval)")
@@ -100,7 +100,11 @@ def test_router_alone_comes_close_to_the_oracle_and_beats_every_member(world, ev
     # within 5 points of the oracle (0.950 here: 6 errors in 120; docs/fleet.md). With the question's embedding at
     # full weight in the logistic regressions the router made 8 errors, without the name cover 10
     assert alone >= oracle - 0.05 - 1e-9, (alone, oracle)
-    assert router.meta["logistic_embedding_weight"] == LOGISTIC_EMBEDDING_WEIGHT < 1
+    # cross-validation on calibration scaled the embedding down: it routed the held-back tasks better so
+    weights = cv["logistic"]["by_embedding_weight"]
+    assert set(weights) == {f"{w:g}" for w in LOGISTIC_EMBEDDING_WEIGHTS}
+    assert router.meta["logistic_embedding_weight"] == cv["logistic"]["embedding_weight"] == 0.2
+    assert weights["0.2"]["utility"] > weights["1"]["utility"]
     # the irrelevance requests mostly go to the member that abstains (24 of 40 before the relevance features)
     tasks = heldout(world)
     emb = router.features([(t["messages"], t["tools"]) for t in tasks])
@@ -116,7 +120,12 @@ def test_each_predictor_saves_loads_and_routes_the_same(world, tmp_path, predict
                  "--embedder", "minilm-static", "--predictor", predictor, "--no-register"]) == 0
     members = fleet_members(world.fleet)
     a = load_router(out, members)
-    assert a.predictor == predictor and a.meta["cross_validation"] is None
+    assert a.predictor == predictor
+    cv = a.meta["cross_validation"]
+    if predictor == "logistic":  # cross-validation picks its embedding weight
+        assert a.meta["logistic_embedding_weight"] == cv["results"]["logistic"]["embedding_weight"]
+    else:
+        assert cv is None and a.meta["logistic_embedding_weight"] is None
     tasks = heldout(world)[::7]
     x = a.features([(t["messages"], t["tools"]) for t in tasks])
     picks = [a.decide(e).pick.name for e in x]

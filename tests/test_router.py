@@ -15,7 +15,6 @@ from distill.fleet import load_fleet, save_fleet
 from distill.fleet.cascade import fleet_members
 from distill.fleet.router import (
     _EMBEDDERS,
-    LOGISTIC_EMBEDDING_WEIGHT,
     STRUCTURE_DIMS,
     _words,
     embedding_dims,
@@ -218,7 +217,7 @@ def test_name_cover_catches_a_tool_on_the_topic_that_answers_another_question():
 def test_logistic_regressions_keep_the_request_kind_features_audible_beside_the_embedding():
     """120 calibration tasks whose members' correctness follows one request-kind feature, beside 384 embedding
     dimensions that carry nothing: at full weight the regressions fit the embedding's noise (about 0.6 accuracy on new
-    tasks), scaled down to LOGISTIC_EMBEDDING_WEIGHT they find the feature (about 0.87)."""
+    tasks), with the embedding scaled to 0.2 they find the feature (about 0.87)."""
     rng = np.random.default_rng(0)
 
     def draw(n):
@@ -235,8 +234,8 @@ def test_logistic_regressions_keep_the_request_kind_features_audible_beside_the_
     def accuracy(arrays):
         return float(np.mean((predict_logistic(arrays, new_x)[:, 0] > 0.5) == (new_y[:, 0] > 0.5)))
 
-    full, scaled = fit_logistic(x, y, seen), fit_logistic(x, y, seen, embedding=384)
+    full, scaled = fit_logistic(x, y, seen, embedding=384), fit_logistic(x, y, seen, embedding=384, weight=0.2)
     assert accuracy(full) < 0.7 < 0.8 < accuracy(scaled)
     # the scaling lives in the stored scale, so a saved router predicts with it and nothing else
-    assert np.allclose(scaled["lr_scale"][:384], full["lr_scale"][:384] / LOGISTIC_EMBEDDING_WEIGHT)
+    assert np.allclose(scaled["lr_scale"][:384], full["lr_scale"][:384] / 0.2)
     assert np.allclose(scaled["lr_scale"][384:], full["lr_scale"][384:])

@@ -18,7 +18,8 @@ from one of three predictors (`--predictor`):
 - `clusters`: the member's accuracy over the request's `nearest` clusters, shrunk towards its overall accuracy
   where a cluster has few of its verdicts (Avengers-Pro);
 - `logistic`: one logistic regression per member over the standardised features (RouteLLM's classifier routers),
-  the question's embedding scaled down against the request-kind features (`LOGISTIC_EMBEDDING_WEIGHT`);
+  the question's embedding at full weight or scaled down against the request-kind features, whichever routes the
+  calibration split better in cross-validation (`LOGISTIC_EMBEDDING_WEIGHTS`);
 - `knn`: the member's accuracy on the 10 nearest calibration tasks, shrunk the same way.
 `auto` (the default) picks the one whose routing is best on the calibration split itself, by 5-fold
 cross-validation at the fit's alpha (the utility below, averaged over held-back folds); router.json keeps every
@@ -72,12 +73,14 @@ PREDICTORS = ("clusters", "logistic", "knn")
 DEFAULT_PREDICTOR = "auto"
 KNN_K = 10  # calibration tasks a kNN prediction averages
 LOGISTIC_C = 1.0  # inverse L2 strength of the per-member logistic regressions (scikit-learn's default)
-# Scale of each standardised question-embedding dimension against a standardised request-kind feature in the
-# logistic regressions: 384 embedding dimensions at full scale drown the 8 request-kind features that tell whether any
-# offered tool fits (on 560 calibration tasks a regression fits them at the relevance features' expense). At 0.2 each
-# embedding dimension's coefficient costs 25 times the L2 penalty. Chosen by 5-fold cross-validation on the
-# calibration splits of docs/fleet.md's fleet with built-in strengths (1, 0.5, 0.3, 0.2, 0.1, 0.05 tried).
-LOGISTIC_EMBEDDING_WEIGHT = 0.2
+# Scales of each standardised question-embedding dimension against a standardised request-kind feature in the
+# logistic regressions, one picked per fit by cross-validation on the calibration tasks (ties to the first). At full
+# scale 384 embedding dimensions can drown the 8 request-kind features that tell whether any offered tool fits (on a
+# few hundred calibration tasks a regression fits the embedding's noise at their expense); at 0.2 each embedding
+# dimension's coefficient costs 25 times the L2 penalty, which also mutes the embedding where members differ by
+# topic. 0.2 was the best of 0.5, 0.3, 0.2, 0.1 and 0.05 in cross-validation on the calibration splits of
+# docs/fleet.md's fleet with built-in strengths.
+LOGISTIC_EMBEDDING_WEIGHTS = (1.0, 0.2)
 CV_FOLDS = 5
 DEFAULT_EMBEDDER = "minilm"
 EMBEDDERS = ("minilm", "minilm-static")
@@ -343,10 +346,10 @@ def embedding_dims(x: np.ndarray, structure_weight: float) -> int:
     return x.shape[1] - (STRUCTURE_DIMS if structure_weight > 0 else 0)
 
 
-def fit_logistic(x: np.ndarray, y: np.ndarray, seen: np.ndarray, embedding: int | None = None) -> dict[str, np.ndarray]:
+def fit_logistic(x: np.ndarray, y: np.ndarray, seen: np.ndarray, embedding: int | None = None,
+                 weight: float = 1.0) -> dict[str, np.ndarray]:
     """Per member, a logistic regression of its accuracy on the standardised features, the first `embedding`
-    columns (the question's embedding) scaled down to `LOGISTIC_EMBEDDING_WEIGHT` when request-kind features follow
-    them. A task's score in [0, 1] (the mean over a member's samples) enters as a right and a wrong example weighted
+    columns (the question's embedding) scaled by `weight` when request-kind features follow them. A task's score in [0, 1] (the mean over a member's samples) enters as a right and a wrong example weighted
     by the score and its complement. A member right (or wrong) on every task it was scored on gets a constant
     prediction. The scaling is folded into the stored `lr_scale`, so prediction needs nothing else."""
     from sklearn.linear_model import LogisticRegression
@@ -355,7 +358,7 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, seen: np.ndarray, embedding: int 
     scale = x.std(0)
     scale[scale < 1e-6] = 1.0
     if embedding is not None and embedding < x.shape[1]:
-        scale[:embedding] /= LOGISTIC_EMBEDDING_WEIGHT
+        scale[:embedding] /= weight
     z = (x - mean) / scale
     n, m = y.shape
     coef = np.zeros((m, x.shape[1]))
@@ -436,7 +439,9 @@ def cross_validate(x: np.ndarray, y: np.ndarray, seen: np.ndarray, categories: l
                    folds: int = CV_FOLDS) -> dict[str, dict]:
     """{predictor: {"utility", "accuracy", "cost"}}: how each predictor routes the calibration tasks it was not fit on
     (k-fold, stratified by category), at `alpha`: accuracy and mean request cost of its picks, and the utility the
-    router maximises (alpha * accuracy + (1 - alpha) * (1 - mean normalised cost))."""
+    router maximises (alpha * accuracy + (1 - alpha) * (1 - mean normalised cost)). The logistic predictor is tried
+    with each of `LOGISTIC_EMBEDDING_WEIGHTS` when request-kind features follow the `embedding` columns; its entry is
+    the best weight's (ties to the first), with `embedding_weight` and every weight's results (`by_embedding_weight`)."""
     from sklearn.model_selection import KFold, StratifiedKFold
 
     n = len(x)
@@ -448,7 +453,9 @@ def cross_validate(x: np.ndarray, y: np.ndarray, seen: np.ndarray, categories: l
     span = rc.max() - rc.min()
     cost_norm = (rc - rc.min()) / span if span > 0 else np.zeros_like(rc)
     tie = [(m.request_cost, m.name) for m in members]
-    picks = {p: np.zeros(n, dtype=np.int64) for p in PREDICTORS}
+    weights = LOGISTIC_EMBEDDING_WEIGHTS if embedding is not None and embedding < x.shape[1] else (1.0,)
+    runs = ["clusters", *(("logistic", w) for w in weights), "knn"]
+    picks = {r: np.zeros(n, dtype=np.int64) for r in runs}
     for train, val in split:
         kk = max(1, min(k, len(train)))
         centroids, labels = fit_clusters(x[train], kk, seed)
@@ -458,17 +465,22 @@ def cross_validate(x: np.ndarray, y: np.ndarray, seen: np.ndarray, categories: l
         ok = np.array([[m.admitted_for(c) for m in members] for c in cats], dtype=bool)
         acc_c, _ = cluster_accuracy(labels, kk, y[train], seen[train])
         preds = {"clusters": acc_c[near].mean(1),
-                 "logistic": predict_logistic(fit_logistic(x[train], y[train], seen[train], embedding), x[val]),
                  "knn": predict_knn({**fit_knn(x[train], y[train], seen[train]), "calib_x": x[train]}, x[val])}
-        for p, acc in preds.items():
-            picks[p][val] = pick_members(acc, ok, cost_norm, tie, alpha)
-    out = {}
-    for p, pk in picks.items():
+        for w in weights:
+            preds[("logistic", w)] = predict_logistic(fit_logistic(x[train], y[train], seen[train], embedding, w),
+                                                      x[val])
+        for r, acc in preds.items():
+            picks[r][val] = pick_members(acc, ok, cost_norm, tie, alpha)
+    scored = {}
+    for r, pk in picks.items():
         accuracy = float(np.mean(y[np.arange(n), pk]))
         cost = float(np.mean(rc[pk]))
         utility = alpha * accuracy + (1 - alpha) * float(np.mean(1 - cost_norm[pk]))
-        out[p] = {"utility": round(utility, 6), "accuracy": round(accuracy, 6), "cost": round(cost, 6)}
-    return out
+        scored[r] = {"utility": round(utility, 6), "accuracy": round(accuracy, 6), "cost": round(cost, 6)}
+    best = max(weights, key=lambda w: (scored[("logistic", w)]["utility"], -weights.index(w)))
+    logistic = {**scored[("logistic", best)], "embedding_weight": best,
+                "by_embedding_weight": {f"{w:g}": scored[("logistic", w)] for w in weights}}
+    return {"clusters": scored["clusters"], "logistic": logistic, "knn": scored["knn"]}
 
 
 # --- the router -----------------------------------------------------------------------------------------------------
@@ -717,16 +729,20 @@ def fit_router(fleet_path: str | os.PathLike, tasks_path: str | os.PathLike, *, 
     categories = [tasks[t].category for t in ids]
 
     cv = None
-    if predictor == "auto" and len(ids) >= 2 * CV_FOLDS:
+    embedding = embedding_dims(x, structure_weight)
+    # auto picks the predictor by cross-validation, and the logistic predictor its embedding weight
+    if predictor in ("auto", "logistic") and len(ids) >= 2 * CV_FOLDS:
         cv = cross_validate(x, y, seen, categories, members, k=k, nearest=nearest, alpha=alpha, seed=seed,
-                            embedding=embedding_dims(x, structure_weight))
+                            embedding=embedding)
+    if predictor == "auto":
         # the best cross-validated utility; ties to the simpler predictor (PREDICTORS is in that order)
-        chosen = max(PREDICTORS, key=lambda p: (cv[p]["utility"], -PREDICTORS.index(p)))
+        chosen = max(PREDICTORS, key=lambda p: (cv[p]["utility"], -PREDICTORS.index(p))) if cv else "clusters"
     else:
-        chosen = "clusters" if predictor == "auto" else predictor
+        chosen = predictor
+    logistic_weight = cv["logistic"]["embedding_weight"] if cv and chosen == "logistic" else 1.0
     centroids, labels = fit_clusters(x, k, seed)
     acc, counts = cluster_accuracy(labels, k, y, seen)
-    arrays = (fit_logistic(x, y, seen, embedding_dims(x, structure_weight)) if chosen == "logistic"
+    arrays = (fit_logistic(x, y, seen, embedding, logistic_weight) if chosen == "logistic"
               else fit_knn(x, y, seen) if chosen == "knn" else {})
     arrays["calib_x"] = x.astype(np.float32)  # for the category vote (and the kNN predictor)
     clusters_meta = []
@@ -742,7 +758,7 @@ def fit_router(fleet_path: str | os.PathLike, tasks_path: str | os.PathLike, *, 
         "structure_weight": structure_weight,
         "predictor": chosen,
         "predictor_requested": predictor,
-        "logistic_embedding_weight": LOGISTIC_EMBEDDING_WEIGHT,
+        "logistic_embedding_weight": logistic_weight if chosen == "logistic" else None,
         "cross_validation": {"folds": CV_FOLDS, "alpha": alpha, "results": cv} if cv else None,
         "members": [m.name for m in members],
         "member_costs_at_fit": {m.name: m.request_cost for m in members},
@@ -806,7 +822,8 @@ def fit_cli(args) -> int:
         print(f"predictors, {CV_FOLDS}-fold cross-validation on the calibration tasks at alpha {router.alpha:g} "
               f"(routed accuracy, mean cost):")
         for p, r in cv.items():
-            print(f"  {p:<9} accuracy {r['accuracy']:.3f}  cost {r['cost']:.3g}  utility {r['utility']:.4f}"
+            weight = f"  (embedding weight {r['embedding_weight']:g})" if "embedding_weight" in r else ""
+            print(f"  {p:<9} accuracy {r['accuracy']:.3f}  cost {r['cost']:.3g}  utility {r['utility']:.4f}{weight}"
                   + ("  <- chosen" if p == router.predictor else ""))
     never = [m for m, acc in router.meta["overall_accuracy"].items() if acc == 0]
     if never:  # a member evaluated with the wrong prompt format or answer length looks like this
@@ -860,7 +877,8 @@ def add_parser(actions: argparse._SubParsersAction) -> None:
                    "0 clusters on the question alone (default: %(default)s)")
     f.add_argument("--predictor", choices=[*PREDICTORS, "auto"], default=DEFAULT_PREDICTOR,
                    help="how a member's accuracy on a request is predicted: clusters (its accuracy on the nearest "
-                   "k-means clusters), logistic (a logistic regression per member over the features), knn (its "
+                   "k-means clusters), logistic (a logistic regression per member over the features, the question's "
+                   "embedding at full weight or scaled to 0.2, whichever cross-validates better), knn (its "
                    "accuracy on the 10 nearest calibration tasks), or auto: the one that routes the calibration tasks "
                    "best in 5-fold cross-validation at --alpha (default: %(default)s)")
     f.add_argument("--seed", type=int, default=0, help="k-means and cross-validation seed (default: %(default)s)")

@@ -349,9 +349,10 @@ def embedding_dims(x: np.ndarray, structure_weight: float) -> int:
 def fit_logistic(x: np.ndarray, y: np.ndarray, seen: np.ndarray, embedding: int | None = None,
                  weight: float = 1.0) -> dict[str, np.ndarray]:
     """Per member, a logistic regression of its accuracy on the standardised features, the first `embedding`
-    columns (the question's embedding) scaled by `weight` when request-kind features follow them. A task's score in [0, 1] (the mean over a member's samples) enters as a right and a wrong example weighted
-    by the score and its complement. A member right (or wrong) on every task it was scored on gets a constant
-    prediction. The scaling is folded into the stored `lr_scale`, so prediction needs nothing else."""
+    columns (the question's embedding) scaled by `weight` when request-kind features follow them. A task's score in
+    [0, 1] (the mean over a member's samples) enters as a right and a wrong example weighted by the score and its
+    complement. A member right (or wrong) on every task it was scored on gets a constant prediction. The scaling is
+    folded into the stored `lr_scale`, so prediction needs nothing else."""
     from sklearn.linear_model import LogisticRegression
 
     mean = x.mean(0)

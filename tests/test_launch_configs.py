@@ -19,12 +19,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import sys
 from pathlib import Path
 
 import pytest
 
+from distill.testing.openai_stub import free_port
 from distill.testing.processes import launch_retrying_exit_hang
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,12 +34,6 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_
        "PYTHONUNBUFFERED": "1"}
 
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def launch(config: str, tmp_path: Path, *flags: str, launcher_flags: tuple[str, ...] = ()) -> dict:
@@ -56,7 +50,7 @@ def launch(config: str, tmp_path: Path, *flags: str, launcher_flags: tuple[str, 
         out = tmp_path / f"run-{attempt}"
         return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ROOT / config),
                 "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-                "--main_process_port", str(_free_port()), *launcher_flags,
+                "--main_process_port", str(free_port()), *launcher_flags,
                 "-m", "distill.train", RECIPE, "--model_name_or_path", str(fixtures / "model"),
                 "--dataset_path", str(fixtures / "pairs"), "--output_dir", str(out), "--max_steps", "3",
                 "--save_strategy", "no", "--report_to", "none", *flags], out

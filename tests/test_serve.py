@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import socket
 import threading
 import time
 from pathlib import Path
@@ -16,6 +15,7 @@ import httpx
 import pytest
 
 from distill.cli import main
+from distill.testing.openai_stub import free_port
 
 WEATHER = {"type": "function", "function": {
     "name": "get_weather", "description": "Weather forecast for a city.",
@@ -33,12 +33,6 @@ LESSONS = [
 # The run's own chat template: the stock one with another default system prompt. The adapter learned its calls
 # under this prompt, and the served answers must come from it, not from the base model's template.
 RUN_SYSTEM = "You are a function-calling student."
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def train_calling_adapter(base: Path, out: Path) -> Path:
@@ -92,7 +86,7 @@ class Server:
         from distill.serve import Student, config_from_args, create_app
 
         self.config = config_from_args(parse_serve(argv))
-        self.config.port = _free_port()
+        self.config.port = free_port()
         self.student = Student(self.config)
         self.server = uvicorn.Server(uvicorn.Config(create_app(self.student, self.config), host="127.0.0.1",
                                                     port=self.config.port, log_level="warning"))
@@ -272,7 +266,7 @@ def test_the_command_serves_until_stopped(calling_run, tmp_path):
     import subprocess
     import sys
 
-    port = _free_port()
+    port = free_port()
     log = tmp_path / "serve.log"
     proc = subprocess.Popen([sys.executable, "-m", "distill", "serve", str(calling_run), "--port", str(port), "--device",
                              "cpu", "--max-new-tokens", "48"], stdout=open(log, "w"), stderr=subprocess.STDOUT,

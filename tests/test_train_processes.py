@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from distill.testing.openai_stub import free_port
 from distill.testing.processes import launch_retrying_exit_hang
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,12 +90,6 @@ def test_a_killed_run_resumes_at_its_last_complete_checkpoint(tmp_path, tiny_mod
     assert f"skipping {partial}" in rerun.stderr + rerun.stdout
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_accelerate_two_process_gloo_ddp_runs_the_tiny_recipe(tmp_path):
     # The recipe as committed, with its relative fixture paths, run from a copy: datasets writes cache files
@@ -106,7 +100,7 @@ def test_accelerate_two_process_gloo_ddp_runs_the_tiny_recipe(tmp_path):
         out = tmp_path / f"ddp-{attempt}"
         return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                 "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                "--main_process_port", str(_free_port()), "-m", "distill.train", SFT_RECIPE,
+                "--main_process_port", str(free_port()), "-m", "distill.train", SFT_RECIPE,
                 "--output_dir", str(out), "--max_steps", "3"], out
 
     # a launch that has not exited after 240 s (it takes about 20) is stopped with its stacks shown

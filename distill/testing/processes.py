@@ -11,13 +11,14 @@ is retried once, with a warning that carries the stacks; any other hang, or a se
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+
+from data_gen.local_models import run_record
 
 
 def run_with_stacks_on_hang(cmd: list[str], *, cwd: Path, env: dict, timeout_s: float) -> tuple[int, str, bool]:
@@ -38,14 +39,6 @@ def run_with_stacks_on_hang(cmd: list[str], *, cwd: Path, env: dict, timeout_s: 
         return proc.returncode, output, True
 
 
-def run_status(out: Path) -> str | None:
-    """The `status` of the run.json in a training output folder, or None when there is none to read."""
-    try:
-        return json.loads((out / "run.json").read_text()).get("status")
-    except (OSError, ValueError):
-        return None
-
-
 def launch_retrying_exit_hang(make_cmd: Callable[[int], tuple[list[str], Path]], *, cwd: Path, env: dict,
                               timeout_s: float) -> tuple[int, str, Path]:
     """Run the launch `make_cmd(attempt)` returns as (command, its training output folder); returns (return code,
@@ -56,7 +49,7 @@ def launch_retrying_exit_hang(make_cmd: Callable[[int], tuple[list[str], Path]],
         returncode, output, hung = run_with_stacks_on_hang(cmd, cwd=cwd, env=env, timeout_s=timeout_s)
         if not hung:
             return returncode, output, out
-        if attempt == 2 or run_status(out) != "finished":
+        if attempt == 2 or (run_record(out) or {}).get("status") != "finished":
             raise AssertionError(f"the launch did not exit within {timeout_s:g} s; its stacks:\n{output[-12000:]}")
         warnings.warn(f"the launch trained, wrote a finished run.json and hung at exit; retrying once. Its stacks:\n"
                       f"{output[-12000:]}", stacklevel=2)
